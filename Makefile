@@ -1,0 +1,12 @@
+.PHONY: setup demo test bench
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/neuralcleanse demo
+
+test: setup
+	.venv/bin/python -m pytest -q
+
+bench: setup
+	.venv/bin/python benchmarks/scan_speed.py
