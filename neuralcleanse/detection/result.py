@@ -1,0 +1,70 @@
+"""What a scan found, with named fields."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from neuralcleanse.attacks.trigger import Trigger
+from neuralcleanse.detection.outlier import OutlierResult
+
+
+@dataclass
+class ScanResult:
+    """Per label (in label order): the reversed trigger, its L1 norm and success rate."""
+
+    masks: torch.Tensor            # (L, H, W)
+    patterns: torch.Tensor         # (L, C, H, W)
+    l1_norms: list[float]
+    success_rates: list[float]
+    reached_threshold: list[bool]
+    steps: list[int]
+    outliers: OutlierResult
+    settings: dict[str, Any] = field(default_factory=dict)
+    wall_time: float = 0.0
+    passes: int = 0
+
+    @property
+    def infected(self) -> bool:
+        return self.outliers.infected
+
+    @property
+    def flagged(self) -> list[int]:
+        return list(self.outliers.flagged)
+
+    @property
+    def anomaly_index(self) -> float:
+        return self.outliers.anomaly_index
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.l1_norms)
+
+    def trigger(self, label: int) -> Trigger:
+        return Trigger(self.masks[label], self.patterns[label])
+
+    def to_dict(self) -> dict[str, Any]:
+        o = self.outliers
+        return {
+            "infected": self.infected,
+            "flagged": self.flagged,
+            "anomaly_index": _finite_or_none(o.anomaly_index),
+            "median_l1": o.median,
+            "mad": o.mad,
+            "min_l1": o.min_norm,
+            "threshold": o.threshold,
+            "l1_norms": [float(v) for v in self.l1_norms],
+            "label_anomaly_index": [_finite_or_none(v) for v in o.label_indices],
+            "success_rates": [float(v) for v in self.success_rates],
+            "reached_threshold": [bool(v) for v in self.reached_threshold],
+            "steps": [int(v) for v in self.steps],
+            "settings": self.settings,
+            "wall_time_s": round(self.wall_time, 3),
+            "image_passes": int(self.passes),
+        }
+
+
+def _finite_or_none(v: float) -> float | None:
+    # JSON has no Infinity; a zero MAD gives an infinite index, written as null with a note.
+    return float(v) if v == v and abs(v) != float("inf") else None

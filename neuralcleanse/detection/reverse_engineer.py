@@ -1,0 +1,323 @@
+"""Trigger reverse-engineering for many labels at once.
+
+Every public implementation optimises one label after another. Here a block of K labels is
+optimised together: one forward and backward pass over K×B images (each label's trigger
+stamped on the same B clean images). The loss is a sum of per-label losses and Adam is
+element-wise, so each label's update is exactly what it would be alone; the per-label cost
+schedule, early stop and best-mask tracking are tensors, so no Python loop over labels runs
+in the hot path. Labels that finish leave the block and queued ones take their place.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neuralcleanse.attacks.trigger import apply_trigger
+from neuralcleanse.detection.config import ReverseConfig
+
+# The published code squashes with tanh(x) / (2 - eps) + 0.5 to keep values strictly inside (0,1).
+_TANH_SCALE = 1.0 / (2.0 - 1e-7)
+_ORIGINAL_LOSS_SCALE = -math.log(1e-7)
+
+_PARAMS = ("mask_p", "pattern_p")
+_ADAM = ("mask_m", "mask_v", "pattern_m", "pattern_v", "adam_t")
+_SCHEDULE = (
+    "cost", "cost_set_counter", "up_counter", "down_counter", "up_flag", "down_flag",
+    "best_reg", "best_mask", "best_pattern", "es_counter", "es_reg_best", "steps", "done",
+    "last_acc", "last_reg",
+)
+_STATE_KEYS = _PARAMS + _ADAM + _SCHEDULE
+
+
+def squash(p: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(p) * _TANH_SCALE + 0.5
+
+
+def unsquash(v: torch.Tensor) -> torch.Tensor:
+    return torch.atanh((v - 0.5) * (2.0 - 1e-7))
+
+
+@dataclass
+class LabelState:
+    """Where reverse-engineering of each label stands; indexable by label, saveable between runs."""
+
+    tensors: dict[str, torch.Tensor]
+
+    def gather(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: v[idx].clone() for k, v in self.tensors.items()}
+
+    def scatter(self, idx: torch.Tensor, block: dict[str, torch.Tensor]) -> None:
+        for k, v in block.items():
+            self.tensors[k][idx] = v.detach()
+
+    def to(self, device: torch.device | str) -> "LabelState":
+        return LabelState({k: v.to(device) for k, v in self.tensors.items()})
+
+
+class TriggerReverseEngineer:
+    """Optimises (mask, pattern) per label so that stamped clean images go to that label."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        num_classes: int,
+        config: ReverseConfig,
+        *,
+        device: str | torch.device = "cpu",
+        block_size: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.x = x.to(self.device)
+        self.y = y.to(self.device)
+        self.num_classes = num_classes
+        self.config = config
+        self.block_size = block_size or choose_block_size(model, tuple(x.shape[1:]), config.batch_size,
+                                                         num_classes, self.device)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.passes = 0
+        self.state = self._init_state(seed)
+
+    # ---- state -------------------------------------------------------------------------
+    def _init_state(self, seed: int) -> LabelState:
+        c, h, w = self.x.shape[1:]
+        n = self.num_classes
+        gen = torch.Generator().manual_seed(seed + 1)
+        # Random start in (0,1), as the published code does (mask and pattern uniform).
+        mask0 = torch.rand(n, 1, h, w, generator=gen).clamp(1e-3, 1 - 1e-3)
+        pattern0 = torch.rand(n, c, h, w, generator=gen).clamp(1e-3, 1 - 1e-3)
+        cfg = self.config
+        zeros = lambda *s, dtype=torch.float32: torch.zeros(*s, dtype=dtype)  # noqa: E731
+        t = {
+            "mask_p": unsquash(mask0), "pattern_p": unsquash(pattern0),
+            "mask_m": zeros(n, 1, h, w), "mask_v": zeros(n, 1, h, w),
+            "pattern_m": zeros(n, c, h, w), "pattern_v": zeros(n, c, h, w),
+            "adam_t": zeros(n),
+            "cost": torch.full((n,), float(cfg.start_cost)),
+            "cost_set_counter": zeros(n, dtype=torch.long), "up_counter": zeros(n, dtype=torch.long),
+            "down_counter": zeros(n, dtype=torch.long),
+            "up_flag": zeros(n, dtype=torch.bool), "down_flag": zeros(n, dtype=torch.bool),
+            "best_reg": torch.full((n,), math.inf), "best_mask": mask0.clone(), "best_pattern": pattern0.clone(),
+            "es_counter": zeros(n, dtype=torch.long), "es_reg_best": torch.full((n,), math.inf),
+            "steps": zeros(n, dtype=torch.long), "done": zeros(n, dtype=torch.bool),
+            "last_acc": zeros(n), "last_reg": torch.full((n,), math.inf),
+        }
+        return LabelState({k: v.to(self.device) for k, v in t.items()})
+
+    # ---- main loop ---------------------------------------------------------------------
+    def run(
+        self,
+        labels: Iterable[int],
+        step_limit: int | None = None,
+        on_label_done: Callable[[int], None] | None = None,
+    ) -> None:
+        """Advances each label until it stops early, reaches max_steps or `step_limit` steps.
+
+        `step_limit` counts a label's steps since its start, so calling again with a higher
+        limit continues where the last call left off (the budget scheduler relies on this).
+        """
+        limit = min(step_limit or self.config.max_steps, self.config.max_steps)
+        steps = self.state.tensors["steps"].cpu()
+        done = self.state.tensors["done"].cpu()
+        queue = [int(l) for l in labels if not bool(done[l]) and int(steps[l]) < limit]
+        active: list[int] = []
+        block: dict[str, torch.Tensor] | None = None
+        while queue or active:
+            if queue and len(active) < self.block_size:
+                take = queue[: self.block_size - len(active)]
+                queue = queue[len(take):]
+                fresh = self.state.gather(torch.tensor(take, device=self.device))
+                block = fresh if block is None else {k: torch.cat([block[k], fresh[k]]) for k in block}
+                active += take
+            label_t = torch.tensor(active, device=self.device)
+            self._step(block, label_t)
+            finished = (block["done"] | (block["steps"] >= limit)).cpu()
+            if bool(finished.any()):
+                fin_idx = torch.nonzero(finished).flatten()
+                keep_idx = torch.nonzero(~finished).flatten()
+                done_labels = [active[i] for i in fin_idx.tolist()]
+                self.state.scatter(torch.tensor(done_labels, device=self.device),
+                                   {k: v[fin_idx.to(self.device)] for k, v in block.items()})
+                block = {k: v[keep_idx.to(self.device)] for k, v in block.items()}
+                active = [active[i] for i in keep_idx.tolist()]
+                if on_label_done is not None:
+                    for lab in done_labels:
+                        on_label_done(lab)
+        return None
+
+    def _batches(self, count: int) -> torch.Tensor:
+        n = self.x.shape[0]
+        b = self.config.batch_size
+        need = count * b
+        perms = [torch.randperm(n, generator=self.gen) for _ in range(math.ceil(need / n))]
+        idx = torch.cat(perms)[:need]
+        return idx.view(count, b).to(self.device)
+
+    def _step(self, s: dict[str, torch.Tensor], labels: torch.Tensor) -> None:
+        """One step (a pass over samples_per_step samples) for every label in the block."""
+        cfg = self.config
+        k = labels.shape[0]
+        nb = cfg.batches_per_step
+        acc_sum = torch.zeros(k, device=self.device)
+        reg_sum = torch.zeros(k, device=self.device)
+        b1, b2 = cfg.betas
+        for idx in self._batches(nb):
+            xb, yb = self.x[idx], self.y[idx]
+            mask_p = s["mask_p"].requires_grad_(True)
+            pattern_p = s["pattern_p"].requires_grad_(True)
+            mask, pattern = squash(mask_p), squash(pattern_p)
+            stamped = apply_trigger(xb[None], mask[:, None], pattern[:, None])  # (K,B,C,H,W)
+            logits = self.model(stamped.flatten(0, 1)).view(k, xb.shape[0], -1)
+            if cfg.exclude_target_samples:
+                weight = (yb[None, :] != labels[:, None]).float()
+            else:
+                weight = torch.ones(k, xb.shape[0], device=self.device)
+            denom = weight.sum(1).clamp(min=1.0)
+            if cfg.loss == "original":
+                p_target = torch.softmax(logits, -1).gather(2, labels.view(k, 1, 1).expand(k, xb.shape[0], 1))[..., 0]
+                per_sample = _ORIGINAL_LOSS_SCALE * (1.0 - p_target)
+            else:
+                per_sample = F.cross_entropy(
+                    logits.flatten(0, 1), labels.repeat_interleave(xb.shape[0]), reduction="none"
+                ).view(k, -1)
+            ce = (per_sample * weight).sum(1) / denom
+            reg = mask.sum((1, 2, 3))
+            loss = (ce + s["cost"] * reg).sum()
+            g_mask, g_pattern = torch.autograd.grad(loss, (mask_p, pattern_p))
+            with torch.no_grad():
+                hits = (logits.argmax(-1) == labels[:, None]).float()
+                acc_sum += (hits * weight).sum(1) / denom
+                reg_sum += reg
+                s["adam_t"] += 1
+                s["mask_p"] = _adam(mask_p.detach(), g_mask, s["mask_m"], s["mask_v"], s["adam_t"], cfg.lr, b1, b2)
+                s["pattern_p"] = _adam(pattern_p.detach(), g_pattern, s["pattern_m"], s["pattern_v"], s["adam_t"],
+                                       cfg.lr, b1, b2)
+        self.passes += nb * k * cfg.batch_size
+        with torch.no_grad():
+            self._end_of_step(s, acc_sum / nb, reg_sum / nb)
+
+    def _end_of_step(self, s: dict[str, torch.Tensor], acc: torch.Tensor, reg: torch.Tensor) -> None:
+        """The published cost schedule and early stop, for all labels of the block at once."""
+        cfg = self.config
+        s["last_acc"], s["last_reg"] = acc, reg
+        improved = (acc >= cfg.attack_threshold) & (reg < s["best_reg"])
+        s["best_reg"] = torch.where(improved, reg, s["best_reg"])
+        s["best_mask"] = torch.where(improved[:, None, None, None], squash(s["mask_p"]), s["best_mask"])
+        s["best_pattern"] = torch.where(improved[:, None, None, None], squash(s["pattern_p"]), s["best_pattern"])
+
+        found = torch.isfinite(s["best_reg"])
+        stalled = s["best_reg"] >= cfg.early_stop_threshold * s["es_reg_best"]
+        s["es_counter"] = torch.where(found, torch.where(stalled, s["es_counter"] + 1, 0), s["es_counter"])
+        s["es_reg_best"] = torch.minimum(s["es_reg_best"], s["best_reg"])
+        stop = s["up_flag"] & s["down_flag"] & (s["es_counter"] >= cfg.early_stop_patience)
+
+        success = acc >= cfg.attack_threshold
+        setting = (s["cost"] == 0) & success
+        s["cost_set_counter"] = torch.where(setting, s["cost_set_counter"] + 1, 0)
+        reset = setting & (s["cost_set_counter"] >= cfg.patience)
+        s["cost"] = torch.where(reset, torch.full_like(s["cost"], cfg.init_cost), s["cost"])
+        for key in ("up_counter", "down_counter"):
+            s[key] = torch.where(reset, 0, s[key])
+        for key in ("up_flag", "down_flag"):
+            s[key] = s[key] & ~reset
+        s["up_counter"] = torch.where(success, s["up_counter"] + 1, 0)
+        s["down_counter"] = torch.where(success, 0, s["down_counter"] + 1)
+        go_up = s["up_counter"] >= cfg.patience
+        go_down = ~go_up & (s["down_counter"] >= cfg.patience)
+        s["up_counter"] = torch.where(go_up, 0, s["up_counter"])
+        s["down_counter"] = torch.where(go_down, 0, s["down_counter"])
+        s["cost"] = torch.where(go_up, s["cost"] * cfg.cost_multiplier_up,
+                                torch.where(go_down, s["cost"] / cfg.cost_multiplier_down, s["cost"]))
+        s["up_flag"] = s["up_flag"] | go_up
+        s["down_flag"] = s["down_flag"] | go_down
+        s["steps"] = s["steps"] + 1
+        s["done"] = s["done"] | stop | (s["steps"] >= cfg.max_steps)
+
+    # ---- results -----------------------------------------------------------------------
+    def results(self) -> dict[str, torch.Tensor]:
+        """Best mask and pattern per label (the last ones where the threshold was never reached)."""
+        t = self.state.tensors
+        found = torch.isfinite(t["best_reg"])
+        mask = torch.where(found[:, None, None, None], t["best_mask"], squash(t["mask_p"]))
+        pattern = torch.where(found[:, None, None, None], t["best_pattern"], squash(t["pattern_p"]))
+        return {
+            "mask": mask[:, 0].detach().cpu(),
+            "pattern": pattern.detach().cpu(),
+            "l1": mask.sum((1, 2, 3)).detach().cpu(),
+            "reached": found.cpu(),
+            "steps": t["steps"].cpu(),
+            "cost": t["cost"].cpu(),
+        }
+
+
+def _adam(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, t: torch.Tensor,
+          lr: float, b1: float, b2: float, eps: float = 1e-7) -> torch.Tensor:
+    """Adam with a step count per label (labels join the block at different times)."""
+    m.mul_(b1).add_(g, alpha=1 - b1)
+    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+    shape = (-1,) + (1,) * (p.ndim - 1)
+    bias1 = (1 - b1 ** t).view(shape)
+    bias2 = (1 - b2 ** t).view(shape)
+    return p - lr * (m / bias1) / ((v / bias2).sqrt() + eps)
+
+
+def choose_block_size(model: nn.Module, input_shape: Sequence[int], batch_size: int, num_labels: int,
+                      device: torch.device) -> int:
+    """How many labels fit in one pass, from the activation memory of one image.
+
+    On a CPU, throughput stops growing well before memory runs out, so images per pass are
+    capped; on a GPU, half of the free memory is the budget.
+    """
+    per_image = _activation_bytes_per_image(model, input_shape, device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = free * 0.5
+        max_images = budget / max(per_image, 1)
+    else:
+        budget = min(_available_memory() * 0.25, 4 * 2**30)
+        max_images = min(budget / max(per_image, 1), 2048)
+    return int(max(1, min(num_labels, max_images // batch_size)))
+
+
+def _activation_bytes_per_image(model: nn.Module, input_shape: Sequence[int], device: torch.device) -> int:
+    total = 0
+
+    def hook(_m, _i, out):
+        nonlocal total
+        if isinstance(out, torch.Tensor):
+            total += out.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, *input_shape), device=device))
+    except Exception:
+        total = 0
+    finally:
+        for h in handles:
+            h.remove()
+    if total == 0:  # scripted models run no Python hooks; assume a mid-sized CNN
+        total = 64 * int(math.prod(input_shape))
+    # outputs, their gradients and saved inputs, plus the stamped image itself
+    return int((3 * total + 2 * math.prod(input_shape)) * 4)
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 * 2**30

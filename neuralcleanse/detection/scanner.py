@@ -1,0 +1,120 @@
+"""Neural Cleanse as one object: settings in the constructor, `scan` does the work."""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from neuralcleanse.data.dataset import ImageDataset
+from neuralcleanse.detection.outlier import mad_outliers
+from neuralcleanse.detection.presets import ScanPlan, get_preset
+from neuralcleanse.detection.result import ScanResult
+from neuralcleanse.detection.reverse_engineer import TriggerReverseEngineer
+from neuralcleanse.errors import InputError
+from neuralcleanse.metrics import attack_success_rate
+
+
+class NeuralCleanse:
+    """Reverse-engineers a trigger for every label and flags outliers by their mask norms.
+
+    >>> result = NeuralCleanse(preset="fast").scan(model, clean_data)
+    >>> result.infected, result.flagged, result.anomaly_index
+    """
+
+    def __init__(
+        self,
+        preset: str | ScanPlan = "fast",
+        *,
+        samples: int | None = None,
+        threshold: float = 2.0,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        block_size: int | None = None,
+        eval_samples: int = 256,
+        progress: bool = True,
+        **config_overrides: Any,
+    ) -> None:
+        plan = get_preset(preset) if isinstance(preset, str) else preset
+        self.preset_name = preset if isinstance(preset, str) else "custom"
+        self.plan = replace(plan, config=plan.config.with_overrides(**config_overrides),
+                            samples=samples or plan.samples)
+        self.threshold = threshold
+        self.device = torch.device(device)
+        self.seed = seed
+        self.block_size = block_size
+        self.eval_samples = eval_samples
+        self.progress = progress
+
+    def scan(self, model: nn.Module, data: ImageDataset, labels: Sequence[int] | None = None,
+             on_label_done: Callable[[int], None] | None = None) -> ScanResult:
+        num_classes = int(getattr(model, "num_classes", 0) or data.num_classes)
+        pool = self.select_samples(data, num_classes)
+        start = time.perf_counter()
+        engine = TriggerReverseEngineer(model, pool.x, pool.y, num_classes, self.plan.config,
+                                        device=self.device, block_size=self.block_size, seed=self.seed)
+        todo = list(range(num_classes)) if labels is None else [int(v) for v in labels]
+        self._run_plan(engine, todo, on_label_done)
+        found = engine.results()
+        rates = self._success_rates(model, pool, found)
+        norms = [float(v) for v in found["l1"]]
+        outliers = mad_outliers(norms, self.threshold)
+        settings = {
+            "preset": self.preset_name,
+            "config": self.plan.config.to_dict(),
+            "rounds": [list(r) for r in self.plan.rounds],
+            "samples": len(pool),
+            "block_size": engine.block_size,
+            "device": str(self.device),
+            "seed": self.seed,
+            "threshold": self.threshold,
+        }
+        return ScanResult(
+            masks=found["mask"], patterns=found["pattern"], l1_norms=norms, success_rates=rates,
+            reached_threshold=[bool(v) for v in found["reached"]], steps=[int(v) for v in found["steps"]],
+            outliers=outliers, settings=settings, wall_time=time.perf_counter() - start, passes=engine.passes,
+        )
+
+    def select_samples(self, data: ImageDataset, num_classes: int) -> ImageDataset:
+        """A class-balanced draw of the clean samples the optimisation sees."""
+        if len(data) == 0:
+            raise InputError("the data holds no samples")
+        if int(data.y.max()) >= num_classes or int(data.y.min()) < 0:
+            raise InputError(f"data labels must lie in 0..{num_classes - 1} for a {num_classes}-label model")
+        per_class = -(-self.plan.samples // num_classes)
+        pool = data.per_class_sample(per_class, seed=self.seed)
+        if len(pool) > self.plan.samples:
+            pool = pool.random_sample(self.plan.samples, seed=self.seed)
+        present = int(torch.unique(pool.y).numel())
+        if present < 2:
+            raise InputError("the scan needs clean samples of at least 2 labels")
+        return pool
+
+    def _run_plan(self, engine: TriggerReverseEngineer, labels: list[int],
+                  on_label_done: Callable[[int], None] | None) -> None:
+        rounds = self.plan.rounds or ((self.plan.config.max_steps, 1.0),)
+        current = labels
+        for i, (limit, keep) in enumerate(rounds):
+            desc = "labels" if len(rounds) == 1 else f"round {i + 1}/{len(rounds)}"
+            with tqdm(total=len(current), desc=desc, unit="label", disable=not self.progress, leave=False) as bar:
+                def done(label: int) -> None:
+                    bar.update(1)
+                    if on_label_done is not None and i == len(rounds) - 1:
+                        on_label_done(label)
+                engine.run(current, step_limit=limit, on_label_done=done)
+            if i + 1 < len(rounds):
+                norms = engine.results()["l1"]
+                n_keep = max(self.plan.min_keep, int(round(keep * len(current))))
+                current = sorted(current, key=lambda l: float(norms[l]))[:n_keep]
+
+    def _success_rates(self, model: nn.Module, pool: ImageDataset, found: dict[str, torch.Tensor]) -> list[float]:
+        from neuralcleanse.attacks.trigger import Trigger
+
+        sub = pool.random_sample(self.eval_samples, seed=self.seed + 7)
+        return [
+            attack_success_rate(model, sub, Trigger(found["mask"][l], found["pattern"][l]), l, device=self.device)
+            for l in range(len(found["l1"]))
+        ]

@@ -1,0 +1,40 @@
+"""Clean accuracy and attack success: the one implementation every command reports with."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from neuralcleanse.attacks.trigger import Trigger
+from neuralcleanse.data.dataset import ImageDataset
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512, device: str | torch.device = "cpu",
+            transform=None) -> torch.Tensor:
+    """Predicted labels for raw [0,1] images; `transform` is applied to each batch first."""
+    was_training = model.training
+    model.eval()
+    preds = []
+    for start in range(0, len(x), batch_size):
+        xb = x[start : start + batch_size].to(device)
+        if transform is not None:
+            xb = transform(xb)
+        preds.append(model(xb).argmax(1).cpu())
+    model.train(was_training)
+    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+
+
+def clean_accuracy(model: nn.Module, data: ImageDataset, batch_size: int = 512,
+                   device: str | torch.device = "cpu") -> float:
+    preds = predict(model, data.x, batch_size, device)
+    return float((preds == data.y).float().mean()) if len(data) else float("nan")
+
+
+def attack_success_rate(model: nn.Module, data: ImageDataset, trigger: Trigger, target: int,
+                        batch_size: int = 512, device: str | torch.device = "cpu") -> float:
+    """Share of triggered images, whose true label is not the target, that the model sends to it."""
+    keep = data.y != target
+    if not bool(keep.any()):
+        return float("nan")
+    preds = predict(model, data.x[keep], batch_size, device, transform=trigger.apply)
+    return float((preds == target).float().mean())
