@@ -12,8 +12,10 @@ from neuralcleanse.detection.outlier import OutlierResult
 
 @dataclass
 class ScanResult:
-    """Per label (in label order): the reversed trigger, its L1 norm and success rate."""
+    """Per scanned label (in `labels` order, all labels by default): the reversed trigger, its L1
+    norm and success rate. `outliers.flagged` holds label ids, not positions."""
 
+    labels: list[int]
     masks: torch.Tensor            # (L, H, W)
     patterns: torch.Tensor         # (L, C, H, W)
     l1_norms: list[float]
@@ -42,12 +44,14 @@ class ScanResult:
         return len(self.l1_norms)
 
     def trigger(self, label: int) -> Trigger:
-        return Trigger(self.masks[label], self.patterns[label])
+        i = self.labels.index(label)
+        return Trigger(self.masks[i], self.patterns[i])
 
     def to_dict(self) -> dict[str, Any]:
         o = self.outliers
         return {
             "infected": self.infected,
+            "labels": [int(v) for v in self.labels],
             "flagged": self.flagged,
             "anomaly_index": _finite_or_none(o.anomaly_index),
             "median_l1": o.median,

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from neuralcleanse.attacks.trigger import Trigger
 from neuralcleanse.data.dataset import ImageDataset
 from neuralcleanse.detection.outlier import mad_outliers
 from neuralcleanse.detection.presets import ScanPlan, get_preset
@@ -56,12 +57,20 @@ class NeuralCleanse:
         start = time.perf_counter()
         engine = TriggerReverseEngineer(model, pool.x, pool.y, num_classes, self.plan.config,
                                         device=self.device, block_size=self.block_size, seed=self.seed)
-        todo = list(range(num_classes)) if labels is None else [int(v) for v in labels]
+        todo = list(range(num_classes)) if labels is None else sorted({int(v) for v in labels})
+        if any(not 0 <= l < num_classes for l in todo):
+            raise InputError(f"labels to scan must lie in 0..{num_classes - 1}")
+        if len(todo) < 3:
+            raise InputError("outlier analysis needs at least 3 labels")
         self._run_plan(engine, todo, on_label_done)
-        found = engine.results()
-        rates = self._success_rates(model, pool, found)
+        found = {k: v[todo] for k, v in engine.results().items()}
+        rates = self._success_rates(model, pool, found, todo)
         norms = [float(v) for v in found["l1"]]
-        outliers = mad_outliers(norms, self.threshold)
+        try:
+            outliers = mad_outliers(norms, self.threshold)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        outliers = replace(outliers, flagged=[todo[i] for i in outliers.flagged])
         settings = {
             "preset": self.preset_name,
             "config": self.plan.config.to_dict(),
@@ -73,7 +82,7 @@ class NeuralCleanse:
             "threshold": self.threshold,
         }
         return ScanResult(
-            masks=found["mask"], patterns=found["pattern"], l1_norms=norms, success_rates=rates,
+            labels=todo, masks=found["mask"], patterns=found["pattern"], l1_norms=norms, success_rates=rates,
             reached_threshold=[bool(v) for v in found["reached"]], steps=[int(v) for v in found["steps"]],
             outliers=outliers, settings=settings, wall_time=time.perf_counter() - start, passes=engine.passes,
         )
@@ -110,11 +119,11 @@ class NeuralCleanse:
                 n_keep = max(self.plan.min_keep, int(round(keep * len(current))))
                 current = sorted(current, key=lambda l: float(norms[l]))[:n_keep]
 
-    def _success_rates(self, model: nn.Module, pool: ImageDataset, found: dict[str, torch.Tensor]) -> list[float]:
-        from neuralcleanse.attacks.trigger import Trigger
-
+    def _success_rates(self, model: nn.Module, pool: ImageDataset, found: dict[str, torch.Tensor],
+                       labels: list[int]) -> list[float]:
+        """Measured afresh on a sample of the pool, for the best trigger kept (not the last one)."""
         sub = pool.random_sample(self.eval_samples, seed=self.seed + 7)
         return [
-            attack_success_rate(model, sub, Trigger(found["mask"][l], found["pattern"][l]), l, device=self.device)
-            for l in range(len(found["l1"]))
+            attack_success_rate(model, sub, Trigger(found["mask"][i], found["pattern"][i]), label, device=self.device)
+            for i, label in enumerate(labels)
         ]

@@ -1,0 +1,272 @@
+"""Command line: train, scan, demo.
+
+Exit codes: 0 clean verdict (or success), 3 infected verdict, 2 bad input, 1 crash.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import torch
+
+from neuralcleanse.errors import InputError
+
+EXIT_CLEAN = 0
+EXIT_CRASH = 1
+EXIT_BAD_INPUT = 2
+EXIT_INFECTED = 3
+
+log = logging.getLogger("neuralcleanse")
+
+
+def _floats(text: str | None) -> tuple[float, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA GPU is available to PyTorch")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown device {name!r}; use cpu or cuda") from None
+
+
+def _guard(fn: Callable[..., int | None]) -> Callable[..., None]:
+    """Maps outcomes to exit codes: InputError → 2 with one line, any other error → 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            code = fn(*args, **kwargs) or 0
+        except InputError as exc:
+            click.echo(f"error: {exc}", err=True)
+            code = EXIT_BAD_INPUT
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            code = 130
+        except click.exceptions.Exit:
+            raise
+        except click.ClickException:
+            raise
+        except Exception:  # a bug: show everything so it can be reported
+            traceback.print_exc()
+            code = EXIT_CRASH
+        sys.exit(code)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="neuralcleanse")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
+    """Find, show and remove backdoors in image classifiers (Neural Cleanse)."""
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s")
+    ctx.obj = {"progress": not quiet}
+
+
+trigger_options = [
+    click.option("--target", type=int, default=None, help="BadNets target label (default 0)."),
+    click.option("--trigger-size", type=int, default=4, show_default=True, help="Side of the square patch."),
+    click.option("--trigger-position", default="bottom-right", show_default=True,
+                 help="bottom-right, bottom-left, top-right, top-left, center, or ROW,COL."),
+    click.option("--trigger-colour", default="1.0", show_default=True,
+                 help="Patch colour in [0,1]: one grey value or R,G,B."),
+    click.option("--trigger-image", type=click.Path(dir_okay=False), default=None,
+                 help="An image file used as the patch's content (resized to the patch)."),
+]
+
+
+def _with(options: list) -> Callable:
+    def deco(fn: Callable) -> Callable:
+        for opt in reversed(options):
+            fn = opt(fn)
+        return fn
+    return deco
+
+
+def _patch_trigger(input_shape, size: int, position: str, colour: str, image: str | None):
+    from neuralcleanse.attacks.trigger import patch_trigger
+
+    pos: Any = position
+    if "," in position:
+        try:
+            pos = tuple(int(v) for v in position.split(","))
+        except ValueError:
+            raise InputError(f"--trigger-position {position!r} is not ROW,COL") from None
+    pattern_image = None
+    if image:
+        import numpy as np
+        from PIL import Image
+
+        try:
+            img = Image.open(image).convert("L" if input_shape[0] == 1 else "RGB").resize((size, size))
+        except OSError as exc:
+            raise InputError(f"cannot read trigger image {image}: {exc}") from None
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+        pattern_image = arr if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    try:
+        return patch_trigger(input_shape, size, pos, _floats(colour), pattern_image=pattern_image)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
+@main.command()
+@click.option("--dataset", "dataset", required=True, help="mnist, gtsrb, an .npz file or a dataset folder.")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (.pt).")
+@click.option("--arch", default=None, help="Architecture (default: the paper's net for the dataset).")
+@click.option("--epochs", type=int, default=None, help="Default: 3 for MNIST, 8 for GTSRB, 5 otherwise.")
+@click.option("--lr", type=float, default=None, help="Adam learning rate (default 3e-3 MNIST, 1e-3 otherwise).")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--badnets", is_flag=True, help="Poison the training set (BadNets).")
+@click.option("--poison-rate", type=float, default=0.1, show_default=True)
+@_with(trigger_options)
+@click.option("--device", default="cpu", show_default=True)
+@click.pass_context
+@_guard
+def train(ctx: click.Context, dataset: str, out: str, arch: str | None, epochs: int | None, lr: float | None,
+          batch_size: int, seed: int, badnets: bool, poison_rate: float, target: int | None, trigger_size: int,
+          trigger_position: str, trigger_colour: str, trigger_image: str | None, device: str) -> int:
+    """Train a clean or BadNets-infected model and report clean accuracy and attack success."""
+    from neuralcleanse.attacks.badnets import BadNets
+    from neuralcleanse.data import load_dataset
+    from neuralcleanse.models.architectures import ARCHITECTURES, DEFAULT_ARCH_FOR_DATASET
+    from neuralcleanse.models.checkpoint import save_checkpoint
+    from neuralcleanse.report.files import write_json
+    from neuralcleanse.training import DEFAULTS, train_model
+
+    data = load_dataset(dataset)
+    name = dataset.lower() if dataset.lower() in DEFAULT_ARCH_FOR_DATASET else None
+    arch = arch or DEFAULT_ARCH_FOR_DATASET.get(name or "", None)
+    if arch is None:
+        raise InputError(f"choose an architecture with --arch ({', '.join(ARCHITECTURES)}) for {dataset}")
+    if arch not in ARCHITECTURES:
+        raise InputError(f"unknown --arch {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    defaults = DEFAULTS.get(name or "", DEFAULTS["other"])
+    bn = None
+    if badnets or target is not None:
+        target = 0 if target is None else target
+        if not 0 <= target < data.train.num_classes:
+            raise InputError(f"--target must lie in 0..{data.train.num_classes - 1}")
+        if not 0 < poison_rate < 1:
+            raise InputError("--poison-rate must lie in (0, 1)")
+        trig = _patch_trigger(data.train.input_shape, trigger_size, trigger_position, trigger_colour, trigger_image)
+        bn = BadNets([trig], [target], poison_rate, seed=seed)
+    model, report = train_model(data, arch, badnets=bn, epochs=epochs or defaults["epochs"],
+                                lr=lr or defaults["lr"], batch_size=batch_size, seed=seed, device=_device(device),
+                                progress=ctx.obj["progress"])
+    path = save_checkpoint(model, out)
+    write_json(Path(out).with_suffix(".json"), {"checkpoint": str(path), **report.to_dict()})
+    click.echo(f"clean accuracy: {report.clean_accuracy:.2%}")
+    for i, asr in report.attack_success.items():
+        click.echo(f"attack success (trigger {i} -> label {bn.targets[i]}): {asr:.2%}")
+    click.echo(f"model written to {path}")
+    return EXIT_CLEAN
+
+
+preprocessing_options = [
+    click.option("--num-classes", type=int, default=None, help="Label count (for TorchScript models)."),
+    click.option("--pixel-range", type=click.Choice(["1", "255"]), default=None,
+                 help="What the model takes: pixels in [0,1] or [0,255]."),
+    click.option("--mean", default=None, help="Per-channel mean the model subtracts, e.g. 0.485,0.456,0.406."),
+    click.option("--std", default=None, help="Per-channel std the model divides by."),
+    click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), default=None),
+]
+
+
+def load_model_and_data(model_path: str, data_source: str, num_classes: int | None, pixel_range: str | None,
+                        mean: str | None, std: str | None, channel_order: str | None):
+    from neuralcleanse.data import Preprocessing, load_dataset
+    from neuralcleanse.models.loading import complete_model_info, load_model
+
+    prep = None
+    if pixel_range or mean or std or channel_order:
+        try:
+            prep = Preprocessing(pixel_scale=float(pixel_range or 1), mean=_floats(mean), std=_floats(std),
+                                 channel_order=channel_order or "rgb")
+        except ValueError as exc:
+            raise InputError(f"bad preprocessing flags: {exc}") from None
+    model = load_model(model_path, num_classes=num_classes, preprocessing=prep)
+    data = load_dataset(data_source).test
+    complete_model_info(model, data.input_shape, data.num_classes)
+    return model, data
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path())
+@click.option("--data", "data_source", required=True, help="mnist, gtsrb, an .npz file or a dataset folder.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Folder for the report.")
+@click.option("--preset", type=click.Choice(["fast", "original"]), default="fast", show_default=True)
+@click.option("--samples", type=int, default=None, help="Clean samples to optimise with (default 1000).")
+@click.option("--labels", default=None, help="Only these labels, e.g. 0,3,7 (outlier analysis needs ≥3).")
+@click.option("--loss", type=click.Choice(["cross_entropy", "original"]), default=None,
+              help="original = the published code's swapped cross-entropy.")
+@click.option("--max-steps", type=int, default=None, help="Override the preset's step budget per label.")
+@click.option("--threshold", type=float, default=2.0, show_default=True, help="Anomaly index that flags a label.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@_with(preprocessing_options)
+@click.pass_context
+@_guard
+def scan(ctx: click.Context, model_path: str, data_source: str, out: str, preset: str, samples: int | None,
+         labels: str | None, loss: str | None, max_steps: int | None, threshold: float, seed: int, device: str,
+         num_classes: int | None, pixel_range: str | None, mean: str | None, std: str | None,
+         channel_order: str | None) -> int:
+    """Reverse-engineer a trigger for every label and flag the outliers.
+
+    Exit code 0: no label flagged; 3: infected (at least one label flagged); 2: bad input; 1: crash.
+    """
+    from neuralcleanse.pipeline import run_scan
+
+    model, data = load_model_and_data(model_path, data_source, num_classes, pixel_range, mean, std, channel_order)
+    label_list = [int(v) for v in _floats(labels)] if labels else None
+    result = run_scan(model, data, out, preset=preset, samples=samples, labels=label_list, loss=loss,
+                      max_steps=max_steps, threshold=threshold, seed=seed, device=_device(device),
+                      progress=ctx.obj["progress"], model_desc={"path": str(model_path)},
+                      data_desc={"source": data_source})
+    _print_verdict(result, out)
+    return EXIT_INFECTED if result.infected else EXIT_CLEAN
+
+
+def _print_verdict(result, out: str) -> None:
+    idx = result.anomaly_index
+    idx_text = "inf" if idx == float("inf") else f"{idx:.2f}"
+    if result.infected:
+        click.echo(f"verdict: INFECTED — flagged label(s) {result.flagged}, anomaly index {idx_text}")
+    else:
+        click.echo(f"verdict: clean — no label flagged (anomaly index of the smallest norm {idx_text})")
+    click.echo(f"report: {Path(out) / 'report.json'}")
+
+
+@main.command()
+@click.option("--out", "out", default="demo-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--epochs", type=int, default=3, show_default=True)
+@click.pass_context
+@_guard
+def demo(ctx: click.Context, out: str, device: str, epochs: int) -> int:
+    """Train a BadNets MNIST model (4x4 white square, bottom-right, target 7), scan it, report."""
+    from neuralcleanse.demo import run_demo
+
+    run_demo(out, device=_device(device), epochs=epochs, progress=ctx.obj["progress"], echo=click.echo)
+    return EXIT_CLEAN
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""The scan as the CLI and the demo run it: check the model on the data, scan, write the report."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from neuralcleanse.data.dataset import ImageDataset
+from neuralcleanse.detection.result import ScanResult
+from neuralcleanse.detection.scanner import NeuralCleanse
+from neuralcleanse.metrics import clean_accuracy
+from neuralcleanse.models.classifier import Classifier
+from neuralcleanse.report.scan_report import write_scan_report
+
+log = logging.getLogger(__name__)
+
+
+def check_accuracy(model: Classifier, data: ImageDataset, device: torch.device | str = "cpu",
+                   sample: int = 2000) -> float:
+    """Warns loudly when accuracy on the clean data is near chance: the usual cause of a
+    meaningless scan is preprocessing that does not match the model's."""
+    acc = clean_accuracy(model, data.random_sample(sample), device=device)
+    chance = 1.0 / max(model.num_classes, 1)
+    if acc < max(0.5, 3 * chance):
+        log.warning(
+            "the model's accuracy on these clean samples is only %.1f%% (chance is %.1f%%): check the "
+            "preprocessing flags (--pixel-range, --mean, --std, --channel-order) and the labels; "
+            "a scan of a model that cannot classify its data means nothing", 100 * acc, 100 * chance)
+    else:
+        log.info("clean accuracy on the scan data: %.2f%%", 100 * acc)
+    return acc
+
+
+def run_scan(model: Classifier, data: ImageDataset, out: str | Path, *, preset: str = "fast",
+             samples: int | None = None, labels: Sequence[int] | None = None, loss: str | None = None,
+             max_steps: int | None = None, threshold: float = 2.0, seed: int = 0,
+             device: torch.device | str = "cpu", progress: bool = True,
+             model_desc: dict[str, Any] | None = None, data_desc: dict[str, Any] | None = None) -> ScanResult:
+    accuracy = check_accuracy(model, data, device)
+    scanner = NeuralCleanse(preset, samples=samples, threshold=threshold, device=device, seed=seed,
+                            progress=progress, loss=loss, max_steps=max_steps)
+    result = scanner.scan(model, data, labels=labels)
+    info = model.info
+    model_fields = {
+        "source": info.source, "arch": info.arch, "num_classes": info.num_classes,
+        "input_shape": list(info.input_shape), "preprocessing": info.preprocessing.to_dict(),
+        "clean_accuracy_on_scan_data": accuracy, **(model_desc or {}),
+    }
+    backdoor = info.metadata.get("backdoor")
+    if backdoor:
+        model_fields["known_backdoor_targets"] = list(backdoor.get("targets", []))
+    write_scan_report(result, out, model=model_fields,
+                      data={"name": data.name, "samples_available": len(data), **(data_desc or {})})
+    return result
