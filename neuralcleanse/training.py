@@ -60,7 +60,7 @@ def train_model(
 
     start = time.perf_counter()
     c, h, w = data.train.input_shape
-    arch_kwargs = {"num_classes": data.train.num_classes, "in_channels": c}
+    arch_kwargs = {"num_classes": data.train.num_classes, "in_channels": c, "image_size": [h, w]}
     info = ModelInfo(
         num_classes=data.train.num_classes,
         input_shape=(c, h, w),
