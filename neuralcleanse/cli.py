@@ -34,6 +34,13 @@ def _floats(text: str | None) -> tuple[float, ...]:
         raise InputError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(f"expected comma-separated label numbers, got {text!r}") from None
+
+
 def _device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("--device cuda was asked for but no CUDA GPU is available to PyTorch")
@@ -68,7 +75,24 @@ def _guard(fn: Callable[..., int | None]) -> Callable[..., None]:
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineErrors(click.Group):
+    """Usage errors as one `error:` line with exit code 2, like every other bad input."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(130)
+        except click.ClickException as exc:
+            hint = " (see --help)" if isinstance(exc, click.UsageError) else ""
+            click.echo(f"error: {exc.format_message()}{hint}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="neuralcleanse")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
@@ -130,7 +154,7 @@ def _patch_trigger(input_shape, size: int, position: str, colour: str, image: st
 @click.option("--dataset", "dataset", required=True, help="mnist, gtsrb, an .npz file or a dataset folder.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (.pt).")
 @click.option("--arch", default=None, help="Architecture (default: the paper's net for the dataset).")
-@click.option("--epochs", type=int, default=None, help="Default: 3 for MNIST, 8 for GTSRB, 5 otherwise.")
+@click.option("--epochs", type=int, default=None, help="Default: 3 for MNIST, 6 for GTSRB, 5 otherwise.")
 @click.option("--lr", type=float, default=None, help="Adam learning rate (default 3e-3 MNIST, 1e-3 otherwise).")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -213,12 +237,15 @@ def load_model_and_data(model_path: str, data_source: str, num_classes: int | No
 @click.option("--data", "data_source", required=True, help="mnist, gtsrb, an .npz file or a dataset folder.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Folder for the report.")
 @click.option("--preset", type=click.Choice(["fast", "original"]), default="fast", show_default=True)
-@click.option("--samples", type=int, default=None, help="Clean samples to optimise with (default 1000).")
+@click.option("--samples", type=click.IntRange(min=10), default=None,
+              help="Clean samples to optimise with (default 1000).")
 @click.option("--labels", default=None, help="Only these labels, e.g. 0,3,7 (outlier analysis needs ≥3).")
 @click.option("--loss", type=click.Choice(["cross_entropy", "original"]), default=None,
               help="original = the published code's swapped cross-entropy.")
-@click.option("--max-steps", type=int, default=None, help="Override the preset's step budget per label.")
-@click.option("--threshold", type=float, default=2.0, show_default=True, help="Anomaly index that flags a label.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None,
+              help="Override the preset's step budget per label.")
+@click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
+              help="Anomaly index that flags a label.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @_with(preprocessing_options)
@@ -235,7 +262,7 @@ def scan(ctx: click.Context, model_path: str, data_source: str, out: str, preset
     from neuralcleanse.pipeline import run_scan
 
     model, data = load_model_and_data(model_path, data_source, num_classes, pixel_range, mean, std, channel_order)
-    label_list = [int(v) for v in _floats(labels)] if labels else None
+    label_list = _ints(labels) if labels else None
     result = run_scan(model, data, out, preset=preset, samples=samples, labels=label_list, loss=loss,
                       max_steps=max_steps, threshold=threshold, seed=seed, device=_device(device),
                       progress=ctx.obj["progress"], model_desc={"path": str(model_path)},

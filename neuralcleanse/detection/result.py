@@ -56,6 +56,7 @@ class ScanResult:
             "anomaly_index": _finite_or_none(o.anomaly_index),
             "median_l1": o.median,
             "mad": o.mad,
+            "mad_x_1_4826": o.consistent_mad,
             "min_l1": o.min_norm,
             "threshold": o.threshold,
             "l1_norms": [float(v) for v in self.l1_norms],

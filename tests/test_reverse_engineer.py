@@ -1,0 +1,323 @@
+"""Trigger reverse-engineering on a tiny BadNets model trained inside the test.
+
+Data: 8x8 grey images, 6 labels; each label is a fixed random two-level prototype plus noise,
+so a clean label can only be reached by changing many pixels while the planted trigger (a 2x2
+white patch at the bottom-right, rows/cols 5..6) needs four.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neuralcleanse.attacks import BadNets, apply_trigger, patch_trigger
+from neuralcleanse.data.dataset import DatasetSplits, ImageDataset
+from neuralcleanse.detection import NeuralCleanse, ReverseConfig, ScanPlan, TriggerReverseEngineer
+from neuralcleanse.detection.reverse_engineer import squash, unsquash
+from neuralcleanse.errors import InputError
+from neuralcleanse.metrics import attack_success_rate
+from neuralcleanse.training import train_model
+
+K = 6
+TARGET = 2
+SIDE = 8
+TRIGGER_ROWS = slice(5, 7)
+TRIGGER_COLS = slice(5, 7)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Tiny models gain nothing from threads, and OpenMP spinning on a busy 2-core box costs 100x.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def synthetic(n_per_class: int, seed: int) -> ImageDataset:
+    protos = 0.1 + 0.4 * (torch.rand(K, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    y = torch.arange(K).repeat_interleave(n_per_class)
+    noise = 0.05 * torch.randn(len(y), 1, SIDE, SIDE, generator=torch.Generator().manual_seed(seed))
+    return ImageDataset((protos[y] + noise).clamp(0, 1), y, K, "synthetic")
+
+
+@pytest.fixture(scope="module")
+def data() -> DatasetSplits:
+    return DatasetSplits(synthetic(200, seed=1), synthetic(50, seed=2))
+
+
+@pytest.fixture(scope="module")
+def trigger():
+    return patch_trigger((1, SIDE, SIDE), size=2, position="bottom-right", margin=1)
+
+
+@pytest.fixture(scope="module")
+def infected(data, trigger):
+    bn = BadNets([trigger], [TARGET], poison_rate=0.1, seed=0)
+    model, report = train_model(data, "tiny", badnets=bn, epochs=8, lr=5e-3, batch_size=64, progress=False)
+    return model, report
+
+
+@pytest.fixture(scope="module")
+def clean_model(data):
+    model, _ = train_model(data, "tiny", epochs=8, lr=5e-3, batch_size=64, progress=False)
+    return model
+
+
+def small_config(**kw) -> ReverseConfig:
+    base = dict(max_steps=30, samples_per_step=128, batch_size=32, start_cost=1e-3, early_stop_patience=10)
+    base.update(kw)
+    return ReverseConfig(**base)
+
+
+def test_trigger_geometry(trigger) -> None:
+    assert trigger.l1 == 4.0
+    assert float(trigger.mask[TRIGGER_ROWS, TRIGGER_COLS].sum()) == 4.0
+
+
+def test_badnets_training_plants_backdoor(infected, data, trigger) -> None:
+    model, report = infected
+    assert report.clean_accuracy > 0.95
+    assert report.attack_success[0] > 0.9
+    # Recomputed independently of the training report.
+    assert attack_success_rate(model, data.test, trigger, TARGET) == pytest.approx(report.attack_success[0])
+    # The same patch elsewhere is not the backdoor.
+    elsewhere = patch_trigger((1, SIDE, SIDE), size=2, position="top-left")
+    assert attack_success_rate(model, data.test, elsewhere, TARGET) < 0.5
+    assert model.info.metadata["backdoor"]["targets"] == [TARGET]
+    assert model.num_classes == K and model.input_shape == (1, SIDE, SIDE)
+
+
+def _check_found(result) -> None:
+    norms = result.l1_norms
+    assert len(norms) == K and result.labels == list(range(K))
+    assert min(range(K), key=lambda i: norms[i]) == TARGET
+    others = sorted(v for i, v in enumerate(norms) if i != TARGET)
+    assert norms[TARGET] < 0.6 * others[0]
+    mask = result.masks[TARGET]
+    assert mask.shape == (SIDE, SIDE)
+    share = float(mask[TRIGGER_ROWS, TRIGGER_COLS].sum() / mask.sum())
+    assert share > 0.6, f"only {share:.0%} of the reversed mask lies on the real trigger"
+    assert TARGET in result.flagged
+    assert result.infected
+    assert result.anomaly_index > 2.0
+    assert result.success_rates[TARGET] > 0.9
+    assert result.reached_threshold[TARGET]
+
+
+def test_scan_finds_planted_trigger(infected, data) -> None:
+    model, _ = infected
+    result = NeuralCleanse(ScanPlan(config=small_config(), samples=240), progress=False).scan(model, data.test)
+    _check_found(result)
+    assert result.settings["samples"] == 240
+    assert all(s <= 30 for s in result.steps)
+
+
+def test_fast_preset_finds_planted_trigger(infected, data) -> None:
+    model, _ = infected
+    scanner = NeuralCleanse("fast", samples=240, progress=False, seed=1)
+    assert scanner.plan.config.max_steps == 60
+    result = scanner.scan(model, data.test)
+    _check_found(result)
+    assert result.settings["preset"] == "fast"
+
+
+def _halving_scan(model, data, keep: float, done: list[int] | None = None):
+    plan = ScanPlan(config=small_config(early_stop_patience=1000), rounds=((8, keep), (30, 1.0)), samples=240)
+    return NeuralCleanse(plan, progress=False).scan(model, data.test,
+                                                     on_label_done=None if done is None else done.append)
+
+
+def test_successive_halving_keeps_smallest(infected, data) -> None:
+    model, _ = infected
+    done: list[int] = []
+    result = _halving_scan(model, data, 0.5, done)
+    steps = dict(zip(result.labels, result.steps))
+    # Half the labels (3, also min_keep) continue to 30 steps; the target is among them.
+    assert sorted(steps.values()) == [8, 8, 8, 30, 30, 30]
+    assert steps[TARGET] == 30
+    assert sorted(done) == sorted(l for l, s in steps.items() if s == 30)
+    assert min(range(K), key=lambda i: result.l1_norms[i]) == TARGET
+    assert result.settings["rounds"] == [[8, 0.5], [30, 1.0]]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "package design bug: with successive halving the dropped labels keep the large norms of an "
+    "8-step mask; they sit next to the median, so the MAD (and for an even count the median) is "
+    "inflated and the planted trigger (found at full budget, norm ~4 vs ~12) is no longer flagged. "
+    "ScanPlan's docstring says the median is robust to this; the MAD is not"))
+def test_successive_halving_verdict_matches_full_run(infected, data) -> None:
+    model, _ = infected
+    result = _halving_scan(model, data, 0.5)
+    assert TARGET in result.flagged
+
+
+def test_clean_model_needs_a_larger_trigger_for_target(infected, clean_model, data) -> None:
+    model, _ = infected
+    scanner = NeuralCleanse(ScanPlan(config=small_config(), samples=240), progress=False)
+    inf = scanner.scan(model, data.test)
+    cln = scanner.scan(clean_model, data.test)
+    assert cln.l1_norms[TARGET] > 2 * inf.l1_norms[TARGET]
+
+
+def test_scan_label_subset_and_errors(infected, data) -> None:
+    model, _ = infected
+    scanner = NeuralCleanse(ScanPlan(config=small_config(max_steps=3), samples=60), progress=False)
+    result = scanner.scan(model, data.test, labels=[5, 0, 2])
+    assert result.labels == [0, 2, 5]
+    assert result.masks.shape == (3, SIDE, SIDE) and len(result.l1_norms) == 3
+    with pytest.raises(InputError, match="at least 3"):
+        scanner.scan(model, data.test, labels=[0, 1])
+    with pytest.raises(InputError, match="must lie in"):
+        scanner.scan(model, data.test, labels=[0, 1, K])
+
+
+# ---- the batched engine ---------------------------------------------------------------------
+
+
+def _pool(data: DatasetSplits, per_class: int = 16) -> ImageDataset:
+    return data.test.per_class_sample(per_class, seed=0)
+
+
+def _run(model, pool, cfg, block, seed=3, steps=8, labels=None):
+    eng = TriggerReverseEngineer(model, pool.x, pool.y, K, cfg, block_size=block, seed=seed)
+    eng.run(range(K) if labels is None else labels, step_limit=steps)
+    return eng
+
+
+@pytest.mark.parametrize("block", [1, 4])
+def test_batched_equals_one_at_a_time_full_batch(infected, data, block) -> None:
+    """One batch per step holding the whole pool: every label sees the same images whatever the
+    blocking (only their order differs), so the claim "each label's update is exactly what it
+    would be alone" can be checked label by label."""
+    model, _ = infected
+    pool = _pool(data)
+    cfg = ReverseConfig(max_steps=50, samples_per_step=len(pool), batch_size=len(pool), start_cost=1e-3, patience=2)
+    together = _run(model, pool, cfg, block=K)
+    apart = _run(model, pool, cfg, block=block)
+    assert together.block_size == K and apart.block_size == block
+    a, b = together.results(), apart.results()
+    for label in range(K):
+        torch.testing.assert_close(a["mask"][label], b["mask"][label], atol=1e-5, rtol=0)
+        torch.testing.assert_close(a["pattern"][label], b["pattern"][label], atol=1e-5, rtol=0)
+    for key in ("mask_p", "pattern_p", "mask_m", "mask_v", "adam_t", "cost", "steps"):
+        torch.testing.assert_close(together.state.tensors[key], apart.state.tensors[key], atol=1e-5, rtol=1e-5)
+    # The labels did move (the check is not comparing two untouched initialisations).
+    start = TriggerReverseEngineer(model, pool.x, pool.y, K, cfg, block_size=K, seed=3)
+    assert float((start.state.tensors["mask_p"] - together.state.tensors["mask_p"]).abs().max()) > 0.1
+    assert together.passes == apart.passes == 8 * K * len(pool)
+
+
+def test_batched_equals_one_at_a_time_mini_batches(infected, data) -> None:
+    model, _ = infected
+    pool = _pool(data)
+    cfg = ReverseConfig(max_steps=50, samples_per_step=64, batch_size=32, start_cost=1e-3, patience=2)
+    a = _run(model, pool, cfg, block=K).results()
+    b = _run(model, pool, cfg, block=1).results()
+    for label in range(K):
+        torch.testing.assert_close(a["mask"][label], b["mask"][label], atol=1e-4, rtol=0)
+
+
+def test_step_limit_continues_where_it_left_off(infected, data) -> None:
+    model, _ = infected
+    pool = _pool(data)
+    cfg = ReverseConfig(max_steps=50, samples_per_step=64, batch_size=32, start_cost=1e-3, patience=2)
+    once = _run(model, pool, cfg, block=K, steps=8)
+    twice = _run(model, pool, cfg, block=K, steps=4)
+    assert twice.state.tensors["steps"].tolist() == [4] * K
+    twice.run(range(K), step_limit=8)
+    assert twice.state.tensors["steps"].tolist() == [8] * K
+    for key in ("mask_p", "pattern_p", "cost", "best_reg"):
+        torch.testing.assert_close(once.state.tensors[key], twice.state.tensors[key], atol=1e-6, rtol=1e-6)
+    # A further call with the same limit does nothing.
+    before = twice.state.tensors["mask_p"].clone()
+    twice.run(range(K), step_limit=8)
+    torch.testing.assert_close(twice.state.tensors["mask_p"], before, atol=0, rtol=0)
+
+
+def test_original_loss_runs_and_finds_target(infected, data) -> None:
+    model, _ = infected
+    pool = _pool(data, 40)
+    cfg = small_config(loss="original")
+    eng = _run(model, pool, cfg, block=K, steps=30)
+    res = eng.results()
+    assert res["mask"].shape == (K, SIDE, SIDE) and res["pattern"].shape == (K, 1, SIDE, SIDE)
+    assert float(res["mask"].min()) > 0 and float(res["mask"].max()) < 1
+    l1 = res["l1"]
+    assert torch.isfinite(l1).all()
+    assert int(l1.argmin()) == TARGET
+    assert bool(res["reached"][TARGET])
+    # It is a different objective: the cross-entropy run from the same start ends elsewhere.
+    ce = _run(model, pool, small_config(), block=K, steps=30).results()
+    assert float((ce["mask"] - res["mask"]).abs().max()) > 1e-3
+
+
+def test_exclude_target_samples_ignores_samples_of_the_label(infected, data) -> None:
+    """With exclusion, what the images of label L look like cannot change label L's optimisation;
+    without it, it does."""
+    model, _ = infected
+    pool = _pool(data)
+    label = 4
+    scrambled_x = pool.x.clone()
+    own = pool.y == label
+    scrambled_x[own] = torch.rand(int(own.sum()), 1, SIDE, SIDE, generator=torch.Generator().manual_seed(9))
+    for exclude in (True, False):
+        cfg = ReverseConfig(max_steps=50, samples_per_step=64, batch_size=32, start_cost=1e-3,
+                            exclude_target_samples=exclude)
+        a = TriggerReverseEngineer(model, pool.x, pool.y, K, cfg, block_size=1, seed=5)
+        b = TriggerReverseEngineer(model, scrambled_x, pool.y, K, cfg, block_size=1, seed=5)
+        a.run([label], step_limit=6)
+        b.run([label], step_limit=6)
+        diff = float((a.state.tensors["mask_p"][label] - b.state.tensors["mask_p"][label]).abs().max())
+        if exclude:
+            assert diff < 1e-5
+            assert float(a.state.tensors["last_acc"][label]) == pytest.approx(
+                float(b.state.tensors["last_acc"][label]), abs=1e-6)
+        else:
+            assert diff > 1e-3
+        # Only the label asked for moved.
+        assert a.state.tensors["steps"].tolist() == [6 if l == label else 0 for l in range(K)]
+
+
+def test_exclude_target_samples_success_rate_counts_other_labels_only(infected, data) -> None:
+    """The success rate of a step, recomputed by hand from the starting trigger: with exclusion it
+    is the share of non-L images sent to L; without, the share of all images (L images included)."""
+    model, _ = infected
+    pool = _pool(data, 32)
+    label = 0
+    for exclude in (True, False):
+        # One full-pool batch per step, so the step sees exactly the pool, with the starting trigger.
+        cfg = ReverseConfig(max_steps=5, samples_per_step=len(pool), batch_size=len(pool),
+                            exclude_target_samples=exclude)
+        eng = TriggerReverseEngineer(model, pool.x, pool.y, K, cfg, block_size=1, seed=0)
+        # Start from a faint trigger, so stamped images keep their class: the label's own images are hits.
+        eng.state.tensors["mask_p"][label] = unsquash(torch.full((1, SIDE, SIDE), 0.02))
+        mask = squash(eng.state.tensors["mask_p"][label])
+        pattern = squash(eng.state.tensors["pattern_p"][label])
+        with torch.no_grad():
+            hits = model(apply_trigger(pool.x, mask, pattern)).argmax(1) == label
+        own = pool.y == label
+        expected = hits[~own].float().mean() if exclude else hits.float().mean()
+        eng.run([label], step_limit=1)
+        assert float(eng.state.tensors["last_acc"][label]) == pytest.approx(float(expected), abs=1e-6)
+        if exclude:
+            excluded_rate = float(expected)
+        else:
+            # The label's own images are hits, the others are not: excluding them matters.
+            assert float(hits[own].float().mean()) > 0.9
+            assert excluded_rate < 0.1
+            assert float(expected) > excluded_rate + 0.1
+
+
+def test_reverse_config_validation() -> None:
+    with pytest.raises(ValueError, match="loss"):
+        ReverseConfig(loss="hinge")
+    with pytest.raises(ValueError):
+        ReverseConfig(batch_size=0)
+    with pytest.raises(ValueError):
+        ReverseConfig(attack_threshold=0.0)
+    cfg = ReverseConfig(samples_per_step=100, batch_size=32)
+    assert cfg.batches_per_step == 3
+    assert ReverseConfig(samples_per_step=10, batch_size=32).batches_per_step == 1
+    assert cfg.with_overrides(max_steps=7, loss=None).max_steps == 7
+    assert cfg.with_overrides(loss=None).loss == "cross_entropy"
+    assert cfg.to_dict()["betas"] == [0.5, 0.9]
