@@ -247,13 +247,15 @@ def load_model_and_data(model_path: str, data_source: str, num_classes: int | No
 @click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
               help="Anomaly index that flags a label.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--block-size", type=click.IntRange(min=1), default=None,
+              help="Labels optimised per pass (default: chosen from the hardware). Fix it for bit-for-bit repeats.")
 @click.option("--device", default="cpu", show_default=True)
 @_with(preprocessing_options)
 @click.pass_context
 @_guard
 def scan(ctx: click.Context, model_path: str, data_source: str, out: str, preset: str, samples: int | None,
-         labels: str | None, loss: str | None, max_steps: int | None, threshold: float, seed: int, device: str,
-         num_classes: int | None, pixel_range: str | None, mean: str | None, std: str | None,
+         labels: str | None, loss: str | None, max_steps: int | None, threshold: float, seed: int,
+         block_size: int | None, device: str, num_classes: int | None, pixel_range: str | None, mean: str | None, std: str | None,
          channel_order: str | None) -> int:
     """Reverse-engineer a trigger for every label and flag the outliers.
 
@@ -264,7 +266,8 @@ def scan(ctx: click.Context, model_path: str, data_source: str, out: str, preset
     model, data = load_model_and_data(model_path, data_source, num_classes, pixel_range, mean, std, channel_order)
     label_list = _ints(labels) if labels else None
     result = run_scan(model, data, out, preset=preset, samples=samples, labels=label_list, loss=loss,
-                      max_steps=max_steps, threshold=threshold, seed=seed, device=_device(device),
+                      max_steps=max_steps, threshold=threshold, seed=seed, block_size=block_size,
+                      device=_device(device),
                       progress=ctx.obj["progress"], model_desc={"path": str(model_path)},
                       data_desc={"source": data_source})
     _print_verdict(result, out)

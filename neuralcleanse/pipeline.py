@@ -35,12 +35,12 @@ def check_accuracy(model: Classifier, data: ImageDataset, device: torch.device |
 
 def run_scan(model: Classifier, data: ImageDataset, out: str | Path, *, preset: str = "fast",
              samples: int | None = None, labels: Sequence[int] | None = None, loss: str | None = None,
-             max_steps: int | None = None, threshold: float = 2.0, seed: int = 0,
+             max_steps: int | None = None, threshold: float = 2.0, seed: int = 0, block_size: int | None = None,
              device: torch.device | str = "cpu", progress: bool = True,
              model_desc: dict[str, Any] | None = None, data_desc: dict[str, Any] | None = None) -> ScanResult:
     accuracy = check_accuracy(model, data, device)
     scanner = NeuralCleanse(preset, samples=samples, threshold=threshold, device=device, seed=seed,
-                            progress=progress, loss=loss, max_steps=max_steps)
+                            block_size=block_size, progress=progress, loss=loss, max_steps=max_steps)
     result = scanner.scan(model, data, labels=labels)
     info = model.info
     model_fields = {
