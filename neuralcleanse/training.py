@@ -12,7 +12,7 @@ from neuralcleanse.data.preprocessing import Preprocessing
 from neuralcleanse.metrics import attack_success_rate, clean_accuracy
 from neuralcleanse.models.architectures import build_architecture
 from neuralcleanse.models.classifier import Classifier, ModelInfo
-from neuralcleanse.models.training import train_classifier
+from neuralcleanse.models.fitting import train_classifier
 
 
 # Measured on the paper's nets: MNIST reaches >99% in 3 epochs at 3e-3 with cosine decay.

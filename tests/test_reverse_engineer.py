@@ -142,7 +142,7 @@ def test_successive_halving_keeps_smallest(infected, data) -> None:
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "package design bug: with successive halving the dropped labels keep the large norms of an "
+    "known limitation, why no preset uses rounds (docs/presets.md): with successive halving the dropped labels keep the large norms of an "
     "8-step mask; they sit next to the median, so the MAD (and for an even count the median) is "
     "inflated and the planted trigger (found at full budget, norm ~4 vs ~12) is no longer flagged. "
     "ScanPlan's docstring says the median is robust to this; the MAD is not"))
