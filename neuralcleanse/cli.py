@@ -219,14 +219,16 @@ def load_model_and_data(model_path: str, data_source: str, num_classes: int | No
     from neuralcleanse.data import Preprocessing, load_dataset
     from neuralcleanse.models.loading import complete_model_info, load_model
 
-    prep = None
-    if pixel_range or mean or std or channel_order:
-        try:
-            prep = Preprocessing(pixel_scale=float(pixel_range or 1), mean=_floats(mean), std=_floats(std),
-                                 channel_order=channel_order or "rgb")
-        except ValueError as exc:
-            raise InputError(f"bad preprocessing flags: {exc}") from None
-    model = load_model(model_path, num_classes=num_classes, preprocessing=prep)
+    given = {"pixel_scale": float(pixel_range) if pixel_range else None, "mean": _floats(mean) or None,
+             "std": _floats(std) or None, "channel_order": channel_order}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    if ("mean" in overrides) != ("std" in overrides):
+        raise InputError("give --mean and --std together")
+    try:
+        Preprocessing(**overrides)
+    except ValueError as exc:
+        raise InputError(f"bad preprocessing flags: {exc}") from None
+    model = load_model(model_path, num_classes=num_classes, preprocessing_overrides=overrides)
     data = load_dataset(data_source).test
     complete_model_info(model, data.input_shape, data.num_classes)
     return model, data

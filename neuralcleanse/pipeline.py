@@ -38,6 +38,7 @@ def run_scan(model: Classifier, data: ImageDataset, out: str | Path, *, preset: 
              max_steps: int | None = None, threshold: float = 2.0, seed: int = 0, block_size: int | None = None,
              device: torch.device | str = "cpu", progress: bool = True,
              model_desc: dict[str, Any] | None = None, data_desc: dict[str, Any] | None = None) -> ScanResult:
+    model.to(device)  # everything below feeds the model tensors on `device`
     accuracy = check_accuracy(model, data, device)
     scanner = NeuralCleanse(preset, samples=samples, threshold=threshold, device=device, seed=seed,
                             block_size=block_size, progress=progress, loss=loss, max_steps=max_steps)

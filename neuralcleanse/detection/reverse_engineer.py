@@ -127,7 +127,7 @@ class TriggerReverseEngineer:
         `step_limit` counts a label's steps since its start, so calling again with a higher
         limit continues where the last call left off (the budget scheduler relies on this).
         """
-        limit = min(step_limit or self.config.max_steps, self.config.max_steps)
+        limit = self.config.max_steps if step_limit is None else min(step_limit, self.config.max_steps)
         steps = self.state.tensors["steps"].cpu()
         done = self.state.tensors["done"].cpu()
         queue = [int(l) for l in labels if not bool(done[l]) and int(steps[l]) < limit]

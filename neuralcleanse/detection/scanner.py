@@ -55,8 +55,19 @@ class NeuralCleanse:
         num_classes = int(getattr(model, "num_classes", 0) or data.num_classes)
         pool = self.select_samples(data, num_classes)
         start = time.perf_counter()
-        engine = TriggerReverseEngineer(model, pool.x, pool.y, num_classes, self.plan.config,
-                                        device=self.device, block_size=self.block_size, seed=self.seed)
+        # The engine freezes the weights for speed; the caller's model must come back trainable.
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        try:
+            engine = TriggerReverseEngineer(model, pool.x, pool.y, num_classes, self.plan.config,
+                                            device=self.device, block_size=self.block_size, seed=self.seed)
+            return self._scan(engine, model, pool, num_classes, labels, on_label_done, start)
+        finally:
+            for p in trainable:
+                p.requires_grad_(True)
+
+    def _scan(self, engine: TriggerReverseEngineer, model: nn.Module, pool: ImageDataset, num_classes: int,
+              labels: Sequence[int] | None, on_label_done: Callable[[int], None] | None,
+              start: float) -> ScanResult:
         todo = list(range(num_classes)) if labels is None else sorted({int(v) for v in labels})
         if any(not 0 <= l < num_classes for l in todo):
             raise InputError(f"labels to scan must lie in 0..{num_classes - 1}")

@@ -1,6 +1,7 @@
 """Turn a model file into a Classifier, whatever produced it."""
 from __future__ import annotations
 
+import dataclasses
 import zipfile
 from pathlib import Path
 
@@ -18,11 +19,13 @@ def load_model(
     num_classes: int | None = None,
     input_shape: tuple[int, int, int] | None = None,
     preprocessing: Preprocessing | None = None,
+    preprocessing_overrides: dict | None = None,
 ) -> Classifier:
     """Loads one of the tool's checkpoints or a TorchScript file.
 
     A TorchScript model is taken to accept NCHW float input; `preprocessing` says what it expects
-    (default: [0,1] pixels as they are). Its label count and input shape come from the arguments,
+    (default: [0,1] pixels as they are); for a checkpoint, `preprocessing_overrides` (field → value)
+    replaces only the fields the user set. Its label count and input shape come from the arguments,
     or from the data when the caller fills them in later (see `complete_model_info`).
     """
     path = Path(path)
@@ -38,7 +41,7 @@ def load_model(
         info = ModelInfo(
             num_classes=int(num_classes or 0),
             input_shape=tuple(input_shape) if input_shape else (0, 0, 0),
-            preprocessing=preprocessing or Preprocessing(),
+            preprocessing=preprocessing or Preprocessing(**(preprocessing_overrides or {})),
             arch=None,
             source="torchscript",
             metadata={"path": str(path)},
@@ -60,10 +63,14 @@ def load_model(
     model = classifier_from_checkpoint(payload)
     if num_classes is not None and num_classes != model.num_classes:
         raise InputError(f"--num-classes {num_classes} disagrees with the checkpoint's {model.num_classes} labels")
-    if preprocessing is not None and preprocessing != Preprocessing():
-        # Flags override what the checkpoint says only when the user asks for something specific.
-        model.info.preprocessing = preprocessing
-        model.preprocess = preprocessing.module()
+    if preprocessing_overrides:
+        # Only the flags the user gave replace what the checkpoint says.
+        try:
+            spec = dataclasses.replace(model.info.preprocessing, **preprocessing_overrides)
+        except ValueError as exc:
+            raise InputError(f"bad preprocessing flags: {exc}") from None
+        model.info.preprocessing = spec
+        model.preprocess = spec.module()
     return model
 
 
@@ -97,6 +104,10 @@ def complete_model_info(model: Classifier, input_shape: tuple[int, int, int], nu
 def _is_torchscript(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
-    with zipfile.ZipFile(path) as zf:
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError):
+        raise InputError(f"model file {path} is a damaged archive; export or download it again") from None
+    with zf:
         return any(name.endswith("constants.pkl") or name.endswith("/code/__torch__.py") or "/code/" in name
                    for name in zf.namelist())
