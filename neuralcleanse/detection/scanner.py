@@ -119,7 +119,7 @@ class NeuralCleanse:
         current = labels
         for i, (limit, keep) in enumerate(rounds):
             desc = "labels" if len(rounds) == 1 else f"round {i + 1}/{len(rounds)}"
-            with tqdm(total=len(current), desc=desc, unit="label", disable=not self.progress, leave=False) as bar:
+            with tqdm(total=len(current), desc=desc, unit="label", disable=None if self.progress else True, leave=False) as bar:
                 def done(label: int) -> None:
                     bar.update(1)
                     if on_label_done is not None and i == len(rounds) - 1:

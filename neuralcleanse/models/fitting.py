@@ -42,7 +42,7 @@ def train_classifier(
         order = torch.randperm(len(data), generator=gen).to(device)
         total = torch.zeros((), device=device)
         bar = tqdm(range(0, len(data), batch_size), desc=f"{desc} {epoch + 1}/{epochs}",
-                   disable=not progress, leave=False, unit="batch")
+                   disable=None if progress else True, leave=False, unit="batch")
         for start in bar:
             idx = order[start : start + batch_size]
             loss = F.cross_entropy(model(x[idx]), y[idx])
