@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from common import TARGETS, benchmark_model
+from common import benchmark_model
 from neuralcleanse.attacks import Trigger
 from neuralcleanse.data import load_dataset
 from neuralcleanse.detection import NeuralCleanse

@@ -5,7 +5,6 @@ Exit codes: 0 clean verdict (or success), 3 infected verdict, 2 bad input, 1 cra
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import sys
 import traceback

@@ -33,6 +33,6 @@ def run_demo(out: str | Path, *, device: torch.device | str = "cpu", epochs: int
     verdict = "INFECTED" if result.infected else "clean"
     echo(f"      verdict: {verdict}; flagged {result.flagged}; anomaly index {result.anomaly_index:.2f}; "
          f"{result.wall_time:.1f}s")
-    echo(f"      reversed trigger norms: " + ", ".join(f"{l}:{v:.0f}" for l, v in zip(result.labels, result.l1_norms)))
+    echo("      reversed trigger norms: " + ", ".join(f"{l}:{v:.0f}" for l, v in zip(result.labels, result.l1_norms)))
     echo(f"[3/3] report: {out / 'scan' / 'report.json'} (trigger images in {out / 'scan' / 'triggers'})")
     return {"training": report.to_dict(), "scan": result.to_dict()}

@@ -23,14 +23,6 @@ TARGET = 1
 REPORT_KEYS = {"infected", "flagged", "anomaly_index", "l1_norms", "success_rates", "settings", "wall_time_s"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def write_npz(path: Path, side: int = SIDE, num_classes: int = NUM_CLASSES, n_train: int = 150, n_test: int = 60,
               seed: int = 0) -> Path:
     """uint8 grey images: a fixed random two-level prototype per class plus noise."""

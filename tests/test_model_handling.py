@@ -11,8 +11,6 @@ from neuralcleanse.detection import NeuralCleanse, ReverseConfig, ScanPlan, Trig
 from neuralcleanse.errors import InputError
 from neuralcleanse.models import Classifier, ModelInfo, build_architecture, load_model, save_checkpoint
 
-torch.set_num_threads(1)
-
 
 def _model(prep: Preprocessing) -> Classifier:
     torch.manual_seed(0)

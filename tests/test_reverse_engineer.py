@@ -24,15 +24,6 @@ TRIGGER_ROWS = slice(5, 7)
 TRIGGER_COLS = slice(5, 7)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from threads, and OpenMP spinning on a busy 2-core box costs 100x.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def synthetic(n_per_class: int, seed: int) -> ImageDataset:
     protos = 0.1 + 0.4 * (torch.rand(K, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(0)) > 0.5).float()
     y = torch.arange(K).repeat_interleave(n_per_class)

@@ -1,7 +1,7 @@
 """Named scan settings: `original` reproduces the published budget, `fast` is the default."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from neuralcleanse.detection.config import ReverseConfig
 
