@@ -228,8 +228,8 @@ def load_model_and_data(model_path: str, data_source: str, num_classes: int | No
     except ValueError as exc:
         raise InputError(f"bad preprocessing flags: {exc}") from None
     model = load_model(model_path, num_classes=num_classes, preprocessing_overrides=overrides)
-    data = load_dataset(data_source).test
-    complete_model_info(model, data.input_shape, data.num_classes)
+    data = load_dataset(data_source)
+    complete_model_info(model, data.test.input_shape, data.test.num_classes)
     return model, data
 
 
@@ -266,7 +266,7 @@ def scan(ctx: click.Context, model_path: str, data_source: str, out: str, preset
 
     model, data = load_model_and_data(model_path, data_source, num_classes, pixel_range, mean, std, channel_order)
     label_list = _ints(labels) if labels else None
-    result = run_scan(model, data, out, preset=preset, samples=samples, labels=label_list, loss=loss,
+    result = run_scan(model, data.test, out, preset=preset, samples=samples, labels=label_list, loss=loss,
                       max_steps=max_steps, threshold=threshold, seed=seed, block_size=block_size,
                       device=_device(device),
                       progress=ctx.obj["progress"], model_desc={"path": str(model_path)},
@@ -283,6 +283,137 @@ def _print_verdict(result, out: str) -> None:
     else:
         click.echo(f"verdict: clean — no label flagged (anomaly index of the smallest norm {idx_text})")
     click.echo(f"report: {Path(out) / 'report.json'}")
+
+
+def _real_backdoors(model, target: int | None, size: int | None, position: str, colour: str,
+                    mask_path: str | None, pattern_path: str | None):
+    """The true trigger for measuring: from the flags when given, else what the checkpoint carries."""
+    from neuralcleanse.attacks.trigger import Trigger
+    from neuralcleanse.mitigation.backdoors import Backdoor, known_backdoors
+
+    given = size is not None or mask_path or pattern_path
+    if target is None:
+        if given:
+            raise InputError("give --real-target with the real trigger")
+        return known_backdoors(model.info.metadata)
+    if not 0 <= target < model.num_classes:
+        raise InputError(f"--real-target must lie in 0..{model.num_classes - 1}")
+    if bool(mask_path) != bool(pattern_path):
+        raise InputError("give --real-mask and --real-pattern together")
+    if mask_path:
+        if size is not None:
+            raise InputError("give the real trigger as a patch (--real-size) or as --real-mask/--real-pattern, not both")
+        trigger = Trigger(_read_image(mask_path, model.input_shape, grey=True)[0],
+                          _read_image(pattern_path, model.input_shape, grey=model.input_shape[0] == 1))
+    else:
+        trigger = _patch_trigger(model.input_shape, size or 4, position, colour, None)
+    return [Backdoor(target, trigger)]
+
+
+def _read_image(path: str, input_shape, grey: bool):
+    import numpy as np
+    from PIL import Image
+
+    c, h, w = input_shape
+    try:
+        img = Image.open(path).convert("L" if grey else "RGB")
+    except OSError as exc:
+        raise InputError(f"cannot read image {path}: {exc}") from None
+    if img.size != (w, h):
+        raise InputError(f"{path} is {img.width}x{img.height} but the model takes {w}x{h} images")
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    return torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path())
+@click.option("--scan", "scan_dir", required=True, type=click.Path(file_okay=False),
+              help="The --out folder of a scan of this model.")
+@click.option("--data", "data_source", required=True, help="mnist, gtsrb, an .npz file or a dataset folder.")
+@click.option("--method", required=True, type=click.Choice(["filter", "prune", "unlearn"]))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Folder for the results.")
+@click.option("--labels", default=None, help="Treat these labels (default: the scan's flagged labels).")
+@click.option("--layer", default=None,
+              help="Feature layer for filter/prune (default: input of the last dense layer); see the error for names.")
+@click.option("--top-fraction", type=float, default=0.01, show_default=True, help="filter: share of top units scored.")
+@click.option("--fpr", type=float, default=0.05, show_default=True, help="filter: false-positive rate on clean data.")
+@click.option("--step", type=float, default=0.02, show_default=True, help="prune: share of the layer per step.")
+@click.option("--stop-success", type=float, default=0.05, show_default=True,
+              help="prune: stop once the reversed trigger succeeds less often than this.")
+@click.option("--max-fraction", type=float, default=1.0, show_default=True, help="prune: never prune more.")
+@click.option("--epochs", type=int, default=1, show_default=True, help="unlearn: fine-tuning epochs.")
+@click.option("--trigger-share", type=float, default=0.2, show_default=True,
+              help="unlearn: share of the fine-tuning set that carries the reversed trigger.")
+@click.option("--data-fraction", type=float, default=0.1, show_default=True,
+              help="unlearn: share of the training split fine-tuned on.")
+@click.option("--lr", type=float, default=3e-3, show_default=True, help="unlearn: Adam learning rate.")
+@click.option("--baselines/--no-baselines", default=True, show_default=True,
+              help="unlearn: also fine-tune with no trigger and with the real trigger (when known).")
+@click.option("--real-target", type=int, default=None, help="Label of the real backdoor, to measure against.")
+@click.option("--real-size", type=int, default=None, help="Real trigger as a square patch of this side...")
+@click.option("--real-position", default="bottom-right", show_default=True, help="...at this position...")
+@click.option("--real-colour", default="1.0", show_default=True, help="...in this colour.")
+@click.option("--real-mask", type=click.Path(dir_okay=False), default=None, help="Real trigger's mask image.")
+@click.option("--real-pattern", type=click.Path(dir_okay=False), default=None, help="Real trigger's pattern image.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace a finished mitigation already in --out.")
+@click.option("--device", default="cpu", show_default=True)
+@_with(preprocessing_options)
+@click.pass_context
+@_guard
+def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: str, method: str, out: str,
+             labels: str | None, layer: str | None, top_fraction: float, fpr: float, step: float,
+             stop_success: float, max_fraction: float, epochs: int, trigger_share: float, data_fraction: float,
+             lr: float, baselines: bool, real_target: int | None, real_size: int | None, real_position: str,
+             real_colour: str, real_mask: str | None, real_pattern: str | None, seed: int, force: bool,
+             device: str, num_classes: int | None, pixel_range: str | None, mean: str | None, std: str | None,
+             channel_order: str | None) -> int:
+    """Remove or block a backdoor found by `scan`: input filter, neuron pruning or unlearning.
+
+    Writes OUT/mitigation.json (clean accuracy and attack success before and after), a chart and
+    the patched model. Exit code 0 when done, 2 for bad input (including a scan with no flagged label).
+    """
+    from neuralcleanse.mitigation.runner import mitigate as run_mitigation
+    from neuralcleanse.report.mitigation_report import MITIGATION_NAME, write_mitigation_report
+    from neuralcleanse.report.scan_report import load_scan
+
+    if (Path(out) / MITIGATION_NAME).exists() and not force:
+        raise InputError(f"{Path(out) / MITIGATION_NAME} already holds a finished mitigation; "
+                         "choose another --out or add --force to replace it")
+    scan_result, scan_report = load_scan(scan_dir)
+    model, data = load_model_and_data(model_path, data_source, num_classes, pixel_range, mean, std, channel_order)
+    if scan_result.masks.shape[-2:] != tuple(model.input_shape[1:]):
+        raise InputError(f"the scan in {scan_dir} was made for {tuple(scan_result.masks.shape[-2:])} images, "
+                         f"not this model's {tuple(model.input_shape[1:])}")
+    real = _real_backdoors(model, real_target, real_size, real_position, real_colour, real_mask, real_pattern)
+    try:
+        outcome = run_mitigation(
+            model, scan_result, data, method, labels=_ints(labels) if labels else None, real=real, layer=layer,
+            top_fraction=top_fraction, false_positive_rate=fpr, prune_step=step, stop_success=stop_success,
+            max_fraction=max_fraction, epochs=epochs, trigger_share=trigger_share, data_fraction=data_fraction,
+            lr=lr, baselines=baselines, seed=seed, device=_device(device), progress=ctx.obj["progress"])
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    path = write_mitigation_report(outcome, out, model={"path": str(model_path), "source": model.info.source},
+                                   scan_dir=str(scan_dir), data={"source": data_source})
+    _print_mitigation(outcome, path)
+    return EXIT_CLEAN
+
+
+def _print_mitigation(outcome, path: Path) -> None:
+    b, a = outcome.before, outcome.after
+    click.echo(f"{outcome.method} on label(s) {outcome.labels}: clean accuracy {b.clean_accuracy:.2%} -> "
+               f"{a.clean_accuracy:.2%}; attack success ({outcome.attack_trigger} trigger) "
+               f"{b.worst_attack_success:.2%} -> {a.worst_attack_success:.2%}")
+    if outcome.filter_rates is not None:
+        r = outcome.filter_rates
+        click.echo(f"filter: false-positive rate {r.false_positive_rate:.2%}, false-negative rate "
+                   f"{r.false_negative_rate:.2%}")
+    if outcome.pruning is not None:
+        click.echo(f"pruned {outcome.pruning.fraction:.0%} of layer {outcome.pruning.layer.name}")
+    for name, m in outcome.baselines.items():
+        click.echo(f"baseline {name}: clean accuracy {m.clean_accuracy:.2%}, attack success {m.worst_attack_success:.2%}")
+    click.echo(f"results: {path}")
 
 
 @main.command()

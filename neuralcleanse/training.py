@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from neuralcleanse.attacks.badnets import BadNets
+from neuralcleanse.data.augment import Augmentation
 from neuralcleanse.data.dataset import DatasetSplits
 from neuralcleanse.data.preprocessing import Preprocessing
 from neuralcleanse.metrics import attack_success_rate, clean_accuracy
@@ -49,6 +50,7 @@ def train_model(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    augment: Augmentation | None = None,
 ) -> tuple[Classifier, TrainingReport]:
     """Trains on `data.train` (poisoned by `badnets` if given) and evaluates on `data.test`.
 
@@ -72,7 +74,7 @@ def train_model(
     model = Classifier(build_architecture(arch, **arch_kwargs), info)
     train_set = badnets.poison(data.train) if badnets else data.train
     losses = train_classifier(model, train_set, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                              device=device, progress=progress)
+                              device=device, progress=progress, augment=augment)
     report = TrainingReport(clean_accuracy=clean_accuracy(model, data.test, device=device), epochs=epochs,
                             losses=losses)
     if badnets:
@@ -85,6 +87,6 @@ def train_model(
             "poison_rate": badnets.poison_rate,
         }
     report.wall_time_s = time.perf_counter() - start
-    info.metadata["training"] = report.to_dict()
+    info.metadata["training"] = {**report.to_dict(), "augmentation": augment.to_dict() if augment else None}
     model.cpu()
     return model, report

@@ -1,57 +1,16 @@
-"""Trigger reverse-engineering on a tiny BadNets model trained inside the test.
-
-Data: 8x8 grey images, 6 labels; each label is a fixed random two-level prototype plus noise,
-so a clean label can only be reached by changing many pixels while the planted trigger (a 2x2
-white patch at the bottom-right, rows/cols 5..6) needs four.
-"""
+"""Trigger reverse-engineering on a tiny BadNets model trained inside the test (tiny_task.py)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from neuralcleanse.attacks import BadNets, apply_trigger, patch_trigger
+from neuralcleanse.attacks import apply_trigger, patch_trigger
 from neuralcleanse.data.dataset import DatasetSplits, ImageDataset
 from neuralcleanse.detection import NeuralCleanse, ReverseConfig, ScanPlan, TriggerReverseEngineer
 from neuralcleanse.detection.reverse_engineer import squash, unsquash
 from neuralcleanse.errors import InputError
 from neuralcleanse.metrics import attack_success_rate
-from neuralcleanse.training import train_model
-
-K = 6
-TARGET = 2
-SIDE = 8
-TRIGGER_ROWS = slice(5, 7)
-TRIGGER_COLS = slice(5, 7)
-
-
-def synthetic(n_per_class: int, seed: int) -> ImageDataset:
-    protos = 0.1 + 0.4 * (torch.rand(K, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(0)) > 0.5).float()
-    y = torch.arange(K).repeat_interleave(n_per_class)
-    noise = 0.05 * torch.randn(len(y), 1, SIDE, SIDE, generator=torch.Generator().manual_seed(seed))
-    return ImageDataset((protos[y] + noise).clamp(0, 1), y, K, "synthetic")
-
-
-@pytest.fixture(scope="module")
-def data() -> DatasetSplits:
-    return DatasetSplits(synthetic(200, seed=1), synthetic(50, seed=2))
-
-
-@pytest.fixture(scope="module")
-def trigger():
-    return patch_trigger((1, SIDE, SIDE), size=2, position="bottom-right", margin=1)
-
-
-@pytest.fixture(scope="module")
-def infected(data, trigger):
-    bn = BadNets([trigger], [TARGET], poison_rate=0.1, seed=0)
-    model, report = train_model(data, "tiny", badnets=bn, epochs=8, lr=5e-3, batch_size=64, progress=False)
-    return model, report
-
-
-@pytest.fixture(scope="module")
-def clean_model(data):
-    model, _ = train_model(data, "tiny", epochs=8, lr=5e-3, batch_size=64, progress=False)
-    return model
+from tiny_task import K, SIDE, TARGET, TRIGGER_COLS, TRIGGER_ROWS
 
 
 def small_config(**kw) -> ReverseConfig:

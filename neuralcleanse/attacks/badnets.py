@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from neuralcleanse.attacks.stamping import stamp_shares
 from neuralcleanse.attacks.trigger import Trigger
 from neuralcleanse.data.dataset import ImageDataset
 
@@ -31,16 +32,6 @@ class BadNets:
 
     def poison(self, data: ImageDataset) -> ImageDataset:
         """A poisoned copy: disjoint random subsets stamped with each trigger and relabelled."""
-        gen = torch.Generator().manual_seed(self.seed)
-        order = torch.randperm(len(data), generator=gen)
-        per_trigger = int(round(self.poison_rate * len(data)))
-        if per_trigger * len(self.triggers) > len(data):
-            raise ValueError("poison_rate × number of triggers exceeds the training set")
-        x, y = data.x.clone(), data.y.clone()
-        self.poisoned_indices = []
-        for i, (trigger, target) in enumerate(zip(self.triggers, self.targets)):
-            idx = order[i * per_trigger : (i + 1) * per_trigger]
-            x[idx] = trigger.apply(x[idx])
-            y[idx] = target
-            self.poisoned_indices.append(idx)
-        return ImageDataset(x, y, data.num_classes, data.name + "+badnets")
+        poisoned, self.poisoned_indices = stamp_shares(data, self.triggers, self.poison_rate, self.seed,
+                                                       labels=self.targets, name="badnets")
+        return poisoned

@@ -1,7 +1,7 @@
 """MAD outlier analysis of the reversed triggers' L1 norms."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -53,3 +53,9 @@ def mad_outliers(norms: Sequence[float], threshold: float = 2.0) -> OutlierResul
     anomaly = float(indices[int(values.argmin())])
     flagged = [int(i) for i in np.flatnonzero((values < median) & (indices > threshold))]
     return OutlierResult(median, mad, min_norm, anomaly, [float(v) for v in indices], flagged, threshold)
+
+
+def label_outliers(norms: Sequence[float], labels: Sequence[int], threshold: float = 2.0) -> OutlierResult:
+    """`mad_outliers` with `flagged` given as label ids (norms[i] belongs to labels[i])."""
+    result = mad_outliers(norms, threshold)
+    return replace(result, flagged=[int(labels[i]) for i in result.flagged])

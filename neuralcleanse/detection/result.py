@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from neuralcleanse.attacks.trigger import Trigger
-from neuralcleanse.detection.outlier import OutlierResult
+from neuralcleanse.detection.outlier import OutlierResult, label_outliers
 
 
 @dataclass
@@ -46,6 +46,18 @@ class ScanResult:
     def trigger(self, label: int) -> Trigger:
         i = self.labels.index(label)
         return Trigger(self.masks[i], self.patterns[i])
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], masks: torch.Tensor, patterns: torch.Tensor) -> "ScanResult":
+        """Rebuilds a result from `to_dict()`'s output and the exact masks and patterns."""
+        labels = [int(v) for v in d["labels"]]
+        norms = [float(v) for v in d["l1_norms"]]
+        return cls(labels=labels, masks=masks, patterns=patterns, l1_norms=norms,
+                   success_rates=[float(v) for v in d["success_rates"]],
+                   reached_threshold=[bool(v) for v in d["reached_threshold"]], steps=[int(v) for v in d["steps"]],
+                   outliers=label_outliers(norms, labels, float(d.get("threshold", 2.0))),
+                   settings=dict(d.get("settings", {})), wall_time=float(d.get("wall_time_s", 0.0)),
+                   passes=int(d.get("image_passes", 0)))
 
     def to_dict(self) -> dict[str, Any]:
         o = self.outliers

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from neuralcleanse.attacks.trigger import Trigger
 from neuralcleanse.data.dataset import ImageDataset
-from neuralcleanse.detection.outlier import mad_outliers
+from neuralcleanse.detection.outlier import label_outliers
 from neuralcleanse.detection.presets import ScanPlan, get_preset
 from neuralcleanse.detection.result import ScanResult
 from neuralcleanse.detection.reverse_engineer import TriggerReverseEngineer
@@ -78,10 +78,9 @@ class NeuralCleanse:
         rates = self._success_rates(model, pool, found, todo)
         norms = [float(v) for v in found["l1"]]
         try:
-            outliers = mad_outliers(norms, self.threshold)
+            outliers = label_outliers(norms, todo, self.threshold)
         except ValueError as exc:
             raise InputError(str(exc)) from None
-        outliers = replace(outliers, flagged=[todo[i] for i in outliers.flagged])
         settings = {
             "preset": self.preset_name,
             "config": self.plan.config.to_dict(),

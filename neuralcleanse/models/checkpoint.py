@@ -12,6 +12,7 @@ from neuralcleanse.data.preprocessing import Preprocessing
 from neuralcleanse.errors import InputError
 from neuralcleanse.models.architectures import build_architecture
 from neuralcleanse.models.classifier import Classifier, ModelInfo
+from neuralcleanse.models.layers import reapply_pruning
 
 FORMAT = "neuralcleanse-checkpoint"
 VERSION = 1
@@ -68,5 +69,7 @@ def classifier_from_checkpoint(payload: dict, source: str = "neuralcleanse") -> 
     except RuntimeError as exc:
         raise InputError(f"checkpoint weights do not fit architecture {info.arch!r}: {str(exc).splitlines()[0]}") from None
     model = Classifier(net, info)
+    # A pruned model keeps its pruning as hooks; they are part of the model, so they come back too.
+    reapply_pruning(model, info.metadata.get("pruning", []))
     model.eval()
     return model

@@ -45,3 +45,21 @@ class ModelInfo:
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     source: str = "neuralcleanse"
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def clone_model(model: nn.Module) -> nn.Module:
+    """An independent copy to patch. TorchScript networks are copied through serialisation:
+    `copy.deepcopy` gives them parameters that are not leaves, which no optimiser accepts."""
+    import copy
+    import io
+
+    net = getattr(model, "net", None)
+    if not isinstance(net, torch.jit.ScriptModule):
+        return copy.deepcopy(model)
+    buffer = io.BytesIO()
+    torch.jit.save(net, buffer)
+    buffer.seek(0)
+    device = next((p.device for p in net.parameters()), torch.device("cpu"))
+    clone = Classifier(torch.jit.load(buffer, map_location=device), copy.deepcopy(model.info))
+    clone.train(model.training)
+    return clone

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from neuralcleanse.data.augment import Augmentation
 from neuralcleanse.data.dataset import ImageDataset
 
 
@@ -24,8 +25,12 @@ def train_classifier(
     device: str | torch.device = "cpu",
     progress: bool = True,
     desc: str = "train",
+    augment: Augmentation | None = None,
 ) -> list[float]:
-    """Adam on cross-entropy with a cosine learning-rate decay; returns each epoch's mean loss."""
+    """Adam on cross-entropy with a cosine learning-rate decay; returns each epoch's mean loss.
+
+    `augment`, when given, transforms each batch (after any poisoning, as an attacker's
+    victim would augment the poisoned set)."""
     seed_everything(seed)
     # A stream of its own: seeded like BadNets' poison draw, the first epoch would visit all
     # poisoned images first and the model would collapse onto the target label.
@@ -45,7 +50,8 @@ def train_classifier(
                    disable=None if progress else True, leave=False, unit="batch")
         for start in bar:
             idx = order[start : start + batch_size]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            xb = x[idx] if augment is None else augment(x[idx], gen)
+            loss = F.cross_entropy(model(xb), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

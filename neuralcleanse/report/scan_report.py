@@ -1,17 +1,23 @@
 """A scan's results on disk: report.json, trigger images and the norms chart."""
 from __future__ import annotations
 
+import json
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from neuralcleanse import __version__
 from neuralcleanse.detection.result import ScanResult
-from neuralcleanse.report.files import write_json
+from neuralcleanse.errors import InputError
+from neuralcleanse.report.files import write_atomic, write_json
 from neuralcleanse.report.images import save_norms_chart, save_trigger_images
 
 REPORT_NAME = "report.json"
+TRIGGERS_NAME = "triggers.npz"  # exact float masks and patterns; the PNGs are only for people
 
 
 def write_scan_report(result: ScanResult, out_dir: str | Path, *, model: dict[str, Any] | None = None,
@@ -24,6 +30,7 @@ def write_scan_report(result: ScanResult, out_dir: str | Path, *, model: dict[st
                              save_trigger_images(result.masks[i], result.patterns[i], images, label).items()}
     save_norms_chart(result.labels, result.l1_norms, result.flagged, result.outliers.median, result.outliers.mad,
                      result.outliers.threshold, out / "norms.png")
+    write_atomic(out / TRIGGERS_NAME, lambda tmp: _save_triggers(result, tmp))
     report = {
         "tool": {"name": "neuralcleanse", "version": __version__, "python": platform.python_version()},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -32,5 +39,35 @@ def write_scan_report(result: ScanResult, out_dir: str | Path, *, model: dict[st
         **result.to_dict(),
         "images": files,
         "chart": "norms.png",
+        "triggers_file": TRIGGERS_NAME,
     }
     return write_json(out / REPORT_NAME, report)
+
+
+def _save_triggers(result: ScanResult, path: str) -> None:
+    with open(path, "wb") as f:  # a file object, or numpy would add ".npz" to the temporary name
+        np.savez_compressed(f, labels=np.asarray(result.labels, dtype=np.int64),
+                            masks=result.masks.detach().cpu().float().numpy(),
+                            patterns=result.patterns.detach().cpu().float().numpy())
+
+
+def load_scan(scan_dir: str | Path) -> tuple[ScanResult, dict[str, Any]]:
+    """The ScanResult a scan wrote to `scan_dir`, and its whole report.json."""
+    folder = Path(scan_dir)
+    report_path, triggers_path = folder / REPORT_NAME, folder / TRIGGERS_NAME
+    if not report_path.is_file():
+        raise InputError(f"{folder} holds no {REPORT_NAME}; give the --out folder of a finished scan")
+    try:
+        report = json.loads(report_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {report_path}: {exc}") from None
+    if not triggers_path.is_file():
+        raise InputError(f"{folder} has no {TRIGGERS_NAME} (written by scans since 0.2); run the scan again")
+    try:
+        with np.load(triggers_path) as z:
+            labels, masks, patterns = z["labels"].tolist(), torch.from_numpy(z["masks"]), torch.from_numpy(z["patterns"])
+        if labels != report["labels"]:
+            raise ValueError("its labels differ from report.json's")
+        return ScanResult.from_dict(report, masks, patterns), report
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise InputError(f"the scan in {folder} is damaged ({exc}); run the scan again") from None

@@ -1,0 +1,33 @@
+"""Stamping triggers on random disjoint shares of a dataset: poisoning and unlearning both do it."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from neuralcleanse.attacks.trigger import Trigger
+from neuralcleanse.data.dataset import ImageDataset
+
+
+def stamp_shares(data: ImageDataset, triggers: Sequence[Trigger], share: float, seed: int = 0,
+                 labels: Sequence[int] | None = None, name: str = "stamped") -> tuple[ImageDataset, list[torch.Tensor]]:
+    """A copy of `data` where a random `share` of the images carries each trigger (disjoint
+    subsets, one per trigger). With `labels`, stamped images take that trigger's label (BadNets);
+    without, they keep their true labels (unlearning). Returns the copy and each subset's indices."""
+    if not 0.0 < share < 1.0:
+        raise ValueError("the stamped share must lie in (0, 1)")
+    if labels is not None and len(labels) != len(triggers):
+        raise ValueError("give one label per trigger")
+    per_trigger = int(round(share * len(data)))
+    if per_trigger * len(triggers) > len(data):
+        raise ValueError("share × number of triggers exceeds the dataset")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    x, y = data.x.clone(), data.y.clone()
+    subsets = []
+    for i, trigger in enumerate(triggers):
+        idx = order[i * per_trigger : (i + 1) * per_trigger]
+        x[idx] = trigger.apply(x[idx])
+        if labels is not None:
+            y[idx] = int(labels[i])
+        subsets.append(idx)
+    return ImageDataset(x, y, data.num_classes, f"{data.name}+{name}"), subsets

@@ -1,0 +1,124 @@
+"""Input filter: flag inputs whose top trigger-excited units fire unusually hard."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from neuralcleanse.data.dataset import ImageDataset
+from neuralcleanse.errors import InputError
+from neuralcleanse.mitigation.backdoors import Backdoor, triggered_inputs
+from neuralcleanse.mitigation.profile import ActivationProfile, profile_activations, unit_activations
+from neuralcleanse.models.layers import FeatureLayer, capture_units
+
+
+@dataclass
+class FilterRates:
+    """Measured on inputs the filter was not fitted on."""
+
+    false_positive_rate: float
+    false_negative_rate: float
+    clean_scores: torch.Tensor
+    triggered_scores: torch.Tensor
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"false_positive_rate": self.false_positive_rate, "false_negative_rate": self.false_negative_rate,
+                "clean_inputs": int(self.clean_scores.numel()), "triggered_inputs": int(self.triggered_scores.numel())}
+
+
+class InputFilter:
+    """Scores an input by the mean activation of the `top_fraction` of units the reversed trigger
+    excites most, and flags it when the score exceeds a threshold set on clean data for the
+    chosen `false_positive_rate` (the paper: top 1% of the second-to-last layer, 5% FPR).
+
+    >>> filt = InputFilter().fit(model, backdoors, clean)
+    >>> filt.flag(x)                 # bool per input
+    >>> filt.evaluate(model, held_out, backdoors).false_negative_rate
+    """
+
+    def __init__(self, top_fraction: float = 0.01, false_positive_rate: float = 0.05,
+                 layer: FeatureLayer | str | None = None, batch_size: int = 256,
+                 device: torch.device | str = "cpu") -> None:
+        if not 0.0 < top_fraction <= 1.0:
+            raise InputError(f"top_fraction must lie in (0, 1], got {top_fraction}")
+        if not 0.0 < false_positive_rate < 1.0:
+            raise InputError(f"false_positive_rate must lie in (0, 1), got {false_positive_rate}")
+        self.top_fraction = top_fraction
+        self.false_positive_rate = false_positive_rate
+        self.layer = layer
+        self.batch_size = batch_size
+        self.device = device
+        self.profile_: ActivationProfile | None = None
+        self.units_: torch.Tensor | None = None
+        self.threshold_: float | None = None
+
+    def fit(self, model: nn.Module, backdoors: Sequence[Backdoor], clean: ImageDataset) -> "InputFilter":
+        self.profile_ = profile_activations(model, clean, backdoors, self.layer, self.batch_size, self.device)
+        self.units_ = self.profile_.top_units(self.top_fraction)
+        scores = self._scores(model, clean.x)
+        # Flag strictly above the (1 - FPR) quantile of clean scores.
+        self.threshold_ = float(torch.quantile(scores.double(), 1.0 - self.false_positive_rate))
+        return self
+
+    def _fitted(self) -> tuple[FeatureLayer, torch.Tensor, float]:
+        if self.profile_ is None or self.units_ is None or self.threshold_ is None:
+            raise RuntimeError("call fit() first")
+        return self.profile_.layer, self.units_, self.threshold_
+
+    def _scores(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        layer = self.profile_.layer if self.profile_ else None
+        acts = unit_activations(model, x, layer, self.batch_size, self.device)
+        return acts[:, self.units_].mean(1)
+
+    def score(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        self._fitted()
+        return self._scores(model, x)
+
+    def flag(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return self.score(model, x) > self._fitted()[2]
+
+    def evaluate(self, model: nn.Module, clean: ImageDataset, backdoors: Sequence[Backdoor]) -> FilterRates:
+        """FPR on `clean` (held out from fit) and FNR on the same images carrying the triggers."""
+        threshold = self._fitted()[2]
+        clean_scores = self.score(model, clean.x)
+        trig_scores = self.score(model, triggered_inputs(clean, backdoors))
+        return FilterRates(float((clean_scores > threshold).float().mean()),
+                           float((trig_scores <= threshold).float().mean()), clean_scores, trig_scores)
+
+    def wrap(self, model: nn.Module) -> "FilteredClassifier":
+        layer, units, threshold = self._fitted()
+        return FilteredClassifier(model, layer, units, threshold)
+
+    def to_dict(self) -> dict[str, Any]:
+        layer, units, threshold = self._fitted()
+        return {"layer": layer.to_dict(), "units": [int(u) for u in units], "threshold": threshold,
+                "top_fraction": self.top_fraction, "false_positive_rate": self.false_positive_rate}
+
+
+class FilteredClassifier(nn.Module):
+    """The model plus the filter, for inference code: `forward` returns (logits, flagged);
+    `predict` returns labels with `abstain` (default -1) for flagged inputs."""
+
+    def __init__(self, model: nn.Module, layer: FeatureLayer, units: torch.Tensor | list[int], threshold: float) -> None:
+        super().__init__()
+        self.model = model
+        self.layer = layer
+        self.register_buffer("units", torch.as_tensor(units, dtype=torch.long))
+        self.threshold = float(threshold)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with capture_units(self.model, self.layer) as seen:
+            logits = self.model(x)
+        score = seen[-1][:, self.units].mean(1)
+        return logits, score > self.threshold
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, abstain: int = -1) -> torch.Tensor:
+        logits, flagged = self(x)
+        return torch.where(flagged, torch.full_like(flagged, abstain, dtype=torch.long), logits.argmax(1))
+
+    @classmethod
+    def from_dict(cls, model: nn.Module, d: dict[str, Any]) -> "FilteredClassifier":
+        return cls(model, FeatureLayer.from_dict(d["layer"]), d["units"], d["threshold"])

@@ -1,0 +1,72 @@
+"""Which units of a layer the reversed trigger excites: the ranking the filter and pruning use."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from neuralcleanse.data.dataset import ImageDataset
+from neuralcleanse.mitigation.backdoors import Backdoor, triggered_inputs
+from neuralcleanse.models.layers import FeatureLayer, capture_units, resolve_layer
+
+
+@dataclass
+class ActivationProfile:
+    """Mean unit values on clean inputs and on the same inputs carrying the reversed trigger(s);
+    `ranking` orders units by how much the trigger raises them, most first."""
+
+    layer: FeatureLayer
+    clean_mean: torch.Tensor
+    triggered_mean: torch.Tensor
+
+    @property
+    def difference(self) -> torch.Tensor:
+        return self.triggered_mean - self.clean_mean
+
+    @property
+    def ranking(self) -> torch.Tensor:
+        return torch.argsort(self.difference, descending=True, stable=True)
+
+    @property
+    def num_units(self) -> int:
+        return int(self.clean_mean.numel())
+
+    def top_units(self, fraction: float) -> torch.Tensor:
+        """The top `fraction` of ranked units, at least one."""
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"the fraction of units must lie in (0, 1], got {fraction}")
+        return self.ranking[: max(1, int(round(fraction * self.num_units)))]
+
+    def to_dict(self, top: int = 20) -> dict[str, Any]:
+        r = self.ranking[:top]
+        return {"layer": self.layer.to_dict(), "units": self.num_units, "top_units": r.tolist(),
+                "top_differences": [round(float(v), 6) for v in self.difference[r]]}
+
+
+@torch.no_grad()
+def unit_activations(model: nn.Module, x: torch.Tensor, layer: FeatureLayer, batch_size: int = 256,
+                     device: torch.device | str = "cpu") -> torch.Tensor:
+    """(N, U) unit values of `layer` for raw [0,1] images `x`."""
+    was_training = model.training
+    model.eval()
+    out = []
+    with capture_units(model, layer) as seen:
+        for start in range(0, len(x), batch_size):
+            model(x[start : start + batch_size].to(device))
+            out.append(seen.pop().float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def profile_activations(model: nn.Module, clean: ImageDataset, backdoors: Sequence[Backdoor],
+                        layer: FeatureLayer | str | None = None, batch_size: int = 256,
+                        device: torch.device | str = "cpu") -> ActivationProfile:
+    """Ranks `layer`'s units (default: the input of the last dense layer) by the mean rise the
+    backdoors' triggers cause on clean images of other labels."""
+    if not isinstance(layer, FeatureLayer):
+        layer = resolve_layer(model, layer)
+    clean_acts = unit_activations(model, clean.x, layer, batch_size, device)
+    trig_acts = unit_activations(model, triggered_inputs(clean, backdoors), layer, batch_size, device)
+    return ActivationProfile(layer, clean_acts.mean(0), trig_acts.mean(0))

@@ -1,0 +1,145 @@
+"""One mitigation run as the CLI does it: split the data, treat the model, measure before and after."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from neuralcleanse.data.dataset import DatasetSplits, ImageDataset
+from neuralcleanse.detection.result import ScanResult
+from neuralcleanse.errors import InputError
+from neuralcleanse.metrics import predict
+from neuralcleanse.models.classifier import clone_model
+from neuralcleanse.mitigation.backdoors import Backdoor, Measurement, measure, reversed_backdoors, triggered_inputs
+from neuralcleanse.mitigation.input_filter import FilterRates, InputFilter
+from neuralcleanse.mitigation.pruning import NeuronPruner, PruningResult
+from neuralcleanse.mitigation.unlearning import Unlearner
+
+METHODS = ("filter", "prune", "unlearn")
+
+
+@dataclass
+class MitigationOutcome:
+    """What a run found. `before`/`after` measure clean accuracy and attack success on held-out
+    data, with the real triggers when known (`attack_trigger` says which), else the reversed ones;
+    `reversed_before`/`reversed_after` always with the reversed ones. For the filter, "after"
+    counts a flagged input as stopped: clean accuracy = correct and not flagged, attack success
+    = sent to the target and not flagged."""
+
+    method: str
+    labels: list[int]
+    attack_trigger: str
+    settings: dict[str, Any]
+    before: Measurement
+    after: Measurement
+    reversed_before: Measurement
+    reversed_after: Measurement
+    details: dict[str, Any] = field(default_factory=dict)
+    model: nn.Module | None = field(default=None, repr=False)
+    filter: InputFilter | None = field(default=None, repr=False)
+    filter_rates: FilterRates | None = field(default=None, repr=False)
+    pruning: PruningResult | None = field(default=None, repr=False)
+    baselines: dict[str, Measurement] = field(default_factory=dict)
+    wall_time: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method, "labels": self.labels, "attack_trigger": self.attack_trigger,
+            "settings": self.settings,
+            "before": self.before.to_dict(), "after": self.after.to_dict(),
+            "reversed_trigger": {"before": self.reversed_before.to_dict(), "after": self.reversed_after.to_dict()},
+            **self.details,
+            "baselines": {k: v.to_dict() for k, v in self.baselines.items()},
+            "wall_time_s": round(self.wall_time, 3),
+        }
+
+
+def split_for_mitigation(data: DatasetSplits, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
+    """(tune, held_out): the train split tunes (ranks units, sets the threshold, fine-tunes), the
+    test split measures. A single set (train is test) is cut in two halves so nothing is measured
+    on what tuned it."""
+    if data.train is not data.test:
+        return data.train, data.test
+    order = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(seed))
+    half = len(order) // 2
+    return data.test.subset(order[:half]), data.test.subset(order[half:])
+
+
+def _filtered_measure(model: nn.Module, filt: InputFilter, data: ImageDataset, backdoors: Sequence[Backdoor]) -> Measurement:
+    device = filt.device
+    ok = (predict(model, data.x, device=device) == data.y) & ~filt.flag(model, data.x)
+    rates = []
+    for b in backdoors:
+        x = triggered_inputs(data, [b])
+        hit = (predict(model, x, device=device) == b.target) & ~filt.flag(model, x)
+        rates.append(float(hit.float().mean()) if len(x) else float("nan"))
+    return Measurement(float(ok.float().mean()), rates, [b.target for b in backdoors])
+
+
+def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: str, *,
+             labels: Sequence[int] | None = None, real: Sequence[Backdoor] = (), layer: str | None = None,
+             top_fraction: float = 0.01, false_positive_rate: float = 0.05,
+             prune_step: float = 0.02, stop_success: float = 0.05, max_fraction: float = 1.0,
+             epochs: int = 1, trigger_share: float = 0.2, data_fraction: float = 0.1, lr: float = 3e-3,
+             baselines: bool = True, tune_samples: int = 2000, curve_samples: int = 2000, seed: int = 0,
+             device: torch.device | str = "cpu", progress: bool = False) -> MitigationOutcome:
+    """Runs `method` with the reversed triggers of the scan's flagged labels (or `labels`).
+
+    `real` (the true triggers, when known) is used only to measure. Raises NothingToMitigate
+    when the scan flagged nothing and no labels were named: nothing is changed then.
+    """
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    start = time.perf_counter()
+    backdoors = reversed_backdoors(scan, labels)
+    real = list(real)
+    judge = real or backdoors
+    tune, held_out = split_for_mitigation(data, seed)
+    model.to(device)
+    settings: dict[str, Any] = {"seed": seed, "device": str(device), "tune_samples": len(tune),
+                                "held_out_samples": len(held_out)}
+    before, rev_before = measure(model, held_out, judge, device), measure(model, held_out, backdoors, device)
+    out = MitigationOutcome(method, [b.target for b in backdoors], "real" if real else "reversed", settings,
+                            before, before, rev_before, rev_before)
+    fit_set = tune.random_sample(tune_samples, seed=seed)
+    if method == "filter":
+        filt = InputFilter(top_fraction, false_positive_rate, layer, device=device).fit(model, backdoors, fit_set)
+        rates = filt.evaluate(model, held_out, judge)
+        settings.update(top_fraction=top_fraction, false_positive_rate=false_positive_rate,
+                        layer=filt.profile_.layer.to_dict())
+        out.after = _filtered_measure(model, filt, held_out, judge)
+        out.reversed_after = _filtered_measure(model, filt, held_out, backdoors)
+        # The model itself is unchanged; its copy carries the filter's settings into the checkpoint.
+        out.filter, out.filter_rates, out.model = filt, rates, clone_model(model)
+        out.details = {"filter": {**filt.to_dict(), **rates.to_dict(),
+                                  "reversed_false_negative_rate": filt.evaluate(model, held_out, backdoors).false_negative_rate}}
+    elif method == "prune":
+        pruner = NeuronPruner(prune_step, stop_success, max_fraction, layer, device=device)
+        result = pruner.prune(model, backdoors, fit_set, held_out.random_sample(curve_samples, seed=seed + 1), real)
+        settings.update(step=prune_step, stop_success=stop_success, max_fraction=max_fraction,
+                        layer=result.layer.to_dict(), curve_samples=min(curve_samples, len(held_out)))
+        out.model, out.pruning = result.model, result
+        out.details = {"pruning": result.to_dict()}
+        if not result.reached:
+            out.details["pruning"]["note"] = (f"the reversed trigger still succeeds above {stop_success:.0%} with "
+                                              f"{max_fraction:.0%} of the layer pruned")
+    else:
+        settings.update(epochs=epochs, trigger_share=trigger_share, data_fraction=data_fraction, lr=lr)
+        unlearner = Unlearner(epochs, trigger_share, data_fraction, lr, seed=seed, device=device, progress=progress)
+        result = unlearner.fit(model, backdoors, tune)
+        out.model = result.model.to(device)
+        out.details = {"unlearning": result.to_dict()}
+        if baselines:
+            plain = unlearner.fit(model, None, tune).model.to(device)
+            out.baselines["fine_tune_no_trigger"] = measure(plain, held_out, judge, device)
+            if real:
+                with_real = unlearner.fit(model, real, tune).model.to(device)
+                out.baselines["unlearn_real_trigger"] = measure(with_real, held_out, judge, device)
+    if method != "filter":
+        out.after = measure(out.model, held_out, judge, device)
+        out.reversed_after = measure(out.model, held_out, backdoors, device)
+    out.wall_time = time.perf_counter() - start
+    return out

@@ -1,0 +1,132 @@
+"""Reading and silencing the units of one layer: what the input filter and pruning work on.
+
+A layer's *units* are its features along dimension 1: neurons of a dense layer, channels of a
+convolution (averaged over space when read). Both jobs go through forward hooks, so they work
+on any eager `nn.Module`; TorchScript modules ignore or refuse hooks, hence the clear error.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from neuralcleanse.errors import InputError
+
+INPUT, OUTPUT = "input", "output"
+
+
+@dataclass(frozen=True)
+class FeatureLayer:
+    """A module of the classifier's network, by its name in `net.named_modules()`, and which
+    side of it holds the units: the default layer is the *input* of the last dense layer (the
+    paper's second-to-last layer, after its activation); a layer the user names is read at its
+    output."""
+
+    name: str
+    side: str = OUTPUT
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "side": self.side}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, str]) -> "FeatureLayer":
+        return cls(str(d["name"]), str(d.get("side", OUTPUT)))
+
+
+def _net(model: nn.Module) -> nn.Module:
+    return getattr(model, "net", model)
+
+
+def resolve_layer(model: nn.Module, name: str | None = None) -> FeatureLayer:
+    """The layer `name` (as listed by `net.named_modules()`, with or without a leading "net."),
+    or by default the input of the last `nn.Linear` in the network."""
+    net = _net(model)
+    if isinstance(net, torch.jit.ScriptModule):
+        raise InputError(
+            "the input filter and pruning read a layer's activations through hooks, which TorchScript "
+            "models do not run; give the model as a neuralcleanse checkpoint (or use --method unlearn)")
+    modules = dict(net.named_modules())
+    if name is None:
+        linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise InputError("the model has no dense (nn.Linear) layer to take the default feature layer from; "
+                             "name one with --layer")
+        return FeatureLayer(linears[-1], INPUT)
+    key = name[4:] if name.startswith("net.") else name
+    if key not in modules or key == "":
+        known = ", ".join(f"{n} ({type(m).__name__})" for n, m in modules.items() if n)
+        raise InputError(f"unknown layer {name!r}; the model's layers are: {known}")
+    return FeatureLayer(key, OUTPUT)
+
+
+def _module(model: nn.Module, layer: FeatureLayer) -> nn.Module:
+    modules = dict(_net(model).named_modules())
+    if layer.name not in modules:
+        raise InputError(f"the model has no layer {layer.name!r}")
+    return modules[layer.name]
+
+
+def unit_values(t: torch.Tensor) -> torch.Tensor:
+    """(N, U, ...) activations to (N, U): channels of a convolution are averaged over space."""
+    return t.flatten(2).mean(2) if t.ndim > 2 else t
+
+
+@contextlib.contextmanager
+def capture_units(model: nn.Module, layer: FeatureLayer) -> Iterator[list[torch.Tensor]]:
+    """Collects the layer's (N, U) unit values of every forward pass run inside the block."""
+    seen: list[torch.Tensor] = []
+    module = _module(model, layer)
+    if layer.side == INPUT:
+        handle = module.register_forward_pre_hook(lambda _m, args: seen.append(unit_values(args[0]).detach()))
+    else:
+        handle = module.register_forward_hook(lambda _m, _args, out: seen.append(unit_values(out).detach()))
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def silence_units(model: nn.Module, layer: FeatureLayer, units: torch.Tensor | list[int]) -> torch.utils.hooks.RemovableHandle:
+    """Zeroes the given units of `layer` in every later forward pass (pruning). Returns the hook's
+    handle; a checkpoint records the units so loading re-applies them (see `checkpoint.py`)."""
+    module = _module(model, layer)
+    index = torch.as_tensor(units, dtype=torch.long)
+
+    def zero(t: torch.Tensor) -> torch.Tensor:
+        keep = torch.ones(t.shape[1], dtype=t.dtype, device=t.device)
+        keep[index.to(t.device)] = 0
+        return t * keep.view(1, -1, *([1] * (t.ndim - 2)))
+
+    if layer.side == INPUT:
+        return module.register_forward_pre_hook(lambda _m, args: (zero(args[0]), *args[1:]))
+    return module.register_forward_hook(lambda _m, _args, out: zero(out))
+
+
+def unit_count(model: nn.Module, layer: FeatureLayer, input_shape: tuple[int, int, int]) -> int:
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), capture_units(model, layer) as seen:
+        model(torch.zeros((1, *input_shape), device=device))
+    model.train(was_training)
+    if not seen:
+        raise InputError(f"layer {layer.name!r} is not used in the model's forward pass")
+    return int(seen[0].shape[1])
+
+
+def prune_units(model: nn.Module, layer: FeatureLayer, units: torch.Tensor | list[int]) -> None:
+    """Silences `units` for good: the hook stays, and a Classifier's metadata records the units so
+    its checkpoint re-applies them on load."""
+    silence_units(model, layer, units)
+    info = getattr(model, "info", None)
+    if info is not None:
+        info.metadata.setdefault("pruning", []).append(
+            {"layer": layer.to_dict(), "units": [int(u) for u in torch.as_tensor(units).tolist()]})
+
+
+def reapply_pruning(model: nn.Module, records: list[dict]) -> None:
+    for record in records:
+        silence_units(model, FeatureLayer.from_dict(record["layer"]), record["units"])

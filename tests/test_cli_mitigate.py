@@ -1,0 +1,165 @@
+"""`neuralcleanse mitigate` end to end on a tiny infected model: each method, outputs, bad input."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cli_helpers import NUM_CLASSES, SIDE, TARGET, assert_bad_input, invoke, write_npz
+from neuralcleanse.cli import EXIT_CLEAN, EXIT_INFECTED
+
+KEYS = {"method", "labels", "attack_trigger", "settings", "before", "after", "reversed_trigger", "baselines", "files"}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("mitigate")
+
+
+@pytest.fixture(scope="module")
+def dataset(workdir: Path) -> Path:
+    return write_npz(workdir / "data.npz")
+
+
+@pytest.fixture(scope="module")
+def model(workdir: Path, dataset: Path) -> Path:
+    out = workdir / "m.pt"
+    result = invoke("train", "--dataset", str(dataset), "--arch", "tiny", "--badnets", "--target", str(TARGET),
+                    "--trigger-size", "2", "--epochs", "8", "--lr", "5e-3", "--out", str(out))
+    assert result.exit_code == EXIT_CLEAN, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def scan_dir(workdir: Path, dataset: Path, model: Path) -> Path:
+    out = workdir / "scan"
+    result = invoke("scan", str(model), "--data", str(dataset), "--out", str(out), "--samples", "200")
+    assert result.exit_code == EXIT_INFECTED, result.output
+    assert TARGET in json.loads((out / "report.json").read_text())["flagged"]
+    return out
+
+
+def run(model: Path, scan_dir: Path, dataset: Path, out: Path, method: str, *extra: str):
+    return invoke("mitigate", str(model), "--scan", str(scan_dir), "--data", str(dataset), "--method", method,
+                  "--out", str(out), "--labels", str(TARGET), *extra)
+
+
+def check_output(out: Path, result, method: str) -> dict:
+    assert result.exit_code == EXIT_CLEAN, result.output
+    report = json.loads((out / "mitigation.json").read_text())
+    assert KEYS <= set(report), KEYS - set(report)
+    assert report["method"] == method and report["labels"] == [TARGET]
+    assert report["attack_trigger"] == "real"  # our BadNets checkpoint carries its trigger
+    assert (out / report["files"]["chart"]).stat().st_size > 1000
+    assert "attack success" in result.output
+    return report
+
+
+@pytest.mark.parametrize("method", ["prune", "unlearn"])
+def test_patched_checkpoint_lowers_attack_success_and_scans(model, scan_dir, dataset, workdir, method) -> None:
+    out = workdir / method
+    extra = ("--epochs", "3", "--data-fraction", "1") if method == "unlearn" else ("--step", "0.05")
+    report = check_output(out, run(model, scan_dir, dataset, out, method, *extra), method)
+    before = report["before"]["attack_success"][0]["rate"]
+    after = report["after"]["attack_success"][0]["rate"]
+    assert after < before, (before, after)
+    assert report["files"]["checkpoint"] == "model.pt"
+    rescan = invoke("scan", str(out / "model.pt"), "--data", str(dataset), "--out", str(out / "rescan"),
+                    "--samples", "80", "--max-steps", "4")
+    assert rescan.exit_code in (EXIT_CLEAN, EXIT_INFECTED), rescan.output
+    if method == "prune":
+        pruning = report["pruning"]
+        assert pruning["curve"][0]["units"] == 0 and pruning["pruned_units"]
+        assert report["settings"]["step"] == 0.05
+    else:
+        assert set(report["baselines"]) == {"fine_tune_no_trigger", "unlearn_real_trigger"}
+
+
+def test_filter_reports_rates(model, scan_dir, dataset, workdir) -> None:
+    out = workdir / "filter"
+    result = run(model, scan_dir, dataset, out, "filter", "--top-fraction", "0.1", "--fpr", "0.1")
+    report = check_output(out, result, "filter")
+    assert "false-positive rate" in result.output
+    f = report["filter"]
+    assert 0 <= f["false_positive_rate"] < 0.25 and 0 <= f["false_negative_rate"] <= 1
+    assert len(f["units"]) == 3 and f["layer"] == {"name": "5", "side": "input"}
+
+
+def test_existing_results_are_not_overwritten(model, scan_dir, dataset, workdir) -> None:
+    out = workdir / "again"
+    assert run(model, scan_dir, dataset, out, "prune", "--step", "0.1").exit_code == EXIT_CLEAN
+    stamp = (out / "mitigation.json").stat().st_mtime_ns
+    assert_bad_input(run(model, scan_dir, dataset, out, "prune"), "already holds", "--force")
+    assert (out / "mitigation.json").stat().st_mtime_ns == stamp
+    assert run(model, scan_dir, dataset, out, "prune", "--step", "0.1", "--force").exit_code == EXIT_CLEAN
+
+
+def test_real_trigger_from_flags(model, scan_dir, dataset, workdir, tmp_path) -> None:
+    out = tmp_path / "flags"
+    result = run(model, scan_dir, dataset, out, "prune", "--step", "0.1", "--real-target", str(TARGET),
+                 "--real-size", "2")
+    report = json.loads((out / "mitigation.json").read_text())
+    assert result.exit_code == EXIT_CLEAN and report["before"]["attack_success"][0]["rate"] > 0.9
+    # The same trigger as a mask and pattern image pair.
+    mask = np.zeros((SIDE, SIDE), np.uint8)
+    mask[SIDE - 3 : SIDE - 1, SIDE - 3 : SIDE - 1] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    Image.fromarray(mask).save(tmp_path / "pattern.png")
+    out2 = tmp_path / "images"
+    result = run(model, scan_dir, dataset, out2, "prune", "--step", "0.1", "--real-target", str(TARGET),
+                 "--real-mask", str(tmp_path / "mask.png"), "--real-pattern", str(tmp_path / "pattern.png"))
+    report2 = json.loads((out2 / "mitigation.json").read_text())
+    assert result.exit_code == EXIT_CLEAN
+    assert report2["before"]["attack_success"] == report["before"]["attack_success"]
+
+
+def test_torchscript_model_unlearns_to_torchscript(scan_dir, dataset, workdir, model) -> None:
+    from neuralcleanse.models.loading import load_model
+
+    classifier = load_model(model)
+    path = workdir / "foreign.pt"
+    torch.jit.trace(classifier.net.eval(), torch.rand(2, 1, SIDE, SIDE)).save(str(path))
+    out = workdir / "ts_unlearn"
+    result = run(path, scan_dir, dataset, out, "unlearn", "--no-baselines", "--real-target", str(TARGET),
+                 "--real-size", "2", "--epochs", "3", "--data-fraction", "1")
+    report = json.loads((out / "mitigation.json").read_text())
+    assert result.exit_code == EXIT_CLEAN, result.output
+    assert report["files"]["torchscript"] == "model.torchscript.pt"
+    assert report["after"]["attack_success"][0]["rate"] < report["before"]["attack_success"][0]["rate"]
+    patched = torch.jit.load(str(out / "model.torchscript.pt"))
+    assert patched(torch.rand(3, 1, SIDE, SIDE)).shape == (3, NUM_CLASSES)
+    assert_bad_input(run(path, scan_dir, dataset, workdir / "ts_prune", "prune"), "TorchScript")
+
+
+def test_bad_input(model, scan_dir, dataset, workdir, tmp_path) -> None:
+    def bad(*extra: str, method: str = "prune", scan: Path = scan_dir):
+        return invoke("mitigate", str(model), "--scan", str(scan), "--data", str(dataset), "--method", method,
+                      "--out", str(tmp_path / "o"), *extra)
+
+    assert_bad_input(bad("--layer", "fc9"), "unknown layer 'fc9'", "Linear")
+    assert_bad_input(bad("--step", "0"), "step", "(0, 1]")
+    assert_bad_input(bad("--step", "1.5"), "step", "(0, 1]")
+    assert_bad_input(bad("--top-fraction", "2", method="filter"), "top_fraction", "(0, 1]")
+    assert_bad_input(bad("--trigger-share", "-1", method="unlearn"), "trigger_share")
+    assert_bad_input(bad(scan=tmp_path / "none"), "no report.json")
+    assert_bad_input(bad("--labels", "9"), "not scanned")
+    assert_bad_input(bad("--real-size", "2"), "--real-target")
+    assert_bad_input(bad(method="burn"), "method")
+    assert not (tmp_path / "o" / "mitigation.json").exists()
+
+
+def test_clean_verdict_has_nothing_to_mitigate(model, scan_dir, dataset, tmp_path) -> None:
+    quiet = tmp_path / "quiet"
+    quiet.mkdir()
+    report = json.loads((scan_dir / "report.json").read_text())
+    report["threshold"] = 1e9  # the same scan judged with a threshold no label reaches
+    (quiet / "report.json").write_text(json.dumps(report))
+    (quiet / "triggers.npz").write_bytes((scan_dir / "triggers.npz").read_bytes())
+    result = invoke("mitigate", str(model), "--scan", str(quiet), "--data", str(dataset), "--method", "unlearn",
+                    "--out", str(tmp_path / "o"))
+    assert_bad_input(result, "flagged no label", "nothing was changed")
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,213 @@
+"""Input filter, pruning and unlearning on the tiny infected model (tiny_task.py), through the API."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from neuralcleanse.detection import NeuralCleanse
+from neuralcleanse.detection.outlier import label_outliers
+from neuralcleanse.errors import InputError
+from neuralcleanse.metrics import attack_success_rate, clean_accuracy
+from neuralcleanse.mitigation import (Backdoor, FilteredClassifier, InputFilter, NeuronPruner, NothingToMitigate,
+                                      Unlearner, known_backdoors, measure, mitigate, profile_activations,
+                                      reversed_backdoors)
+from neuralcleanse.models.checkpoint import classifier_from_checkpoint, save_checkpoint
+from neuralcleanse.models.layers import resolve_layer
+from neuralcleanse.report.scan_report import load_scan, write_scan_report
+from tiny_task import K, SIDE, TARGET, TRIGGER_COLS, TRIGGER_ROWS, synthetic
+
+
+@pytest.fixture(scope="module")
+def scan(infected, data):
+    model, _ = infected
+    result = NeuralCleanse("fast", samples=240, progress=False, seed=1).scan(model, data.test)
+    assert TARGET in result.flagged
+    return result
+
+
+@pytest.fixture(scope="module")
+def reversed_(scan):
+    return reversed_backdoors(scan, [TARGET])
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    return synthetic(100, seed=7)
+
+
+def test_real_backdoor_comes_from_checkpoint_metadata(infected, trigger) -> None:
+    model, _ = infected
+    (real,) = known_backdoors(model.info.metadata)
+    assert real.target == TARGET
+    assert torch.equal(real.trigger.mask, trigger.mask)
+
+
+def test_profile_ranks_units_the_trigger_excites(infected, data, reversed_) -> None:
+    model, _ = infected
+    profile = profile_activations(model, data.train.random_sample(300), reversed_)
+    assert profile.layer.side == "input" and profile.num_units == 32
+    diff = profile.difference
+    top = profile.top_units(0.1)
+    assert len(top) == 3
+    assert float(diff[top].min()) >= float(diff.max()) - 1e-6 or float(diff[top[0]]) == float(diff.max())
+    assert float(diff[top[0]]) > 0  # the trigger raises some unit
+
+
+def test_conv_layer_units_are_channels(infected, data, reversed_) -> None:
+    model, _ = infected
+    profile = profile_activations(model, data.train.random_sample(100), reversed_, layer="net.1")
+    assert profile.layer.name == "1" and profile.layer.side == "output"
+    assert profile.num_units == 8  # tiny_net's conv has 8 channels
+
+
+def test_filter_false_positive_rate_holds_on_held_out_data(infected, data, reversed_, held_out) -> None:
+    model, _ = infected
+    real = known_backdoors(model.info.metadata)
+    filt = InputFilter(top_fraction=0.1, false_positive_rate=0.1).fit(model, reversed_, data.train)
+    rates = filt.evaluate(model, held_out, real)
+    # 600 held-out clean images: a binomial 10% has a standard deviation of about 1.2 points.
+    assert abs(rates.false_positive_rate - 0.1) < 0.05, rates.false_positive_rate
+    # A filter that knew nothing would miss 90% of triggered inputs at 10% FPR; on this toy task one
+    # clean label excites the same units as the trigger, so about a fifth are missed.
+    assert rates.false_negative_rate < 0.3, rates.false_negative_rate
+    assert rates.triggered_scores.mean() > rates.clean_scores.mean()
+
+
+def test_filtered_classifier_abstains_on_triggered_inputs(infected, data, reversed_, held_out, trigger) -> None:
+    model, _ = infected
+    filt = InputFilter(top_fraction=0.1).fit(model, reversed_, data.train)
+    wrapped = filt.wrap(model)
+    x = trigger.apply(held_out.x[held_out.y != TARGET][:100])
+    logits, flagged = wrapped(x)
+    assert logits.shape == (100, K) and flagged.dtype == torch.bool
+    preds = wrapped.predict(x)
+    assert torch.equal(preds == -1, flagged)
+    assert float(flagged.float().mean()) > 0.7
+    again = FilteredClassifier.from_dict(model, filt.to_dict())
+    assert torch.equal(again.predict(x), preds)
+
+
+def test_pruning_lowers_attack_success_and_survives_a_checkpoint(infected, data, reversed_, held_out, tmp_path) -> None:
+    model, _ = infected
+    real = known_backdoors(model.info.metadata)
+    before = copy.deepcopy(model.state_dict())
+    result = NeuronPruner(step=0.05, stop_success=0.05).prune(model, reversed_, data.train.random_sample(300),
+                                                             held_out, real)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # input model untouched
+    first, chosen = result.curve[0], result.chosen_step
+    assert first.units == 0 and first.attack_success > 0.9
+    assert result.reached and chosen.reversed_success < 0.05
+    assert result.fraction == pytest.approx(chosen.fraction) and 0 < result.fraction <= 1
+    assert [s.units for s in result.curve] == sorted(s.units for s in result.curve)
+    asr_after = attack_success_rate(result.model, held_out, real[0].trigger, TARGET)
+    assert asr_after < first.attack_success
+    path = save_checkpoint(result.model, tmp_path / "pruned.pt")
+    loaded = classifier_from_checkpoint(torch.load(path, weights_only=True))
+    assert attack_success_rate(loaded, held_out, real[0].trigger, TARGET) == pytest.approx(asr_after)
+    with torch.no_grad():
+        assert torch.allclose(loaded(held_out.x), result.model(held_out.x), atol=1e-4)
+    rescan = NeuralCleanse("fast", samples=120, progress=False, max_steps=8).scan(loaded, data.test)
+    assert rescan.num_labels == K
+
+
+def test_unlearning_lowers_attack_success(infected, data, reversed_, held_out, trigger) -> None:
+    model, _ = infected
+    real = known_backdoors(model.info.metadata)
+    before = measure(model, held_out, real)
+    result = Unlearner(epochs=2, data_fraction=1.0, lr=3e-3).fit(model, reversed_, data.train)
+    after = measure(result.model, held_out, real)
+    assert result.stamped == pytest.approx(0.2 * len(data.train), abs=1)
+    assert after.attack_success[0] < 0.5 * before.attack_success[0], (before, after)
+    assert after.clean_accuracy > before.clean_accuracy - 0.05
+    assert attack_success_rate(model, held_out, trigger, TARGET) == pytest.approx(before.attack_success[0])
+
+
+def test_mitigate_runner_measures_before_and_after(infected, data, scan) -> None:
+    model, _ = infected
+    out = mitigate(model, scan, data, "unlearn", labels=[TARGET], real=known_backdoors(model.info.metadata), epochs=2,
+                   data_fraction=1.0, baselines=True)
+    assert out.attack_trigger == "real" and out.labels == [TARGET]
+    assert out.after.worst_attack_success < out.before.worst_attack_success
+    assert set(out.baselines) == {"fine_tune_no_trigger", "unlearn_real_trigger"}
+    assert out.before.clean_accuracy == pytest.approx(clean_accuracy(model, data.test))
+    d = out.to_dict()
+    assert d["before"]["attack_success"][0]["target"] == TARGET
+    assert "reversed_trigger" in d and d["unlearning"]["stamped"] > 0
+
+
+def test_mitigate_filter_counts_flagged_inputs_as_stopped(infected, data, scan) -> None:
+    model, _ = infected
+    out = mitigate(model, scan, data, "filter", labels=[TARGET], top_fraction=0.1, real=known_backdoors(model.info.metadata))
+    assert out.after.worst_attack_success <= out.before.worst_attack_success
+    assert out.after.clean_accuracy <= out.before.clean_accuracy
+    assert out.filter_rates.false_negative_rate < 0.5
+    assert out.model.info.metadata is not model.info.metadata
+
+
+def test_no_flagged_label_changes_nothing(infected, data, scan) -> None:
+    model, _ = infected
+    # The same scan judged with a threshold no label reaches: a clean verdict.
+    quiet = dataclasses.replace(scan, outliers=label_outliers(scan.l1_norms, scan.labels, threshold=1e9))
+    assert not quiet.infected
+    before = copy.deepcopy(model.state_dict())
+    for method in ("filter", "prune", "unlearn"):
+        with pytest.raises(NothingToMitigate, match="flagged no label"):
+            mitigate(model, quiet, data, method)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    # Naming a label treats it anyway.
+    assert reversed_backdoors(quiet, [0])[0].target == 0
+
+
+def test_bad_arguments(infected, data, scan, reversed_) -> None:
+    model, _ = infected
+    with pytest.raises(InputError, match="unknown layer 'nope'.*Linear"):
+        resolve_layer(model, "nope")
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(InputError, match=r"\(0, 1\]"):
+            InputFilter(top_fraction=bad)
+        with pytest.raises(InputError, match=r"\(0, 1\]"):
+            NeuronPruner(step=bad)
+        with pytest.raises(InputError, match=r"\(0, 1\]"):
+            Unlearner(trigger_share=bad)
+    with pytest.raises(InputError, match=r"\(0, 1\)"):
+        InputFilter(false_positive_rate=1.0)
+    with pytest.raises(InputError, match="not scanned"):
+        reversed_backdoors(scan, [K + 3])
+    with pytest.raises(InputError, match="unknown method"):
+        mitigate(model, scan, data, "burn")
+
+
+def test_torchscript_models_cannot_be_filtered_but_say_why(data) -> None:
+    from torch import nn
+
+    from neuralcleanse.models.classifier import Classifier, ModelInfo
+
+    net = torch.jit.trace(nn.Sequential(nn.Flatten(), nn.Linear(SIDE * SIDE, K)), torch.rand(1, 1, SIDE, SIDE))
+    model = Classifier(net, ModelInfo(K, (1, SIDE, SIDE)))
+    with pytest.raises(InputError, match="TorchScript"):
+        resolve_layer(model)
+
+
+def test_scan_folder_round_trip(scan, tmp_path) -> None:
+    write_scan_report(scan, tmp_path)
+    loaded, report = load_scan(tmp_path)
+    assert loaded.flagged == scan.flagged and loaded.labels == scan.labels
+    assert torch.equal(loaded.masks, scan.masks.float()) and torch.equal(loaded.patterns, scan.patterns.float())
+    assert loaded.l1_norms == pytest.approx(scan.l1_norms)
+    assert report["infected"] is True
+    share = float(loaded.masks[TARGET][TRIGGER_ROWS, TRIGGER_COLS].sum() / loaded.masks[TARGET].sum())
+    assert share > 0.5
+    (tmp_path / "triggers.npz").write_bytes(b"junk")
+    with pytest.raises(InputError, match="damaged"):
+        load_scan(tmp_path)
+    with pytest.raises(InputError, match="no report.json"):
+        load_scan(tmp_path / "missing")
+
+
+def test_backdoor_dataclass_is_public() -> None:
+    import neuralcleanse
+
+    assert neuralcleanse.Backdoor is Backdoor and neuralcleanse.InputFilter is InputFilter
