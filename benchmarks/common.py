@@ -28,3 +28,9 @@ def benchmark_model(dataset: str, infected: bool, models_dir: Path, device: str 
         save_checkpoint(model, path)
         log(f"  clean accuracy {report.clean_accuracy:.4f} attack success {report.attack_success}")
     return load_model(path), path
+
+
+def markdown_table(rows: list[dict], cols: list[str]) -> str:
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"

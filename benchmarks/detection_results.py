@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from common import benchmark_model
+from common import benchmark_model, markdown_table
 from neuralcleanse.attacks import Trigger
 from neuralcleanse.data import load_dataset
 from neuralcleanse.detection import NeuralCleanse
@@ -89,9 +89,7 @@ def main() -> None:
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
     cols = ["model", "clean_accuracy", "attack_success", "infected", "flagged", "anomaly_index", "target_l1",
             "true_trigger_l1", "mask_on_true_trigger", "median_l1", "scan_s"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
-    table = "\n".join(lines) + "\n"
+    table = markdown_table(rows, cols)
     args.out.with_suffix(".md").write_text(table)
     print(table)
 
