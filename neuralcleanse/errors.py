@@ -6,3 +6,10 @@ The CLI turns an InputError into one line on stderr and exit code 2; anything el
 
 class InputError(Exception):
     """Bad input from the user: the message says what is wrong and how to fix it."""
+
+
+def check_fractions(include_one: bool = True, **values: float) -> None:
+    """Raises InputError unless each value lies in (0, 1] (or (0, 1) when `include_one` is False)."""
+    for name, value in values.items():
+        if not (0.0 < value <= 1.0 if include_one else 0.0 < value < 1.0):
+            raise InputError(f"{name} must lie in (0, 1{']' if include_one else ')'}, got {value}")

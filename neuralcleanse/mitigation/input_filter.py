@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from neuralcleanse.data.dataset import ImageDataset
-from neuralcleanse.errors import InputError
+from neuralcleanse.errors import check_fractions
 from neuralcleanse.mitigation.backdoors import Backdoor, triggered_inputs
 from neuralcleanse.mitigation.profile import ActivationProfile, profile_activations, unit_activations
 from neuralcleanse.models.layers import FeatureLayer, capture_units
@@ -41,10 +41,8 @@ class InputFilter:
     def __init__(self, top_fraction: float = 0.01, false_positive_rate: float = 0.05,
                  layer: FeatureLayer | str | None = None, batch_size: int = 256,
                  device: torch.device | str = "cpu") -> None:
-        if not 0.0 < top_fraction <= 1.0:
-            raise InputError(f"top_fraction must lie in (0, 1], got {top_fraction}")
-        if not 0.0 < false_positive_rate < 1.0:
-            raise InputError(f"false_positive_rate must lie in (0, 1), got {false_positive_rate}")
+        check_fractions(top_fraction=top_fraction)
+        check_fractions(include_one=False, false_positive_rate=false_positive_rate)
         self.top_fraction = top_fraction
         self.false_positive_rate = false_positive_rate
         self.layer = layer

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from neuralcleanse.data.dataset import ImageDataset
-from neuralcleanse.errors import InputError
+from neuralcleanse.errors import check_fractions
 from neuralcleanse.models.classifier import clone_model
 from neuralcleanse.mitigation.backdoors import Backdoor, measure
 from neuralcleanse.mitigation.profile import ActivationProfile, profile_activations
@@ -71,11 +71,8 @@ class NeuronPruner:
     def __init__(self, step: float = 0.02, stop_success: float = 0.05, max_fraction: float = 1.0,
                  layer: FeatureLayer | str | None = None, batch_size: int = 256,
                  device: torch.device | str = "cpu") -> None:
-        for name, value in (("step", step), ("max_fraction", max_fraction)):
-            if not 0.0 < value <= 1.0:
-                raise InputError(f"{name} must lie in (0, 1], got {value}")
-        if not 0.0 < stop_success < 1.0:
-            raise InputError(f"stop_success must lie in (0, 1), got {stop_success}")
+        check_fractions(step=step, max_fraction=max_fraction)
+        check_fractions(include_one=False, stop_success=stop_success)
         self.step = step
         self.stop_success = stop_success
         self.max_fraction = max_fraction

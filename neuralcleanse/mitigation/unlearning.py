@@ -9,7 +9,7 @@ from torch import nn
 
 from neuralcleanse.attacks.stamping import stamp_shares
 from neuralcleanse.data.dataset import ImageDataset
-from neuralcleanse.errors import InputError
+from neuralcleanse.errors import InputError, check_fractions
 from neuralcleanse.models.classifier import clone_model
 from neuralcleanse.mitigation.backdoors import Backdoor
 from neuralcleanse.models.fitting import train_classifier
@@ -30,17 +30,15 @@ class Unlearner:
     """Fine-tunes a copy of the model for `epochs` on `data_fraction` of the given clean set, with
     the triggers stamped on `trigger_share` of it (split evenly between triggers) and true labels
     kept, so the model learns that the trigger means nothing (the paper: 10% of the training
-    data, 20% stamped, one epoch). With no backdoors it is plain fine-tuning, the paper's baseline.
+    data, 20% stamped, one epoch; the learning rate is ours, see docs/mitigation.md). With no backdoors it is plain fine-tuning, the paper's baseline.
     """
 
     def __init__(self, epochs: int = 1, trigger_share: float = 0.2, data_fraction: float = 0.1,
-                 lr: float = 1e-3, batch_size: int = 64, seed: int = 0, device: torch.device | str = "cpu",
+                 lr: float = 3e-3, batch_size: int = 64, seed: int = 0, device: torch.device | str = "cpu",
                  progress: bool = False) -> None:
         if epochs < 1:
             raise InputError(f"epochs must be at least 1, got {epochs}")
-        for name, value in (("trigger_share", trigger_share), ("data_fraction", data_fraction)):
-            if not 0.0 < value <= 1.0:
-                raise InputError(f"{name} must lie in (0, 1], got {value}")
+        check_fractions(trigger_share=trigger_share, data_fraction=data_fraction)
         if lr <= 0:
             raise InputError(f"lr must be positive, got {lr}")
         self.epochs = epochs
