@@ -18,7 +18,9 @@ from common import TARGETS, benchmark_model, markdown_table
 from neuralcleanse.data import load_dataset
 from neuralcleanse.detection import NeuralCleanse
 from neuralcleanse.mitigation import known_backdoors, mitigate
+from neuralcleanse.mitigation.unlearning import training_lr
 from neuralcleanse.report.mitigation_report import CHARTS
+from neuralcleanse.training import DEFAULTS
 
 ROOT = Path(__file__).resolve().parent
 
@@ -46,7 +48,10 @@ def main() -> None:
             print("  the target was not flagged; mitigating it anyway, by name")
         real = known_backdoors(model.info.metadata)
         for method in ("filter", "prune", "unlearn"):
-            out = mitigate(model, scan, data, method, labels=[TARGETS[dataset]], real=real, device=args.device)
+            # The benchmark models predate checkpoints recording their training rate; they were trained
+            # with DEFAULTS, which is what unlearning's default would read from a newer checkpoint.
+            out = mitigate(model, scan, data, method, labels=[TARGETS[dataset]], real=real, device=args.device,
+                           lr=training_lr(model) or DEFAULTS[dataset]["lr"])
             raw[f"{path.stem}/{method}"] = out.to_dict()
             CHARTS[method](out, args.out.parent / f"mitigation_{dataset}_{method}.png")
             row = {"model": path.stem, "method": method, "clean_acc_before": pct(out.before.clean_accuracy),

@@ -346,7 +346,8 @@ def _read_image(path: str, input_shape, grey: bool):
               help="unlearn: share of the fine-tuning set that carries the reversed trigger.")
 @click.option("--data-fraction", type=float, default=0.1, show_default=True,
               help="unlearn: share of the training split fine-tuned on.")
-@click.option("--lr", type=float, default=3e-3, show_default=True, help="unlearn: Adam learning rate.")
+@click.option("--lr", type=float, default=None,
+              help="unlearn: Adam learning rate (default: the model's own training rate if recorded, else 1e-3).")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="unlearn: also fine-tune with no trigger and with the real trigger (when known).")
 @click.option("--real-target", type=int, default=None, help="Label of the real backdoor, to measure against.")
@@ -364,7 +365,7 @@ def _read_image(path: str, input_shape, grey: bool):
 def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: str, method: str, out: str,
              labels: str | None, layer: str | None, top_fraction: float, fpr: float, step: float,
              stop_success: float, max_fraction: float, epochs: int, trigger_share: float, data_fraction: float,
-             lr: float, baselines: bool, real_target: int | None, real_size: int | None, real_position: str,
+             lr: float | None, baselines: bool, real_target: int | None, real_size: int | None, real_position: str,
              real_colour: str, real_mask: str | None, real_pattern: str | None, seed: int, force: bool,
              device: str, num_classes: int | None, pixel_range: str | None, mean: str | None, std: str | None,
              channel_order: str | None) -> int:

@@ -29,6 +29,8 @@ class TrainingReport:
     clean_accuracy: float
     attack_success: dict[int, float] = field(default_factory=dict)
     epochs: int = 0
+    lr: float = 0.0
+    batch_size: int = 0
     losses: list[float] = field(default_factory=list)
     wall_time_s: float = 0.0
 
@@ -76,7 +78,7 @@ def train_model(
     losses = train_classifier(model, train_set, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                               device=device, progress=progress, augment=augment)
     report = TrainingReport(clean_accuracy=clean_accuracy(model, data.test, device=device), epochs=epochs,
-                            losses=losses)
+                            lr=lr, batch_size=batch_size, losses=losses)
     if badnets:
         for i, (trigger, target) in enumerate(zip(badnets.triggers, badnets.targets)):
             report.attack_success[i] = attack_success_rate(model, data.test, trigger, target, device=device)

@@ -125,6 +125,16 @@ def test_unlearning_lowers_attack_success(infected, data, reversed_, held_out, t
     assert attack_success_rate(model, held_out, trigger, TARGET) == pytest.approx(before.attack_success[0])
 
 
+def test_unlearning_rate_defaults_to_the_models_training_rate(infected, data, reversed_) -> None:
+    model, _ = infected
+    assert model.info.metadata["training"]["lr"] == 5e-3  # conftest trains the tiny model at 5e-3
+    assert Unlearner(data_fraction=0.2).fit(model, reversed_, data.train).lr == 5e-3
+    assert Unlearner(data_fraction=0.2, lr=1e-4).fit(model, reversed_, data.train).lr == 1e-4
+    foreign = copy.deepcopy(model)
+    del foreign.info.metadata["training"]
+    assert Unlearner(data_fraction=0.2).fit(foreign, reversed_, data.train).lr == 1e-3
+
+
 def test_mitigate_runner_measures_before_and_after(infected, data, scan) -> None:
     model, _ = infected
     out = mitigate(model, scan, data, "unlearn", labels=[TARGET], real=known_backdoors(model.info.metadata), epochs=2,

@@ -16,7 +16,7 @@ from neuralcleanse.models.classifier import clone_model
 from neuralcleanse.mitigation.backdoors import Backdoor, Measurement, measure, reversed_backdoors, triggered_inputs
 from neuralcleanse.mitigation.input_filter import FilterRates, InputFilter
 from neuralcleanse.mitigation.pruning import NeuronPruner, PruningResult
-from neuralcleanse.mitigation.unlearning import Unlearner
+from neuralcleanse.mitigation.unlearning import Unlearner, training_lr
 
 METHODS = ("filter", "prune", "unlearn")
 
@@ -83,7 +83,7 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
              labels: Sequence[int] | None = None, real: Sequence[Backdoor] = (), layer: str | None = None,
              top_fraction: float = 0.01, false_positive_rate: float = 0.05,
              prune_step: float = 0.02, stop_success: float = 0.05, max_fraction: float = 1.0,
-             epochs: int = 1, trigger_share: float = 0.2, data_fraction: float = 0.1, lr: float = 3e-3,
+             epochs: int = 1, trigger_share: float = 0.2, data_fraction: float = 0.1, lr: float | None = None,
              baselines: bool = True, tune_samples: int = 2000, curve_samples: int = 2000, seed: int = 0,
              device: torch.device | str = "cpu", progress: bool = False) -> MitigationOutcome:
     """Runs `method` with the reversed triggers of the scan's flagged labels (or `labels`).
@@ -127,9 +127,10 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
             out.details["pruning"]["note"] = (f"the reversed trigger still succeeds above {stop_success:.0%} with "
                                               f"{max_fraction:.0%} of the layer pruned")
     else:
-        settings.update(epochs=epochs, trigger_share=trigger_share, data_fraction=data_fraction, lr=lr)
         unlearner = Unlearner(epochs, trigger_share, data_fraction, lr, seed=seed, device=device, progress=progress)
         result = unlearner.fit(model, backdoors, tune)
+        settings.update(epochs=epochs, trigger_share=trigger_share, data_fraction=data_fraction, lr=result.lr,
+                        lr_source="given" if lr else ("model's training" if training_lr(model) else "fallback"))
         out.model = result.model.to(device)
         out.details = {"unlearning": result.to_dict()}
         if baselines:

@@ -15,15 +15,26 @@ from neuralcleanse.mitigation.backdoors import Backdoor
 from neuralcleanse.models.fitting import train_classifier
 
 
+FALLBACK_LR = 1e-3
+
+
+def training_lr(model: nn.Module) -> float | None:
+    """The peak learning rate the model was trained with, when its checkpoint records it."""
+    info = getattr(model, "info", None)
+    lr = ((info.metadata.get("training") or {}).get("lr") if info is not None else None)
+    return float(lr) if lr else None
+
+
 @dataclass
 class UnlearningResult:
     samples: int
     stamped: int
+    lr: float
     losses: list[float]
     model: nn.Module = field(repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"samples": self.samples, "stamped": self.stamped, "losses": self.losses}
+        return {"samples": self.samples, "stamped": self.stamped, "lr": self.lr, "losses": self.losses}
 
 
 class Unlearner:
@@ -34,12 +45,12 @@ class Unlearner:
     """
 
     def __init__(self, epochs: int = 1, trigger_share: float = 0.2, data_fraction: float = 0.1,
-                 lr: float = 3e-3, batch_size: int = 64, seed: int = 0, device: torch.device | str = "cpu",
+                 lr: float | None = None, batch_size: int = 64, seed: int = 0, device: torch.device | str = "cpu",
                  progress: bool = False) -> None:
         if epochs < 1:
             raise InputError(f"epochs must be at least 1, got {epochs}")
         check_fractions(trigger_share=trigger_share, data_fraction=data_fraction)
-        if lr <= 0:
+        if lr is not None and lr <= 0:
             raise InputError(f"lr must be positive, got {lr}")
         self.epochs = epochs
         self.trigger_share = trigger_share
@@ -59,8 +70,9 @@ class Unlearner:
             subset, parts = stamp_shares(subset, [b.trigger for b in backdoors], share, seed=self.seed + 1,
                                          name="unlearn")
             stamped = sum(len(p) for p in parts)
+        lr = self.lr or training_lr(model) or FALLBACK_LR
         patched = clone_model(model)
-        losses = train_classifier(patched, subset, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+        losses = train_classifier(patched, subset, epochs=self.epochs, batch_size=self.batch_size, lr=lr,
                                   seed=self.seed, device=self.device, progress=self.progress, desc="unlearn")
         patched.cpu()
-        return UnlearningResult(len(subset), stamped, losses, patched)
+        return UnlearningResult(len(subset), stamped, lr, losses, patched)
