@@ -6,6 +6,7 @@ demo: setup
 	.venv/bin/neuralcleanse demo
 
 test: setup
+	@bash scripts/setup_browser.sh
 	.venv/bin/python -m pytest -q
 
 bench: setup

@@ -1,4 +1,4 @@
-"""Command line: train, scan, demo.
+"""Command line: train, scan, mitigate, report, demo.
 
 Exit codes: 0 clean verdict (or success), 3 infected verdict, 2 bad input, 1 crash.
 """
@@ -275,6 +275,12 @@ def scan(ctx: click.Context, model_path: str, data_source: str, out: str, preset
     return EXIT_INFECTED if result.infected else EXIT_CLEAN
 
 
+def _write_page(run_dir: str | Path, out: str | Path | None = None, mitigations=()) -> Path:
+    from neuralcleanse.report.html_report import write_html_report
+
+    return write_html_report(run_dir, out, mitigations=mitigations)
+
+
 def _print_verdict(result, out: str) -> None:
     idx = result.anomaly_index
     idx_text = "inf" if idx == float("inf") else f"{idx:.2f}"
@@ -282,7 +288,7 @@ def _print_verdict(result, out: str) -> None:
         click.echo(f"verdict: INFECTED — flagged label(s) {result.flagged}, anomaly index {idx_text}")
     else:
         click.echo(f"verdict: clean — no label flagged (anomaly index of the smallest norm {idx_text})")
-    click.echo(f"report: {Path(out) / 'report.json'}")
+    click.echo(f"report: {Path(out) / 'report.json'}; page: {_write_page(out)}")
 
 
 def _real_backdoors(model, target: int | None, size: int | None, position: str, colour: str,
@@ -397,7 +403,10 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
         raise InputError(str(exc)) from None
     path = write_mitigation_report(outcome, out, model={"path": str(model_path), "source": model.info.source},
                                    scan_dir=str(scan_dir), data={"source": data_source})
+    # One page with the scan and this mitigation, in the mitigation's folder.
+    page = _write_page(scan_dir, Path(out) / "report.html", mitigations=[out])
     _print_mitigation(outcome, path)
+    click.echo(f"page: {page}")
     return EXIT_CLEAN
 
 
@@ -415,6 +424,21 @@ def _print_mitigation(outcome, path: Path) -> None:
     for name, m in outcome.baselines.items():
         click.echo(f"baseline {name}: clean accuracy {m.clean_accuracy:.2%}, attack success {m.worst_attack_success:.2%}")
     click.echo(f"results: {path}")
+
+
+@main.command()
+@click.argument("run_dir", metavar="DIR", type=click.Path())
+@click.option("--out", "out", default=None, type=click.Path(dir_okay=False),
+              help="HTML file to write (default: DIR/report.html).")
+@click.option("--mitigation", "mitigations", multiple=True, type=click.Path(file_okay=False),
+              help="Also show this mitigation folder (sub-folders of DIR holding mitigation.json are found anyway).")
+@_guard
+def report(run_dir: str, out: str | None, mitigations: tuple[str, ...]) -> int:
+    """Write one self-contained HTML page for a scan (or mitigation) folder: verdict, anomaly index,
+    norms chart, every label's reversed trigger, settings and mitigation results. Opens in any browser,
+    offline."""
+    click.echo(f"page: {_write_page(run_dir, out, mitigations)}")
+    return EXIT_CLEAN
 
 
 @main.command()

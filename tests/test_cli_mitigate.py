@@ -40,6 +40,7 @@ def scan_dir(workdir: Path, dataset: Path, model: Path) -> Path:
     result = invoke("scan", str(model), "--data", str(dataset), "--out", str(out), "--samples", "200")
     assert result.exit_code == EXIT_INFECTED, result.output
     assert TARGET in json.loads((out / "report.json").read_text())["flagged"]
+    assert "INFECTED" in (out / "report.html").read_text()  # scan writes the page itself
     return out
 
 
@@ -56,6 +57,8 @@ def check_output(out: Path, result, method: str) -> dict:
     assert report["attack_trigger"] == "real"  # our BadNets checkpoint carries its trigger
     assert (out / report["files"]["chart"]).stat().st_size > 1000
     assert "attack success" in result.output
+    page = (out / "report.html").read_text()  # the scan and this mitigation on one page
+    assert "INFECTED" in page and "data:image/png;base64," in page
     return report
 
 
@@ -163,3 +166,16 @@ def test_clean_verdict_has_nothing_to_mitigate(model, scan_dir, dataset, tmp_pat
                     "--out", str(tmp_path / "o"))
     assert_bad_input(result, "flagged no label", "nothing was changed")
     assert not (tmp_path / "o").exists()
+
+
+def test_report_command(scan_dir, workdir, tmp_path) -> None:
+    result = invoke("report", str(scan_dir), "--out", str(tmp_path / "page.html"))
+    assert result.exit_code == EXIT_CLEAN, result.output
+    page = (tmp_path / "page.html").read_text()
+    assert "INFECTED" in page
+    # The mitigations above were written next to the scan folder, not inside it: name one.
+    result = invoke("report", str(scan_dir), "--out", str(tmp_path / "with.html"), "--mitigation",
+                    str(workdir / "prune"))
+    assert result.exit_code == EXIT_CLEAN, result.output
+    assert "pruning" in (tmp_path / "with.html").read_text().lower()
+    assert_bad_input(invoke("report", str(tmp_path / "nothing")), "nothing")

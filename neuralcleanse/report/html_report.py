@@ -1,0 +1,475 @@
+"""One self-contained HTML page for a finished scan (and any mitigations beside it).
+
+The page needs no server and no network: images are embedded as base64 data URIs, the CSS is
+inline and a Content-Security-Policy forbids loading anything else. A tiny inline script (allowed
+by its hash, and not needed to read the page) records on <body> how many images the browser
+decoded: `data-images-loaded` and `data-images-total`, next to `data-images-embedded` written
+here, so a headless browser can check that every picture really shows.
+
+    >>> write_html_report("runs/scan")            # -> runs/scan/report.html
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import mimetypes
+from html import escape
+from pathlib import Path
+from typing import Any, Sequence
+
+from neuralcleanse.errors import InputError
+from neuralcleanse.report.files import write_atomic
+from neuralcleanse.report.mitigation_report import MITIGATION_NAME
+from neuralcleanse.report.scan_report import REPORT_NAME as SCAN_NAME
+
+HTML_NAME = "report.html"
+
+METHOD_NAMES = {"filter": "input filter", "prune": "neuron pruning", "unlearn": "unlearning"}
+BASELINE_NAMES = {"fine_tune_no_trigger": "baseline: fine-tune, no trigger",
+                  "unlearn_real_trigger": "baseline: unlearn with the real trigger"}
+
+# Counts the images the browser could decode, once everything has loaded.
+_SCRIPT = ("addEventListener('load',function(){var im=document.images,n=0;"
+           "for(var i=0;i<im.length;i++){if(im[i].complete&&im[i].naturalWidth>0)n++}"
+           "document.body.dataset.imagesLoaded=n;document.body.dataset.imagesTotal=im.length});")
+_SCRIPT_HASH = base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode()
+_CSP = (f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{_SCRIPT_HASH}'; "
+        "base-uri 'none'; form-action 'none'")
+
+_CSS = """
+:root { --ink: #1d2430; --muted: #5b6472; --line: #d9dee5; --bg: #f5f7fa; --bad: #b42318; --bad-bg: #fdecea;
+        --good: #1a7f37; --good-bg: #e8f5ec; --note-bg: #fff8e1; }
+* { box-sizing: border-box; }
+body { margin: 0; background: var(--bg); color: var(--ink);
+       font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+main { max-width: 1180px; margin: 0 auto; padding: 24px 20px 48px; }
+h1 { font-size: 1.55rem; margin: 0 0 4px; }
+h2 { font-size: 1.2rem; margin: 0 0 12px; }
+h3 { font-size: 1.02rem; margin: 18px 0 8px; }
+section { background: #fff; border: 1px solid var(--line); border-radius: 10px; padding: 18px 20px; margin: 16px 0; }
+.sub { color: var(--muted); font-size: .9rem; margin: 0; }
+section > p.sub { margin: 0 0 12px; }
+.scroll + p.sub { margin-top: 6px; }
+.scroll { overflow-x: auto; }
+.verdict { border-width: 2px; }
+.verdict.infected { border-color: var(--bad); background: var(--bad-bg); }
+.verdict.clean { border-color: var(--good); background: var(--good-bg); }
+.verdict.none { border-color: var(--line); }
+.verdict h2 { font-size: 1.6rem; margin: 0 0 6px; }
+.verdict.infected h2 { color: var(--bad); }
+.verdict.clean h2 { color: var(--good); }
+.facts { display: grid; grid-template-columns: repeat(auto-fill, minmax(135px, 1fr)); gap: 10px; margin-top: 14px; }
+.fact { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 8px 12px; }
+.fact b { display: block; font-size: 1.15rem; font-variant-numeric: tabular-nums; overflow-wrap: anywhere; }
+.fact span { color: var(--muted); font-size: .8rem; }
+.chart { display: block; max-width: 100%; height: auto; margin: 0 auto; }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(330px, 1fr)); gap: 14px; }
+.card { border: 1px solid var(--line); border-radius: 8px; padding: 12px; background: #fff; }
+.card.flagged { border-color: var(--bad); box-shadow: 0 0 0 1px var(--bad); background: var(--bad-bg); }
+.card h3 { margin: 0 0 8px; display: flex; align-items: center; gap: 8px; }
+.badge { font-size: .72rem; font-weight: 700; letter-spacing: .04em; color: #fff; background: var(--bad);
+         border-radius: 999px; padding: 2px 8px; }
+.badge.warn { background: #9a6700; }
+.imgs { display: grid; grid-template-columns: repeat(3, 1fr); gap: 8px; }
+figure { margin: 0; text-align: center; }
+figure img { width: 100%; max-width: 112px; aspect-ratio: auto; image-rendering: pixelated;
+             border: 1px solid var(--line); background: #000; }
+figcaption { color: var(--muted); font-size: .78rem; }
+.missing { display: flex; align-items: center; justify-content: center; min-height: 90px; padding: 6px;
+           border: 1px dashed var(--bad); color: var(--bad); font-size: .75rem; overflow-wrap: anywhere; }
+.stats { display: grid; grid-template-columns: repeat(3, 1fr); gap: 6px; margin: 10px 0 0; }
+.stats div { font-size: .78rem; color: var(--muted); }
+.stats b { display: block; font-size: .98rem; color: var(--ink); font-variant-numeric: tabular-nums; }
+table { border-collapse: collapse; width: 100%; font-size: .9rem; }
+th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid var(--line); vertical-align: top; }
+th { background: var(--bg); font-weight: 600; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.after td { font-weight: 600; }
+table.results { width: auto; min-width: 60%; }
+table.kv th { width: 1%; white-space: nowrap; background: none; color: var(--muted); font-weight: 500; }
+table.kv td { overflow-wrap: anywhere; font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
+              font-size: .84rem; }
+.two { display: grid; grid-template-columns: repeat(auto-fit, minmax(320px, 1fr)); gap: 16px; }
+.note { background: var(--note-bg); border: 1px solid #f0d68a; border-radius: 6px; padding: 8px 12px; margin: 10px 0; }
+details { margin-top: 12px; }
+summary { cursor: pointer; color: var(--muted); }
+footer { color: var(--muted); font-size: .8rem; text-align: center; margin-top: 24px; }
+"""
+
+
+def write_html_report(run_dir: str | Path, out: str | Path | None = None,
+                      mitigations: Sequence[str | Path] = ()) -> Path:
+    """Writes one self-contained HTML page (default `run_dir/report.html`) for the scan in `run_dir`,
+    with every mitigation.json found in `run_dir`, in its immediate sub-folders or in the
+    `mitigations` folders given. Returns the page's path.
+
+    Raises InputError when `run_dir` holds neither a report.json nor a mitigation.json, or one of
+    them cannot be read."""
+    folder = Path(run_dir)
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a folder; give the --out folder of a finished scan or mitigation")
+    scan = _read_json(folder / SCAN_NAME) if (folder / SCAN_NAME).is_file() else None
+    found = _find_mitigations(folder, mitigations)
+    if scan is None and not found:
+        raise InputError(f"{folder} holds no {SCAN_NAME} or {MITIGATION_NAME}; give the --out folder of a finished "
+                         f"`neuralcleanse scan` (or `mitigate`), or run the scan first")
+    page = _Page(folder)
+    body = page.render(scan, [(d, _read_json(d / MITIGATION_NAME)) for d in found])
+    target = Path(out) if out is not None else folder / HTML_NAME
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(body)
+
+    return write_atomic(target, write)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path}: {exc}; run the command that wrote it again") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path} does not hold a JSON object; run the command that wrote it again")
+    return data
+
+
+def _find_mitigations(folder: Path, given: Sequence[str | Path]) -> list[Path]:
+    """Folders holding a mitigation.json: `folder`, its immediate sub-folders, then `given` (no repeats)."""
+    found = [folder] if (folder / MITIGATION_NAME).is_file() else []
+    found += sorted(p.parent for p in folder.glob(f"*/{MITIGATION_NAME}") if p.is_file())
+    for g in given:
+        p = Path(g)
+        if p.name == MITIGATION_NAME and p.is_file():
+            p = p.parent
+        if not (p / MITIGATION_NAME).is_file():
+            raise InputError(f"{p} holds no {MITIGATION_NAME}; give the --out folder of a finished `neuralcleanse mitigate`")
+        found.append(p)
+    seen: set[Path] = set()
+    unique = []
+    for p in found:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+# ----------------------------------------------------------------------------------------------- formatting
+
+def _e(value: Any) -> str:
+    return escape(str(value), quote=True)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _num(v: Any, digits: int = 2) -> str:
+    if not _is_num(v) or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a" if v is None or _is_num(v) else str(v)
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def _pct(v: Any) -> str:
+    return f"{100 * v:.1f}%" if _is_num(v) and math.isfinite(v) else "n/a"
+
+
+def _duration(v: Any) -> str:
+    if not _is_num(v) or not math.isfinite(v):
+        return "n/a"
+    if v < 60:
+        return f"{v:.1f} s"
+    minutes, seconds = divmod(int(round(v)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min {seconds} s" if hours else f"{minutes} min {seconds} s"
+
+
+def _labels(values: Any) -> str:
+    if not values:
+        return "none"
+    return ", ".join(str(v) for v in values) if isinstance(values, (list, tuple)) else str(values)
+
+
+def _scalar(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v)
+    return "null" if v is None else str(v)
+
+
+def _flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested dicts as dotted keys; lists of plain values stay whole."""
+    rows: list[tuple[str, Any]] = []
+    if not isinstance(d, dict):
+        return [(prefix or "value", d)]
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            rows += _flatten(v, key)
+        else:
+            rows.append((key, v))
+    return rows
+
+
+def _kv_table(d: Any, skip: Sequence[str] = ()) -> str:
+    rows = []
+    for key, v in _flatten(d):
+        if key in skip:
+            continue
+        if isinstance(v, list) and len(v) > 12:
+            text = f"{len(v)} values: {json.dumps(v[:8])[:-1]}, …]" if all(not isinstance(x, (dict, list)) for x in v) \
+                else f"{len(v)} entries"
+        else:
+            text = _scalar(v)
+        rows.append(f"<tr><th>{_e(key)}</th><td>{_e(text)}</td></tr>")
+    if not rows:
+        return '<p class="sub">none recorded</p>'
+    return f'<div class="scroll"><table class="kv">{"".join(rows)}</table></div>'
+
+
+def _fact(value: str, label: str) -> str:
+    return f'<div class="fact"><b>{_e(value)}</b><span>{_e(label)}</span></div>'
+
+
+# ----------------------------------------------------------------------------------------------- the page
+
+class _Page:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.embedded = 0
+
+    def image(self, base: Path, rel: Any, alt: str, cls: str = "") -> str:
+        """The picture at base/rel as a data URI, or a visible placeholder when it is missing."""
+        if not isinstance(rel, str) or not rel:
+            return f'<div class="missing">no {_e(alt)} image recorded</div>'
+        path = base / rel
+        try:
+            raw = path.read_bytes()
+        except OSError:
+            return f'<div class="missing">image missing: {_e(rel)}</div>'
+        mime = mimetypes.guess_type(path.name)[0] or "image/png"
+        if not mime.startswith("image/"):
+            mime = "image/png"
+        self.embedded += 1
+        uri = f"data:{mime};base64,{base64.b64encode(raw).decode('ascii')}"
+        class_attr = f' class="{_e(cls)}"' if cls else ""
+        return f'<img{class_attr} src="{uri}" alt="{_e(alt)}">'
+
+    def render(self, scan: dict[str, Any] | None, mitigations: list[tuple[Path, dict[str, Any]]]) -> str:
+        parts = [self.verdict(scan, mitigations)]
+        if scan is not None:
+            parts += [self.chart(scan), self.triggers(scan)]
+        parts += [self.mitigation(d, m) for d, m in mitigations]
+        if scan is not None:
+            parts.append(self.run_info(scan))
+        tool = (scan or (mitigations[0][1] if mitigations else {})).get("tool") or {}
+        created = (scan or (mitigations[0][1] if mitigations else {})).get("created", "")
+        footer = (f"<footer>{_e(tool.get('name', 'neuralcleanse'))} {_e(tool.get('version', ''))}"
+                  f"{' · ' + _e(created) if created else ''} · Neural Cleanse (Wang et al., IEEE S&amp;P 2019)</footer>")
+        if scan is None:
+            title = "no scan"
+        else:
+            title = "INFECTED" if scan.get("infected") else "Clean"
+        return "\n".join([
+            "<!DOCTYPE html>",
+            '<html lang="en">',
+            "<head>",
+            '<meta charset="utf-8">',
+            f'<meta http-equiv="Content-Security-Policy" content="{_e(_CSP)}">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>Neural Cleanse report: {_e(title)} ({_e(self.folder.resolve().name)})</title>",
+            f"<style>{_CSS}</style>",
+            f"<script>{_SCRIPT}</script>",
+            "</head>",
+            f'<body data-images-embedded="{self.embedded}">',
+            "<main>",
+            "<h1>Neural Cleanse backdoor report</h1>",
+            f'<p class="sub">{_e(self.folder.resolve())}</p>',
+            *parts,
+            footer,
+            "</main>",
+            "</body>",
+            "</html>",
+            "",
+        ])
+
+    # -- sections
+
+    def verdict(self, scan: dict[str, Any] | None, mitigations: list) -> str:
+        if scan is None:
+            kinds = ", ".join(sorted({METHOD_NAMES.get(m.get("method"), str(m.get("method"))) for _, m in mitigations}))
+            scan_dir = next((m.get("scan") for _, m in mitigations if m.get("scan")), None)
+            where = f" The scan it used was in {_e(scan_dir)}." if scan_dir else ""
+            return ('<section class="verdict none" id="verdict"><h2>No scan in this folder</h2>'
+                    f'<p>This folder holds mitigation results only ({_e(kinds)}), no {SCAN_NAME}; the verdict is in '
+                    f"the scan's own report.{where}</p></section>")
+        infected = bool(scan.get("infected"))
+        flagged = scan.get("flagged") or []
+        threshold = scan.get("threshold")
+        if infected:
+            head = "INFECTED: backdoor suspected"
+            text = (f"The reversed trigger of label(s) {_e(_labels(flagged))} is abnormally small compared with the "
+                    f"other labels' (anomaly index above {_e(_num(threshold))}). An input carrying such a small "
+                    "pattern is sent to that label.")
+        else:
+            head = "Clean: no backdoor found"
+            text = (f"No label's reversed trigger is abnormally small (every anomaly index is at most "
+                    f"{_e(_num(threshold))}).")
+        facts = [
+            _fact(_labels(flagged), "flagged label(s)"),
+            _fact(_num(scan.get("anomaly_index")), "anomaly index"),
+            _fact(_num(threshold), "threshold"),
+            _fact(_num(scan.get("median_l1")), "median L1 norm"),
+            _fact(_num(scan.get("mad")), "MAD of L1 norms"),
+            _fact(str(len(scan.get("labels") or [])), "labels scanned"),
+            _fact(_duration(scan.get("wall_time_s")), "wall time"),
+        ]
+        cls = "infected" if infected else "clean"
+        return (f'<section class="verdict {cls}" id="verdict"><h2>{_e(head)}</h2><p>{text}</p>'
+                f'<div class="facts">{"".join(facts)}</div></section>')
+
+    def chart(self, scan: dict[str, Any]) -> str:
+        return ('<section id="chart"><h2>Trigger norms per label</h2>'
+                f'{self.image(self.folder, scan.get("chart"), "L1 norms of the reversed triggers", "chart")}'
+                "</section>")
+
+    def triggers(self, scan: dict[str, Any]) -> str:
+        labels = list(scan.get("labels") or [])
+        n = len(labels)
+
+        def column(key: str) -> list[Any]:
+            values = scan.get(key)
+            values = list(values) if isinstance(values, list) else []
+            return values + [None] * (n - len(values))
+
+        norms, rates, indices = column("l1_norms"), column("success_rates"), column("label_anomaly_index")
+        reached = column("reached_threshold")
+        flagged = scan.get("flagged") or []
+        images = scan.get("images") if isinstance(scan.get("images"), dict) else {}
+
+        def norm_key(i: int) -> float:
+            v = norms[i]
+            return v if _is_num(v) and math.isfinite(v) else math.inf
+
+        order = sorted(range(n), key=lambda i: (labels[i] not in flagged, norm_key(i), i))
+        cards = []
+        for i in order:
+            label = labels[i]
+            is_flagged = label in flagged
+            files = images.get(str(label)) or {}
+            figs = "".join(
+                f"<figure>{self.image(self.folder, files.get(kind), f'label {label} {kind}')}"
+                f"<figcaption>{kind}</figcaption></figure>" for kind in ("mask", "pattern", "fusion"))
+            badges = '<span class="badge">FLAGGED</span>' if is_flagged else ""
+            if reached[i] is False:
+                badges += '<span class="badge warn" title="the search stopped before the trigger reached the ' \
+                          'attack threshold">not converged</span>'
+            cards.append(
+                f'<div class="card{" flagged" if is_flagged else ""}" data-label="{_e(label)}">'
+                f"<h3>Label {_e(label)}{badges}</h3>"
+                f'<div class="imgs">{figs}</div>'
+                f'<div class="stats"><div><b>{_e(_num(norms[i]))}</b>L1 norm</div>'
+                f"<div><b>{_e(_pct(rates[i]))}</b>success rate</div>"
+                f"<div><b>{_e(_num(indices[i]))}</b>anomaly index</div></div></div>")
+        return ('<section id="triggers"><h2>Reversed triggers</h2>'
+                '<p class="sub">Flagged labels first, then the others by ascending L1 norm. <i>mask</i>: where the '
+                "trigger is; <i>pattern</i>: what it paints; <i>fusion</i>: mask × pattern, what it adds to an "
+                "input.</p>"
+                f'<div class="cards">{"".join(cards) or "<p>no labels in this scan</p>"}</div></section>')
+
+    def run_info(self, scan: dict[str, Any]) -> str:
+        settings = scan.get("settings") if isinstance(scan.get("settings"), dict) else {}
+        general = {"created": scan.get("created"), "wall time": _duration(scan.get("wall_time_s")),
+                   "wall time (s)": scan.get("wall_time_s"), "image passes": scan.get("image_passes"),
+                   "tool": scan.get("tool")}
+        general = {k: v for k, v in general.items() if v is not None}
+        return ('<section id="run"><h2>Model, data and settings</h2><div class="two">'
+                f'<div><h3>Model</h3>{_kv_table(scan.get("model") or {})}'
+                f'<h3>Data</h3>{_kv_table(scan.get("data") or {})}'
+                f"<h3>Run</h3>{_kv_table(general)}</div>"
+                f"<div><h3>Scan settings</h3>{_kv_table(settings)}</div>"
+                "</div></section>")
+
+    def mitigation(self, folder: Path, m: dict[str, Any]) -> str:
+        method = str(m.get("method", "?"))
+        trigger = str(m.get("attack_trigger", "?"))
+        try:
+            where = folder.resolve().relative_to(self.folder.resolve()).as_posix()
+            where = "this folder" if where == "." else where
+        except ValueError:
+            where = str(folder)
+        before, after = m.get("before") or {}, m.get("after") or {}
+        targets = [a.get("target") for a in (before.get("attack_success") or []) if isinstance(a, dict)]
+        rows = [("before", before, ""), (f"after {METHOD_NAMES.get(method, method)}", after, "after")]
+        baselines = m.get("baselines") if isinstance(m.get("baselines"), dict) else {}
+        rows += [(BASELINE_NAMES.get(k, k), v, "") for k, v in baselines.items() if isinstance(v, dict)]
+        head = "".join(f'<th class="num">attack success → label {_e(t)}</th>' for t in targets)
+        body = []
+        for name, meas, cls in rows:
+            rates = {a.get("target"): a.get("rate") for a in (meas.get("attack_success") or []) if isinstance(a, dict)}
+            cells = "".join(f'<td class="num">{_e(_pct(rates.get(t)))}</td>' for t in targets)
+            body.append(f'<tr class="{cls}"><td>{_e(name)}</td>'
+                        f'<td class="num">{_e(_pct(meas.get("clean_accuracy")))}</td>{cells}</tr>')
+        table = (f'<div class="scroll"><table class="results"><tr><th></th><th class="num">clean accuracy</th>{head}</tr>{"".join(body)}</table></div>'
+                 f'<p class="sub">Attack success measured with the {_e(trigger)} trigger on held-out data.</p>')
+        rev = m.get("reversed_trigger") if isinstance(m.get("reversed_trigger"), dict) else {}
+        rev_line = ""
+        if rev:
+            def worst(meas: Any) -> str:
+                rates = [a.get("rate") for a in ((meas or {}).get("attack_success") or []) if isinstance(a, dict)]
+                rates = [r for r in rates if _is_num(r)]
+                return _pct(max(rates)) if rates else "n/a"
+
+            rev_line = (f'<p class="sub">Reversed trigger\'s success: {_e(worst(rev.get("before")))} before, '
+                        f'{_e(worst(rev.get("after")))} after.</p>')
+        details = []
+        filt = m.get("filter") if isinstance(m.get("filter"), dict) else None
+        if filt:
+            details += [_fact(_pct(filt.get("false_positive_rate")), "false positives (clean inputs flagged)"),
+                        _fact(_pct(filt.get("false_negative_rate")), "false negatives (triggered inputs missed)")]
+        pruning = m.get("pruning") if isinstance(m.get("pruning"), dict) else None
+        if pruning:
+            fraction = pruning.get("pruned_fraction", pruning.get("fraction"))
+            units = pruning.get("pruned_units")
+            details.append(_fact(_pct(fraction), "of the layer pruned"))
+            if isinstance(units, list):
+                details.append(_fact(str(len(units)), "units pruned"))
+            curve = pruning.get("curve")
+            if isinstance(curve, list):
+                details.append(_fact(str(len(curve)), "pruning steps measured"))
+        facts = f'<div class="facts">{"".join(details)}</div>' if details else ""
+        notes = "".join(f'<p class="note">{_e(d.get("note"))}</p>' for d in (filt, pruning, m.get("unlearning"))
+                        if isinstance(d, dict) and d.get("note"))
+        extra = {k: m.get(k) for k in ("filter", "pruning", "unlearning") if isinstance(m.get(k), dict)}
+        curve = self.curve_table(pruning.get("curve") if pruning else None)
+        chart = self.image(folder, (m.get("files") or {}).get("chart"), f"{method} chart", "chart")
+        files = {k: v for k, v in (m.get("files") or {}).items() if k != "chart"}
+        return (f'<section class="mitigation" id="mitigation-{_e(where)}" data-method="{_e(method)}">'
+                f"<h2>Mitigation: {_e(METHOD_NAMES.get(method, method))}</h2>"
+                f'<p class="sub">folder {_e(where)} · label(s) {_e(_labels(m.get("labels")))} · '
+                f"{_e(trigger)} trigger · {_e(_duration(m.get('wall_time_s')))}</p>"
+                f"{table}{rev_line}{facts}{notes}"
+                f'<div style="margin-top:12px">{chart}</div>'
+                f"<details><summary>settings, details and files</summary><div class=\"two\">"
+                f'<div><h3>Settings</h3>{_kv_table(m.get("settings") or {})}</div>'
+                f'<div><h3>Details</h3>{_kv_table(extra, skip=("pruning.curve",))}{curve}'
+                f"<h3>Files</h3>{_kv_table(files)}</div>"
+                "</div></details></section>")
+
+    @staticmethod
+    def curve_table(curve: Any) -> str:
+        """The pruning curve, one row per step."""
+        if not isinstance(curve, list) or not curve or not all(isinstance(c, dict) for c in curve):
+            return ""
+        cols = [("fraction", "pruned", _pct), ("units", "units", lambda v: _num(v)),
+                ("clean_accuracy", "clean accuracy", _pct), ("reversed_success", "reversed trigger", _pct),
+                ("attack_success", "real trigger", _pct)]
+        cols = [c for c in cols if any(c[0] in step for step in curve)]
+        head = "".join(f'<th class="num">{_e(title)}</th>' for _, title, _ in cols)
+        rows = "".join("<tr>" + "".join(f'<td class="num">{_e(fmt(step.get(key)))}</td>' for key, _, fmt in cols)
+                       + "</tr>" for step in curve)
+        return f'<h3>Pruning curve</h3><div class="scroll"><table><tr>{head}</tr>{rows}</table></div>'
