@@ -250,28 +250,41 @@ def load_model_and_data(model_path: str, data_source: str, num_classes: int | No
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--block-size", type=click.IntRange(min=1), default=None,
               help="Labels optimised per pass (default: chosen from the hardware). Fix it for bit-for-bit repeats.")
+@click.option("--resume", is_flag=True, help="Go on with an interrupted scan in --out (same command otherwise).")
+@click.option("--force", is_flag=True, help="Replace a finished or interrupted scan in --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout (messages go to stderr).")
 @click.option("--device", default="cpu", show_default=True)
 @_with(preprocessing_options)
 @click.pass_context
 @_guard
 def scan(ctx: click.Context, model_path: str, data_source: str, out: str, preset: str, samples: int | None,
          labels: str | None, loss: str | None, max_steps: int | None, threshold: float, seed: int,
-         block_size: int | None, device: str, num_classes: int | None, pixel_range: str | None, mean: str | None, std: str | None,
-         channel_order: str | None) -> int:
+         block_size: int | None, resume: bool, force: bool, as_json: bool, device: str, num_classes: int | None,
+         pixel_range: str | None, mean: str | None, std: str | None, channel_order: str | None) -> int:
     """Reverse-engineer a trigger for every label and flag the outliers.
 
     Exit code 0: no label flagged; 3: infected (at least one label flagged); 2: bad input; 1: crash.
     """
-    from neuralcleanse.pipeline import run_scan
+    from neuralcleanse.pipeline import check_scan_folder, run_scan
+    from neuralcleanse.report.scan_report import REPORT_NAME, load_scan
 
+    if resume and force:
+        raise InputError("--resume and --force contradict each other: resume keeps the run in --out, force replaces it")
+    if check_scan_folder(out, resume=resume, force=force):
+        result, report = load_scan(out)
+        click.echo(f"{Path(out) / REPORT_NAME} is a finished scan: nothing to resume", err=True)
+        _print_verdict(result, out, as_json, report)
+        return EXIT_INFECTED if result.infected else EXIT_CLEAN
+    if force:
+        (Path(out) / REPORT_NAME).unlink(missing_ok=True)
     model, data = load_model_and_data(model_path, data_source, num_classes, pixel_range, mean, std, channel_order)
     label_list = _ints(labels) if labels else None
-    result = run_scan(model, data.test, out, preset=preset, samples=samples, labels=label_list, loss=loss,
+    result = run_scan(model, data.test, out, resume=resume, preset=preset, samples=samples, labels=label_list, loss=loss,
                       max_steps=max_steps, threshold=threshold, seed=seed, block_size=block_size,
                       device=_device(device),
                       progress=ctx.obj["progress"], model_desc={"path": str(model_path)},
                       data_desc={"source": data_source})
-    _print_verdict(result, out)
+    _print_verdict(result, out, as_json)
     return EXIT_INFECTED if result.infected else EXIT_CLEAN
 
 
@@ -281,14 +294,19 @@ def _write_page(run_dir: str | Path, out: str | Path | None = None, mitigations=
     return write_html_report(run_dir, out, mitigations=mitigations)
 
 
-def _print_verdict(result, out: str) -> None:
+def _print_verdict(result, out: str, as_json: bool = False, report: dict | None = None) -> None:
+    """The verdict for people; with --json they go to stderr and stdout carries report.json."""
+    import json
+
     idx = result.anomaly_index
     idx_text = "inf" if idx == float("inf") else f"{idx:.2f}"
     if result.infected:
-        click.echo(f"verdict: INFECTED — flagged label(s) {result.flagged}, anomaly index {idx_text}")
+        click.echo(f"verdict: INFECTED — flagged label(s) {result.flagged}, anomaly index {idx_text}", err=as_json)
     else:
-        click.echo(f"verdict: clean — no label flagged (anomaly index of the smallest norm {idx_text})")
-    click.echo(f"report: {Path(out) / 'report.json'}; page: {_write_page(out)}")
+        click.echo(f"verdict: clean — no label flagged (anomaly index of the smallest norm {idx_text})", err=as_json)
+    click.echo(f"report: {Path(out) / 'report.json'}; page: {_write_page(out)}", err=as_json)
+    if as_json:
+        click.echo(json.dumps(report or json.loads((Path(out) / "report.json").read_text()), indent=2))
 
 
 def _real_backdoors(model, target: int | None, size: int | None, position: str, colour: str,
@@ -364,6 +382,7 @@ def _read_image(path: str, input_shape, grey: bool):
 @click.option("--real-pattern", type=click.Path(dir_okay=False), default=None, help="Real trigger's pattern image.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace a finished mitigation already in --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print mitigation.json on stdout (messages go to stderr).")
 @click.option("--device", default="cpu", show_default=True)
 @_with(preprocessing_options)
 @click.pass_context
@@ -373,7 +392,7 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
              stop_success: float, max_fraction: float, epochs: int, trigger_share: float, data_fraction: float,
              lr: float | None, baselines: bool, real_target: int | None, real_size: int | None, real_position: str,
              real_colour: str, real_mask: str | None, real_pattern: str | None, seed: int, force: bool,
-             device: str, num_classes: int | None, pixel_range: str | None, mean: str | None, std: str | None,
+             as_json: bool, device: str, num_classes: int | None, pixel_range: str | None, mean: str | None, std: str | None,
              channel_order: str | None) -> int:
     """Remove or block a backdoor found by `scan`: input filter, neuron pruning or unlearning.
 
@@ -405,25 +424,28 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
                                    scan_dir=str(scan_dir), data={"source": data_source})
     # One page with the scan and this mitigation, in the mitigation's folder.
     page = _write_page(scan_dir, Path(out) / "report.html", mitigations=[out])
-    _print_mitigation(outcome, path)
-    click.echo(f"page: {page}")
+    _print_mitigation(outcome, path, as_json)
+    click.echo(f"page: {page}", err=as_json)
+    if as_json:
+        click.echo(path.read_text().rstrip())
     return EXIT_CLEAN
 
 
-def _print_mitigation(outcome, path: Path) -> None:
+def _print_mitigation(outcome, path: Path, as_json: bool = False) -> None:
+    echo = functools.partial(click.echo, err=as_json)
     b, a = outcome.before, outcome.after
-    click.echo(f"{outcome.method} on label(s) {outcome.labels}: clean accuracy {b.clean_accuracy:.2%} -> "
-               f"{a.clean_accuracy:.2%}; attack success ({outcome.attack_trigger} trigger) "
-               f"{b.worst_attack_success:.2%} -> {a.worst_attack_success:.2%}")
+    echo(f"{outcome.method} on label(s) {outcome.labels}: clean accuracy {b.clean_accuracy:.2%} -> "
+         f"{a.clean_accuracy:.2%}; attack success ({outcome.attack_trigger} trigger) "
+         f"{b.worst_attack_success:.2%} -> {a.worst_attack_success:.2%}")
     if outcome.filter_rates is not None:
         r = outcome.filter_rates
-        click.echo(f"filter: false-positive rate {r.false_positive_rate:.2%}, false-negative rate "
-                   f"{r.false_negative_rate:.2%}")
+        echo(f"filter: false-positive rate {r.false_positive_rate:.2%}, false-negative rate "
+             f"{r.false_negative_rate:.2%}")
     if outcome.pruning is not None:
-        click.echo(f"pruned {outcome.pruning.fraction:.0%} of layer {outcome.pruning.layer.name}")
+        echo(f"pruned {outcome.pruning.fraction:.0%} of layer {outcome.pruning.layer.name}")
     for name, m in outcome.baselines.items():
-        click.echo(f"baseline {name}: clean accuracy {m.clean_accuracy:.2%}, attack success {m.worst_attack_success:.2%}")
-    click.echo(f"results: {path}")
+        echo(f"baseline {name}: clean accuracy {m.clean_accuracy:.2%}, attack success {m.worst_attack_success:.2%}")
+    echo(f"results: {path}")
 
 
 @main.command()

@@ -12,7 +12,8 @@ from neuralcleanse.detection.result import ScanResult
 from neuralcleanse.detection.scanner import NeuralCleanse
 from neuralcleanse.metrics import clean_accuracy
 from neuralcleanse.models.classifier import Classifier
-from neuralcleanse.report.scan_report import write_scan_report
+from neuralcleanse.errors import InputError
+from neuralcleanse.report.scan_report import REPORT_NAME, write_scan_report
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +34,43 @@ def check_accuracy(model: Classifier, data: ImageDataset, device: torch.device |
     return acc
 
 
+STATE_NAME = ".scan-state.pt"
+
+
+def check_scan_folder(out: str | Path, *, resume: bool = False, force: bool = False) -> bool:
+    """Refuses to overwrite silently. Returns True when `out` already holds the finished scan that
+    `resume` asks to continue (nothing left to do)."""
+    out = Path(out)
+    finished, interrupted = (out / REPORT_NAME).exists(), (out / STATE_NAME).exists()
+    if force:
+        return False
+    if resume:
+        if finished and not interrupted:
+            return True
+        return False
+    if finished:
+        raise InputError(f"{out} already holds a finished scan ({REPORT_NAME}); choose another --out, "
+                         "or add --force to replace it")
+    if interrupted:
+        raise InputError(f"{out} holds an interrupted scan; add --resume to go on with it, or --force to start afresh")
+    return False
+
+
 def run_scan(model: Classifier, data: ImageDataset, out: str | Path, *, preset: str = "fast",
              samples: int | None = None, labels: Sequence[int] | None = None, loss: str | None = None,
              max_steps: int | None = None, threshold: float = 2.0, seed: int = 0, block_size: int | None = None,
-             device: torch.device | str = "cpu", progress: bool = True,
+             device: torch.device | str = "cpu", progress: bool = True, resume: bool = False,
              model_desc: dict[str, Any] | None = None, data_desc: dict[str, Any] | None = None) -> ScanResult:
+    """Scans and writes the report into `out`. The scan's state is saved in `out` as labels finish
+    and removed once the report is written; `resume=True` goes on from it."""
     model.to(device)  # everything below feeds the model tensors on `device`
     accuracy = check_accuracy(model, data, device)
     scanner = NeuralCleanse(preset, samples=samples, threshold=threshold, device=device, seed=seed,
                             block_size=block_size, progress=progress, loss=loss, max_steps=max_steps)
-    result = scanner.scan(model, data, labels=labels)
+    state = Path(out) / STATE_NAME
+    if not resume and state.exists():
+        state.unlink()  # the caller allowed starting afresh
+    result = scanner.scan(model, data, labels=labels, checkpoint=state, resume=resume)
     info = model.info
     model_fields = {
         "source": info.source, "arch": info.arch, "num_classes": info.num_classes,
@@ -54,4 +82,5 @@ def run_scan(model: Classifier, data: ImageDataset, out: str | Path, *, preset: 
         model_fields["known_backdoor_targets"] = list(backdoor.get("targets", []))
     write_scan_report(result, out, model=model_fields,
                       data={"name": data.name, "samples_available": len(data), **(data_desc or {})})
+    state.unlink(missing_ok=True)
     return result

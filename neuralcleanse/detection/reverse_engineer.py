@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +86,9 @@ class TriggerReverseEngineer:
         self.seed = seed
         self._label_gens: dict[int, torch.Generator] = {}
         self._label_buffers: dict[int, torch.Tensor] = {}
+        # Each label's batch stream as it stood when its state was last written back: saved with
+        # the state, so a resumed label draws the very batches it would have drawn.
+        self._stream_at_scatter: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.passes = 0
         self.state = self._init_state(seed)
 
@@ -149,6 +152,8 @@ class TriggerReverseEngineer:
                 done_labels = [active[i] for i in fin_idx.tolist()]
                 self.state.scatter(torch.tensor(done_labels, device=self.device),
                                    {k: v[fin_idx.to(self.device)] for k, v in block.items()})
+                for lab in done_labels:
+                    self._remember_stream(lab)
                 block = {k: v[keep_idx.to(self.device)] for k, v in block.items()}
                 active = [active[i] for i in keep_idx.tolist()]
                 if on_label_done is not None:
@@ -257,6 +262,34 @@ class TriggerReverseEngineer:
         s["down_flag"] = s["down_flag"] | go_down
         s["steps"] = s["steps"] + 1
         s["done"] = s["done"] | stop | (s["steps"] >= cfg.max_steps)
+
+    # ---- saving and resuming --------------------------------------------------------------
+    def _remember_stream(self, label: int) -> None:
+        gen = self._label_gens.get(label)
+        if gen is not None:
+            self._stream_at_scatter[label] = (gen.get_state(), self._label_buffers[label].clone())
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything needed to go on later: per-label state as last written back (finished labels
+        exactly; labels in flight as they were before their block started) and their streams."""
+        return {"state": {k: v.cpu() for k, v in self.state.tensors.items()},
+                "streams": {int(k): v for k, v in self._stream_at_scatter.items()},
+                "passes": self.passes, "block_size": self.block_size}
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        state = snap["state"]
+        if set(state) != set(self.state.tensors) or any(
+                state[k].shape != self.state.tensors[k].shape for k in state):
+            raise ValueError("the saved state does not fit this model and configuration")
+        self.state = LabelState({k: v.to(self.device) for k, v in state.items()})
+        self._label_gens, self._label_buffers, self._stream_at_scatter = {}, {}, {}
+        for label, (gen_state, buf) in snap["streams"].items():
+            gen = torch.Generator()
+            gen.set_state(gen_state)
+            self._label_gens[int(label)] = gen
+            self._label_buffers[int(label)] = buf.clone()
+            self._stream_at_scatter[int(label)] = (gen_state, buf.clone())
+        self.passes = int(snap.get("passes", 0))
 
     # ---- results -----------------------------------------------------------------------
     def results(self) -> dict[str, torch.Tensor]:

@@ -1,8 +1,11 @@
 """Neural Cleanse as one object: settings in the constructor, `scan` does the work."""
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -51,29 +54,51 @@ class NeuralCleanse:
         self.progress = progress
 
     def scan(self, model: nn.Module, data: ImageDataset, labels: Sequence[int] | None = None,
-             on_label_done: Callable[[int], None] | None = None) -> ScanResult:
+             on_label_done: Callable[[int], None] | None = None, checkpoint: str | Path | None = None,
+             resume: bool = False) -> ScanResult:
+        """`checkpoint`: a file where the scan's state is saved each time a label finishes, so an
+        interrupted scan can go on with `resume=True` (same model, data and settings, checked)
+        and end with the result an uninterrupted one gives."""
         num_classes = int(getattr(model, "num_classes", 0) or data.num_classes)
-        pool = self.select_samples(data, num_classes)
-        start = time.perf_counter()
-        # The engine freezes the weights for speed; the caller's model must come back trainable.
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        try:
-            engine = TriggerReverseEngineer(model, pool.x, pool.y, num_classes, self.plan.config,
-                                            device=self.device, block_size=self.block_size, seed=self.seed)
-            return self._scan(engine, model, pool, num_classes, labels, on_label_done, start)
-        finally:
-            for p in trainable:
-                p.requires_grad_(True)
-
-    def _scan(self, engine: TriggerReverseEngineer, model: nn.Module, pool: ImageDataset, num_classes: int,
-              labels: Sequence[int] | None, on_label_done: Callable[[int], None] | None,
-              start: float) -> ScanResult:
         todo = list(range(num_classes)) if labels is None else sorted({int(v) for v in labels})
         if any(not 0 <= l < num_classes for l in todo):
             raise InputError(f"labels to scan must lie in 0..{num_classes - 1}")
         if len(todo) < 3:
             raise InputError("outlier analysis needs at least 3 labels")
-        self._run_plan(engine, todo, on_label_done)
+        pool = self.select_samples(data, num_classes)
+        start = time.perf_counter()
+        fingerprint = self._fingerprint(model, pool, todo) if checkpoint is not None else ""
+        snap = load_scan_state(checkpoint, fingerprint) if resume and checkpoint is not None else None
+        block_size = self.block_size or (snap["block_size"] if snap else None)
+        # The engine freezes the weights for speed; the caller's model must come back trainable.
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        try:
+            engine = TriggerReverseEngineer(model, pool.x, pool.y, num_classes, self.plan.config,
+                                            device=self.device, block_size=block_size, seed=self.seed)
+            if snap is not None:
+                engine.restore(snap)
+            save = None
+            if checkpoint is not None:
+                save = lambda: save_scan_state(checkpoint, engine, fingerprint)  # noqa: E731
+                save()  # even before the first label, so --resume finds the settings to check
+            return self._scan(engine, model, pool, todo, on_label_done, start, save)
+        finally:
+            for p in trainable:
+                p.requires_grad_(True)
+
+    def _fingerprint(self, model: nn.Module, pool: ImageDataset, labels: list[int]) -> str:
+        """What must not change between an interrupted scan and its resumption."""
+        h = hashlib.sha256()
+        h.update(json.dumps({"config": self.plan.config.to_dict(), "rounds": [list(r) for r in self.plan.rounds],
+                             "seed": self.seed, "labels": labels}, sort_keys=True, default=str).encode())
+        for t in (pool.x, pool.y, *model.state_dict().values()):
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def _scan(self, engine: TriggerReverseEngineer, model: nn.Module, pool: ImageDataset, todo: list[int],
+              on_label_done: Callable[[int], None] | None, start: float,
+              save: Callable[[], None] | None = None) -> ScanResult:
+        self._run_plan(engine, todo, on_label_done, save)
         found = {k: v[todo] for k, v in engine.results().items()}
         rates = self._success_rates(model, pool, found, todo)
         norms = [float(v) for v in found["l1"]]
@@ -113,13 +138,19 @@ class NeuralCleanse:
         return pool
 
     def _run_plan(self, engine: TriggerReverseEngineer, labels: list[int],
-                  on_label_done: Callable[[int], None] | None) -> None:
+                  on_label_done: Callable[[int], None] | None, save: Callable[[], None] | None = None) -> None:
         rounds = self.plan.rounds or ((self.plan.config.max_steps, 1.0),)
         current = labels
         for i, (limit, keep) in enumerate(rounds):
             desc = "labels" if len(rounds) == 1 else f"round {i + 1}/{len(rounds)}"
             with tqdm(total=len(current), desc=desc, unit="label", disable=None if self.progress else True, leave=False) as bar:
+                steps, stopped = engine.state.tensors["steps"].cpu(), engine.state.tensors["done"].cpu()
+                bar.update(sum(1 for l in current if bool(stopped[l]) or int(steps[l]) >= min(
+                    limit, self.plan.config.max_steps)))  # finished before an interruption
+
                 def done(label: int) -> None:
+                    if save is not None:
+                        save()
                     bar.update(1)
                     if on_label_done is not None and i == len(rounds) - 1:
                         on_label_done(label)
@@ -137,3 +168,31 @@ class NeuralCleanse:
             attack_success_rate(model, sub, Trigger(found["mask"][i], found["pattern"][i]), label, device=self.device)
             for i, label in enumerate(labels)
         ]
+
+
+STATE_FORMAT = "neuralcleanse-scan-state"
+
+
+def save_scan_state(path: str | Path, engine: TriggerReverseEngineer, fingerprint: str) -> None:
+    from neuralcleanse.report.files import write_atomic
+
+    payload = {"format": STATE_FORMAT, "fingerprint": fingerprint, **engine.snapshot()}
+    write_atomic(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_scan_state(path: str | Path, fingerprint: str) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"there is no interrupted scan to resume in {path.parent} (no {path.name}); "
+                         "run the scan without --resume")
+    try:
+        snap = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise InputError(f"the saved scan state {path} is damaged ({str(exc).splitlines()[0][:100]}); "
+                         "run the scan again without --resume (add --force)") from None
+    if not isinstance(snap, dict) or snap.get("format") != STATE_FORMAT:
+        raise InputError(f"{path} is not a saved scan state")
+    if snap.get("fingerprint") != fingerprint:
+        raise InputError(f"the interrupted scan in {path.parent} was made with another model, other data or "
+                         "other settings; resume with exactly the same command, or start afresh with --force")
+    return snap
