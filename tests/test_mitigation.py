@@ -221,3 +221,20 @@ def test_backdoor_dataclass_is_public() -> None:
     import neuralcleanse
 
     assert neuralcleanse.Backdoor is Backdoor and neuralcleanse.InputFilter is InputFilter
+
+
+def test_pruning_lives_in_the_weights_where_it_can(infected, data, reversed_, held_out, tmp_path) -> None:
+    model, _ = infected
+    result = NeuronPruner(step=0.1, max_fraction=0.2).prune(model, reversed_, data.train.random_sample(200), held_out)
+    units = result.pruned_units
+    last = result.model.net[5]  # the default layer: the input of the last dense layer
+    assert units and float(last.weight[:, units].abs().sum()) == 0.0
+    assert not last._forward_pre_hooks  # baked, no hook needed: a plain state_dict carries it
+    # A layer without weights (the ReLU before it) is pruned with a hook, which the checkpoint restores.
+    hooked = NeuronPruner(step=0.1, max_fraction=0.2, layer="net.4").prune(model, reversed_, data.train.random_sample(200),
+                                                                            held_out)
+    assert hooked.model.net[4]._forward_hooks
+    loaded = classifier_from_checkpoint(torch.load(save_checkpoint(hooked.model, tmp_path / "h.pt"), weights_only=True))
+    assert loaded.net[4]._forward_hooks
+    with torch.no_grad():
+        assert torch.allclose(loaded(held_out.x), hooked.model(held_out.x), atol=1e-4)

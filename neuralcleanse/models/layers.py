@@ -117,16 +117,40 @@ def unit_count(model: nn.Module, layer: FeatureLayer, input_shape: tuple[int, in
     return int(seen[0].shape[1])
 
 
+def _bake(module: nn.Module, side: str, index: torch.Tensor) -> bool:
+    """Zeroes the weights that carry the units, when the module is a dense or conv layer: the same
+    function as silencing them, and it travels with the weights (state_dict, TorchScript)."""
+    if not isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return False
+    groups = getattr(module, "groups", 1)
+    if side == INPUT and groups != 1:
+        return False
+    with torch.no_grad():
+        if side == INPUT:
+            module.weight[:, index.to(module.weight.device)] = 0
+        else:
+            module.weight[index.to(module.weight.device)] = 0
+            if module.bias is not None:
+                module.bias[index.to(module.bias.device)] = 0
+    return True
+
+
 def prune_units(model: nn.Module, layer: FeatureLayer, units: torch.Tensor | list[int]) -> None:
-    """Silences `units` for good: the hook stays, and a Classifier's metadata records the units so
-    its checkpoint re-applies them on load."""
-    silence_units(model, layer, units)
+    """Silences `units` for good. Units read at a dense or convolutional layer are zeroed in its
+    weights; any other layer keeps a hook. A Classifier's metadata records the units either way,
+    so its checkpoint re-applies a hook on load."""
+    index = torch.as_tensor(units, dtype=torch.long)
+    if not _bake(_module(model, layer), layer.side, index):
+        silence_units(model, layer, index)
     info = getattr(model, "info", None)
     if info is not None:
-        info.metadata.setdefault("pruning", []).append(
-            {"layer": layer.to_dict(), "units": [int(u) for u in torch.as_tensor(units).tolist()]})
+        info.metadata.setdefault("pruning", []).append({"layer": layer.to_dict(), "units": index.tolist()})
 
 
 def reapply_pruning(model: nn.Module, records: list[dict]) -> None:
+    """Zeroing baked weights again changes nothing; layers that needed a hook get it back."""
     for record in records:
-        silence_units(model, FeatureLayer.from_dict(record["layer"]), record["units"])
+        layer = FeatureLayer.from_dict(record["layer"])
+        index = torch.as_tensor(record["units"], dtype=torch.long)
+        if not _bake(_module(model, layer), layer.side, index):
+            silence_units(model, layer, index)
