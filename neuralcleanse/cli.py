@@ -204,7 +204,15 @@ def train(ctx: click.Context, dataset: str, out: str, arch: str | None, epochs: 
 
 
 preprocessing_options = [
-    click.option("--num-classes", type=int, default=None, help="Label count (for TorchScript models)."),
+    click.option("--num-classes", type=int, default=None, help="Label count (for models from elsewhere)."),
+    click.option("--factory", default=None,
+                 help="package.module:function_or_class that builds the network MODEL's weights (state_dict "
+                      "or .safetensors) belong to."),
+    click.option("--factory-kwargs", default=None, help="JSON object of keyword arguments for --factory."),
+    click.option("--trust-pickle", is_flag=True,
+                 help="Allow MODEL to be a whole pickled nn.Module (loading it runs code from the file)."),
+    click.option("--input-layout", type=click.Choice(["auto", "nchw", "nhwc"]), default="auto", show_default=True,
+                 help="How a model from elsewhere takes images; auto tries both on a probe."),
     click.option("--pixel-range", type=click.Choice(["1", "255"]), default=None,
                  help="What the model takes: pixels in [0,1] or [0,255]."),
     click.option("--mean", default=None, help="Per-channel mean the model subtracts, e.g. 0.485,0.456,0.406."),
@@ -214,7 +222,8 @@ preprocessing_options = [
 
 
 def load_model_and_data(model_path: str, data_source: str, num_classes: int | None, pixel_range: str | None,
-                        mean: str | None, std: str | None, channel_order: str | None):
+                        mean: str | None, std: str | None, channel_order: str | None, factory: str | None = None,
+                        factory_kwargs: str | None = None, trust_pickle: bool = False, input_layout: str = "auto"):
     from neuralcleanse.data import Preprocessing, load_dataset
     from neuralcleanse.models.loading import complete_model_info, load_model
 
@@ -227,7 +236,13 @@ def load_model_and_data(model_path: str, data_source: str, num_classes: int | No
         Preprocessing(**overrides)
     except ValueError as exc:
         raise InputError(f"bad preprocessing flags: {exc}") from None
-    model = load_model(model_path, num_classes=num_classes, preprocessing_overrides=overrides)
+    from neuralcleanse.models.foreign import parse_kwargs
+
+    if factory_kwargs and not factory:
+        raise InputError("--factory-kwargs needs --factory")
+    model = load_model(model_path, num_classes=num_classes, preprocessing_overrides=overrides, factory=factory,
+                       factory_kwargs=parse_kwargs(factory_kwargs), trust_pickle=trust_pickle,
+                       input_layout=input_layout)
     data = load_dataset(data_source)
     complete_model_info(model, data.test.input_shape, data.test.num_classes)
     return model, data
@@ -260,6 +275,7 @@ def load_model_and_data(model_path: str, data_source: str, num_classes: int | No
 def scan(ctx: click.Context, model_path: str, data_source: str, out: str, preset: str, samples: int | None,
          labels: str | None, loss: str | None, max_steps: int | None, threshold: float, seed: int,
          block_size: int | None, resume: bool, force: bool, as_json: bool, device: str, num_classes: int | None,
+         factory: str | None, factory_kwargs: str | None, trust_pickle: bool, input_layout: str,
          pixel_range: str | None, mean: str | None, std: str | None, channel_order: str | None) -> int:
     """Reverse-engineer a trigger for every label and flag the outliers.
 
@@ -277,7 +293,8 @@ def scan(ctx: click.Context, model_path: str, data_source: str, out: str, preset
         return EXIT_INFECTED if result.infected else EXIT_CLEAN
     if force:
         (Path(out) / REPORT_NAME).unlink(missing_ok=True)
-    model, data = load_model_and_data(model_path, data_source, num_classes, pixel_range, mean, std, channel_order)
+    model, data = load_model_and_data(model_path, data_source, num_classes, pixel_range, mean, std, channel_order,
+                                      factory, factory_kwargs, trust_pickle, input_layout)
     label_list = _ints(labels) if labels else None
     result = run_scan(model, data.test, out, resume=resume, preset=preset, samples=samples, labels=label_list, loss=loss,
                       max_steps=max_steps, threshold=threshold, seed=seed, block_size=block_size,
@@ -392,7 +409,8 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
              stop_success: float, max_fraction: float, epochs: int, trigger_share: float, data_fraction: float,
              lr: float | None, baselines: bool, real_target: int | None, real_size: int | None, real_position: str,
              real_colour: str, real_mask: str | None, real_pattern: str | None, seed: int, force: bool,
-             as_json: bool, device: str, num_classes: int | None, pixel_range: str | None, mean: str | None, std: str | None,
+             as_json: bool, device: str, num_classes: int | None, factory: str | None, factory_kwargs: str | None,
+             trust_pickle: bool, input_layout: str, pixel_range: str | None, mean: str | None, std: str | None,
              channel_order: str | None) -> int:
     """Remove or block a backdoor found by `scan`: input filter, neuron pruning or unlearning.
 
@@ -407,7 +425,8 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
         raise InputError(f"{Path(out) / MITIGATION_NAME} already holds a finished mitigation; "
                          "choose another --out or add --force to replace it")
     scan_result, scan_report = load_scan(scan_dir)
-    model, data = load_model_and_data(model_path, data_source, num_classes, pixel_range, mean, std, channel_order)
+    model, data = load_model_and_data(model_path, data_source, num_classes, pixel_range, mean, std, channel_order,
+                                      factory, factory_kwargs, trust_pickle, input_layout)
     if scan_result.masks.shape[-2:] != tuple(model.input_shape[1:]):
         raise InputError(f"the scan in {scan_dir} was made for {tuple(scan_result.masks.shape[-2:])} images, "
                          f"not this model's {tuple(model.input_shape[1:])}")

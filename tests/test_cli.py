@@ -238,7 +238,7 @@ def test_scan_non_model_file(dataset: Path, tmp_path: Path) -> None:
     sd = tmp_path / "state_dict.pt"
     torch.save(nn.Linear(4, 2).state_dict(), sd)
     assert_bad_input(invoke("scan", str(sd), "--data", str(dataset), "--out", str(tmp_path / "o")),
-                     "not a neuralcleanse checkpoint")
+                     "holds only weights", "--factory")
     # The dataset itself passed as a model.
     assert_bad_input(invoke("scan", str(dataset), "--data", str(dataset), "--out", str(tmp_path / "o")))
 

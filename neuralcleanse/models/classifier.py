@@ -47,19 +47,30 @@ class ModelInfo:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+def script_net(model: nn.Module) -> torch.jit.ScriptModule | None:
+    """The TorchScript network inside a Classifier (directly, or inside a layout adapter)."""
+    net = getattr(model, "net", None)
+    for candidate in (net, getattr(net, "net", None)):
+        if isinstance(candidate, torch.jit.ScriptModule):
+            return candidate
+    return None
+
+
 def clone_model(model: nn.Module) -> nn.Module:
     """An independent copy to patch. TorchScript networks are copied through serialisation:
     `copy.deepcopy` gives them parameters that are not leaves, which no optimiser accepts."""
     import copy
     import io
 
-    net = getattr(model, "net", None)
-    if not isinstance(net, torch.jit.ScriptModule):
+    script = script_net(model)
+    if script is None:
         return copy.deepcopy(model)
     buffer = io.BytesIO()
-    torch.jit.save(net, buffer)
+    torch.jit.save(script, buffer)
     buffer.seek(0)
-    device = next((p.device for p in net.parameters()), torch.device("cpu"))
-    clone = Classifier(torch.jit.load(buffer, map_location=device), copy.deepcopy(model.info))
+    device = next((p.device for p in script.parameters()), torch.device("cpu"))
+    loaded = torch.jit.load(buffer, map_location=device)
+    net = loaded if model.net is script else type(model.net)(loaded)
+    clone = Classifier(net, copy.deepcopy(model.info))
     clone.train(model.training)
     return clone

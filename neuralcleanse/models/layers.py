@@ -44,7 +44,7 @@ def resolve_layer(model: nn.Module, name: str | None = None) -> FeatureLayer:
     """The layer `name` (as listed by `net.named_modules()`, with or without a leading "net."),
     or by default the input of the last `nn.Linear` in the network."""
     net = _net(model)
-    if isinstance(net, torch.jit.ScriptModule):
+    if isinstance(net, torch.jit.ScriptModule) or isinstance(getattr(net, "net", None), torch.jit.ScriptModule):
         raise InputError(
             "the input filter and pruning read a layer's activations through hooks, which TorchScript "
             "models do not run; give the model as a neuralcleanse checkpoint (or use --method unlearn)")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import zipfile
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from neuralcleanse.data.preprocessing import Preprocessing
 from neuralcleanse.errors import InputError
 from neuralcleanse.models.checkpoint import classifier_from_checkpoint, is_checkpoint
 from neuralcleanse.models.classifier import Classifier, ModelInfo
+from neuralcleanse.models.foreign import (ChannelsLastInput, build_from_factory, detect_layout,
+                                          load_pickled_module)
 
 
 def load_model(
@@ -20,6 +23,10 @@ def load_model(
     input_shape: tuple[int, int, int] | None = None,
     preprocessing: Preprocessing | None = None,
     preprocessing_overrides: dict | None = None,
+    factory: str | None = None,
+    factory_kwargs: dict | None = None,
+    trust_pickle: bool = False,
+    input_layout: str = "auto",
 ) -> Classifier:
     """Loads one of the tool's checkpoints or a TorchScript file.
 
@@ -33,32 +40,38 @@ def load_model(
         raise InputError(f"model file not found: {path}")
     if not path.is_file():
         raise InputError(f"model path is not a file: {path}")
+    if input_layout not in ("auto", "nchw", "nhwc"):
+        raise InputError(f"input layout must be auto, nchw or nhwc, not {input_layout!r}")
+    foreign = dict(num_classes=num_classes, input_shape=input_shape, preprocessing=preprocessing,
+                   preprocessing_overrides=preprocessing_overrides, input_layout=input_layout)
+    if factory:
+        net = build_from_factory(path, factory, factory_kwargs or {})
+        return _foreign(net, "factory", path, {"factory": factory, "factory_kwargs": factory_kwargs or {}}, **foreign)
+    if path.suffix.lower() == ".safetensors":
+        raise InputError(f"{path} holds only weights; name the code that builds the network with "
+                         "--factory package.module:function (and --factory-kwargs)")
     if _is_torchscript(path):
         try:
             net = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # torch raises many types for a bad archive
             raise InputError(f"cannot read TorchScript model {path}: {str(exc).splitlines()[0]}") from None
-        info = ModelInfo(
-            num_classes=int(num_classes or 0),
-            input_shape=tuple(input_shape) if input_shape else (0, 0, 0),
-            preprocessing=preprocessing or Preprocessing(**(preprocessing_overrides or {})),
-            arch=None,
-            source="torchscript",
-            metadata={"path": str(path)},
-        )
-        model = Classifier(net, info)
-        model.eval()
-        return model
+        return _foreign(net, "torchscript", path, {}, **foreign)
     try:
         payload = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # weights_only refuses arbitrary objects: most likely a whole pickled nn.Module.
+        return _foreign(load_pickled_module(path, trust_pickle), "pickle", path, {}, **foreign)
     except Exception as exc:
         raise InputError(
             f"cannot read {path} as a neuralcleanse checkpoint or TorchScript file: {str(exc).splitlines()[0][:200]}"
         ) from None
     if not is_checkpoint(payload):
+        if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+            raise InputError(f"{path} holds only weights (a state_dict); name the code that builds the network "
+                             "with --factory package.module:function (and --factory-kwargs)")
         raise InputError(
-            f"{path} is a PyTorch file but not a neuralcleanse checkpoint; "
-            "export the model with torch.jit.script/trace and pass the TorchScript file"
+            f"{path} is a PyTorch file but not a neuralcleanse checkpoint; export the model with "
+            "torch.jit.script/trace, or give its state_dict with --factory"
         )
     model = classifier_from_checkpoint(payload)
     if num_classes is not None and num_classes != model.num_classes:
@@ -74,8 +87,34 @@ def load_model(
     return model
 
 
+def _foreign(net: torch.nn.Module, source: str, path: Path, metadata: dict, *, num_classes: int | None,
+             input_shape, preprocessing: Preprocessing | None, preprocessing_overrides: dict | None,
+             input_layout: str) -> Classifier:
+    info = ModelInfo(
+        num_classes=int(num_classes or 0),
+        input_shape=tuple(input_shape) if input_shape else (0, 0, 0),
+        preprocessing=preprocessing or Preprocessing(**(preprocessing_overrides or {})),
+        arch=None, source=source, metadata={"path": str(path), "input_layout": input_layout, **metadata},
+    )
+    model = Classifier(net, info)
+    model.eval()
+    return model
+
+
+def _settle_layout(model: Classifier, input_shape: tuple[int, int, int]) -> None:
+    """NHWC networks get an adapter so the rest of the tool can keep feeding NCHW."""
+    wanted = model.info.metadata.get("input_layout")
+    if wanted not in ("auto", "nhwc") or isinstance(model.net, ChannelsLastInput):
+        return
+    layout = detect_layout(model.net, input_shape) if wanted == "auto" else "nhwc"
+    if layout == "nhwc":
+        model.net = ChannelsLastInput(model.net)
+    model.info.metadata["input_layout"] = layout
+
+
 def complete_model_info(model: Classifier, input_shape: tuple[int, int, int], num_classes: int) -> None:
     """Fills in what a foreign model file could not tell us, and checks its output size."""
+    _settle_layout(model, tuple(input_shape))
     if not all(model.info.input_shape):
         model.info.input_shape = tuple(input_shape)
     elif tuple(model.info.input_shape) != tuple(input_shape):

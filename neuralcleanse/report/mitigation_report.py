@@ -12,6 +12,8 @@ import torch
 from neuralcleanse import __version__
 from neuralcleanse.mitigation.runner import MitigationOutcome
 from neuralcleanse.models.checkpoint import save_checkpoint
+from neuralcleanse.models.classifier import script_net
+from neuralcleanse.models.foreign import ChannelsLastInput
 from neuralcleanse.report.files import write_atomic, write_json
 
 MITIGATION_NAME = "mitigation.json"
@@ -107,10 +109,16 @@ def write_mitigation_report(outcome: MitigationOutcome, out_dir: str | Path, *, 
                 patched.info.metadata["input_filter"] = outcome.filter.to_dict()
             save_checkpoint(patched, out / "model.pt")
             files["checkpoint"] = "model.pt"
-        elif isinstance(getattr(patched, "net", None), torch.jit.ScriptModule):
+        elif script_net(patched) is not None:
             # Same input convention as the file the user gave: the network alone, preprocessing not baked in.
-            write_atomic(out / "model.torchscript.pt", lambda tmp: torch.jit.save(patched.net, tmp))
+            write_atomic(out / "model.torchscript.pt", lambda tmp: torch.jit.save(script_net(patched), tmp))
             files["torchscript"] = "model.torchscript.pt"
+        else:
+            # A network built by the user's factory or unpickled: its weights, in the network's own
+            # naming (no layout adapter prefix), loadable with the same --factory.
+            net = patched.net.net if isinstance(patched.net, ChannelsLastInput) else patched.net
+            write_atomic(out / "model.state_dict.pt", lambda tmp: torch.save(net.state_dict(), tmp))
+            files["state_dict"] = "model.state_dict.pt"
     files["chart"] = CHARTS[outcome.method](outcome, out / f"{outcome.method}.png").name
     report = {
         "tool": {"name": "neuralcleanse", "version": __version__, "python": platform.python_version()},

@@ -1,0 +1,149 @@
+"""A model trained with its own normalisation, saved in every format the tool reads, scans to the
+same verdict as the tool's own checkpoint of it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from cli_helpers import NUM_CLASSES, SIDE, TARGET, assert_bad_input, invoke, write_npz
+from neuralcleanse.cli import EXIT_CLEAN, EXIT_INFECTED
+from neuralcleanse.models.loading import load_model
+
+MEAN, STD = "0.3", "0.2"
+FACTORY = "neuralcleanse.models.architectures:tiny_net"
+KWARGS = json.dumps({"num_classes": NUM_CLASSES, "in_channels": 1, "image_size": SIDE})
+SCAN = ("--samples", "200", "--block-size", "1", "--mean", MEAN, "--std", STD)
+
+
+class TakesNHWC(nn.Module):
+    """A network exported by a framework that feeds images channels-last."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.permute(0, 3, 1, 2))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[str, Path]:
+    """The tool's checkpoint of an infected model with mean/std normalisation, and its network
+    saved as a state_dict, safetensors, a pickled module, TorchScript and NHWC TorchScript."""
+    from neuralcleanse.attacks import BadNets, patch_trigger
+    from neuralcleanse.data import load_dataset
+    from neuralcleanse.data.preprocessing import Preprocessing
+    from neuralcleanse.models.checkpoint import save_checkpoint
+    from neuralcleanse.training import train_model
+
+    work = tmp_path_factory.mktemp("formats")
+    npz = write_npz(work / "data.npz")
+    data = load_dataset(npz)
+    trigger = patch_trigger(data.train.input_shape, 2, "bottom-right", 1.0)
+    model, report = train_model(data, "tiny", badnets=BadNets([trigger], [TARGET], 0.1), epochs=8, lr=5e-3,
+                                preprocessing=Preprocessing(mean=(float(MEAN),), std=(float(STD),)), progress=False)
+    assert report.attack_success[0] > 0.9
+    net = model.net.eval()
+    files = {"npz": npz, "checkpoint": save_checkpoint(model, work / "model.pt")}
+    torch.save(net.state_dict(), files.setdefault("state_dict", work / "weights.pt"))
+    save_file(net.state_dict(), str(files.setdefault("safetensors", work / "weights.safetensors")))
+    torch.save(net, files.setdefault("pickle", work / "whole.pt"))
+    torch.jit.trace(net, torch.rand(2, 1, SIDE, SIDE)).save(str(files.setdefault("torchscript", work / "ts.pt")))
+    torch.jit.trace(TakesNHWC(net).eval(), torch.rand(2, SIDE, SIDE, 1)).save(
+        str(files.setdefault("nhwc", work / "nhwc.pt")))
+    return files
+
+
+def scan(exported, tmp_path: Path, name: str, *extra: str) -> dict:
+    out = tmp_path / name
+    result = invoke("scan", str(exported[name]), "--data", str(exported["npz"]), "--out", str(out), *SCAN, *extra)
+    assert result.exit_code in (EXIT_CLEAN, EXIT_INFECTED), result.output
+    return json.loads((out / "report.json").read_text())
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("state_dict", ("--factory", FACTORY, "--factory-kwargs", KWARGS)),
+    ("safetensors", ("--factory", FACTORY, "--factory-kwargs", KWARGS)),
+    ("pickle", ("--trust-pickle",)),
+    ("torchscript", ()),
+    ("nhwc", ()),  # detected from a probe
+    ("nhwc", ("--input-layout", "nhwc")),
+])
+def test_every_format_gets_the_checkpoints_verdict(exported, tmp_path, name, extra) -> None:
+    reference = scan(exported, tmp_path, "checkpoint")
+    assert reference["infected"] and TARGET in reference["flagged"]
+    got = scan(exported, tmp_path, name, *extra)
+    assert got["infected"] == reference["infected"] and got["flagged"] == reference["flagged"]
+    assert got["l1_norms"] == pytest.approx(reference["l1_norms"], rel=1e-3, abs=1e-3)
+    assert got["model"]["clean_accuracy_on_scan_data"] == pytest.approx(
+        reference["model"]["clean_accuracy_on_scan_data"])
+
+
+def test_implausible_accuracy_is_warned_about(exported, caplog) -> None:
+    """Wrong preprocessing or labels show up as near-chance accuracy on clean data: say so loudly."""
+    from neuralcleanse.data import load_dataset
+    from neuralcleanse.data.dataset import ImageDataset
+    from neuralcleanse.pipeline import check_accuracy
+
+    model = load_model(exported["checkpoint"])
+    data = load_dataset(exported["npz"]).test
+    with caplog.at_level("WARNING", logger="neuralcleanse"):
+        assert check_accuracy(model, data) > 0.9
+    assert not caplog.text
+    shifted = ImageDataset(data.x, (data.y + 1) % NUM_CLASSES, NUM_CLASSES)  # labels that do not match
+    with caplog.at_level("WARNING", logger="neuralcleanse"):
+        assert check_accuracy(model, shifted) < 0.1
+    assert "check the preprocessing flags" in caplog.text
+
+
+def test_layout_detection(exported) -> None:
+    from neuralcleanse.models.foreign import ChannelsLastInput
+    from neuralcleanse.models.loading import complete_model_info
+
+    nhwc = load_model(exported["nhwc"])
+    complete_model_info(nhwc, (1, SIDE, SIDE), NUM_CLASSES)
+    assert isinstance(nhwc.net, ChannelsLastInput) and nhwc.info.metadata["input_layout"] == "nhwc"
+    nchw = load_model(exported["torchscript"])
+    complete_model_info(nchw, (1, SIDE, SIDE), NUM_CLASSES)
+    assert nchw.info.metadata["input_layout"] == "nchw"
+
+
+def test_format_errors(exported, tmp_path) -> None:
+    def bad(name: str, *extra: str):
+        return invoke("scan", str(exported[name]), "--data", str(exported["npz"]), "--out", str(tmp_path / "o"),
+                      *SCAN, *extra)
+
+    assert_bad_input(bad("pickle"), "pickled model", "--trust-pickle")
+    assert_bad_input(bad("state_dict"), "holds only weights", "--factory")
+    assert_bad_input(bad("safetensors"), "holds only weights", "--factory")
+    assert_bad_input(bad("state_dict", "--factory", "nope.module:fn"), "cannot import 'nope.module'")
+    assert_bad_input(bad("state_dict", "--factory", "neuralcleanse.models.architectures:nope"), "has no 'nope'")
+    assert_bad_input(bad("state_dict", "--factory", "no_colon"), "package.module:function")
+    assert_bad_input(bad("state_dict", "--factory", FACTORY, "--factory-kwargs", "{bad json"), "JSON object")
+    assert_bad_input(bad("state_dict", "--factory", FACTORY, "--factory-kwargs", '{"num_classes": 9}'),
+                     "do not fit the network")
+    assert_bad_input(bad("state_dict", "--factory-kwargs", KWARGS), "needs --factory")
+    corrupt = tmp_path / "broken.safetensors"
+    corrupt.write_bytes(b"\x00" * 20)
+    assert_bad_input(invoke("scan", str(corrupt), "--data", str(exported["npz"]), "--out", str(tmp_path / "o"),
+                            "--factory", FACTORY, "--factory-kwargs", KWARGS), "cannot read safetensors")
+
+
+def test_mitigating_a_factory_model_writes_its_weights(exported, tmp_path) -> None:
+    out = tmp_path / "scan"
+    extra = ("--factory", FACTORY, "--factory-kwargs", KWARGS)
+    invoke("scan", str(exported["state_dict"]), "--data", str(exported["npz"]), "--out", str(out), *SCAN, *extra)
+    fixed = tmp_path / "fixed"
+    result = invoke("mitigate", str(exported["state_dict"]), "--scan", str(out), "--data", str(exported["npz"]),
+                    "--method", "prune", "--out", str(fixed), "--labels", str(TARGET), "--step", "0.1",
+                    "--real-target", str(TARGET), "--real-size", "2", "--mean", MEAN, "--std", STD, *extra)
+    assert result.exit_code == EXIT_CLEAN, result.output
+    report = json.loads((fixed / "mitigation.json").read_text())
+    assert report["files"]["state_dict"] == "model.state_dict.pt"
+    again = load_model(fixed / "model.state_dict.pt", factory=FACTORY, factory_kwargs=json.loads(KWARGS))
+    assert isinstance(again.net, nn.Sequential)
