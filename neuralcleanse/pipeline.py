@@ -22,7 +22,16 @@ def check_accuracy(model: Classifier, data: ImageDataset, device: torch.device |
                    sample: int = 2000) -> float:
     """Warns loudly when accuracy on the clean data is near chance: the usual cause of a
     meaningless scan is preprocessing that does not match the model's."""
-    acc = clean_accuracy(model, data.random_sample(sample), device=device)
+    if len(data) < 3 * model.num_classes:
+        raise InputError(f"too few clean samples: {len(data)} for a {model.num_classes}-label model; give at least "
+                         f"{3 * model.num_classes} (the scan draws up to 1,000, balanced over labels)")
+    probe = data.random_sample(sample)
+    with torch.no_grad():
+        logits = torch.cat([model(probe.x[i : i + 256].to(device)) for i in range(0, len(probe), 256)])
+    if not bool(torch.isfinite(logits).all()):
+        raise InputError("the model outputs NaN or Inf on the clean samples; check the model file and the "
+                         "preprocessing flags (--pixel-range, --mean, --std)")
+    acc = clean_accuracy(model, probe, device=device)
     chance = 1.0 / max(model.num_classes, 1)
     if acc < max(0.5, 3 * chance):
         log.warning(

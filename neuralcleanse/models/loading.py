@@ -63,7 +63,7 @@ def load_model(
         return _foreign(load_pickled_module(path, trust_pickle), "pickle", path, {}, **foreign)
     except Exception as exc:
         raise InputError(
-            f"cannot read {path} as a neuralcleanse checkpoint or TorchScript file: {str(exc).splitlines()[0][:200]}"
+            f"cannot read {path} as a neuralcleanse checkpoint or TorchScript file: {_first_sentence(exc)}"
         ) from None
     if not is_checkpoint(payload):
         if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
@@ -132,6 +132,9 @@ def complete_model_info(model: Classifier, input_shape: tuple[int, int, int], nu
         ) from None
     if out.ndim != 2:
         raise InputError(f"the model should output (N, num_classes) logits, got shape {tuple(out.shape)}")
+    if not bool(torch.isfinite(out).all()):
+        raise InputError("the model outputs NaN or Inf on a blank image; check the model file and its "
+                         "preprocessing flags (--pixel-range, --mean, --std)")
     outputs = int(out.shape[1])
     if model.info.num_classes and model.info.num_classes != outputs:
         raise InputError(f"--num-classes is {model.info.num_classes} but the model outputs {outputs} scores")
@@ -150,3 +153,8 @@ def _is_torchscript(path: Path) -> bool:
     with zf:
         return any(name.endswith("constants.pkl") or name.endswith("/code/__torch__.py") or "/code/" in name
                    for name in zf.namelist())
+
+
+def _first_sentence(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text.split(". ")[0][:200]
