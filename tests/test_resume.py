@@ -177,3 +177,15 @@ def test_json_prints_the_report(cli_model, tmp_path) -> None:
     printed = json.loads(result.stdout)
     assert printed == json.loads((out / "report.json").read_text())
     assert "verdict:" in result.stderr and "verdict:" not in result.stdout
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path) -> None:
+    from neuralcleanse.files import write_atomic
+
+    umask = os.umask(0o022)
+    try:
+        path = write_atomic(tmp_path / "r.json", lambda tmp: Path(tmp).write_text("{}"))
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary left behind

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from neuralcleanse.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +45,12 @@ def save_cached(name: str, arrays: dict[str, np.ndarray]) -> None:
     Failing to write (read-only home, full disk) only costs speed, so it is logged, not raised.
     """
     folder = cache_dir()
-    tmp_name = None
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-        # A file object, not a name: np.savez would append ".npz" to a name.
-        with os.fdopen(fd, "wb") as f:
+
+    def dump(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object, not a name: np.savez would append ".npz" to a name
             np.savez(f, **arrays)
-        os.replace(tmp_name, folder / name)
-        tmp_name = None
+
+    try:
+        write_atomic(folder / name, dump)
     except OSError as exc:
         log.warning("could not write cache file %s (%s); loading will stay slow", folder / name, exc)
-    finally:
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass

@@ -1,8 +1,6 @@
 """The tool's own checkpoint format: weights plus everything `scan` needs to use them."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +8,7 @@ import torch
 
 from neuralcleanse.data.preprocessing import Preprocessing
 from neuralcleanse.errors import InputError
+from neuralcleanse.files import write_atomic
 from neuralcleanse.models.architectures import build_architecture
 from neuralcleanse.models.classifier import Classifier, ModelInfo
 from neuralcleanse.models.layers import reapply_pruning
@@ -34,17 +33,7 @@ def save_checkpoint(model: Classifier, path: str | Path) -> Path:
         "metadata": info.metadata,
         "state_dict": {k: v.detach().cpu() for k, v in model.net.state_dict().items()},
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_atomic(path, lambda tmp: torch.save(payload, tmp))
 
 
 def is_checkpoint(obj: Any) -> bool:

@@ -1,32 +1,4 @@
-"""Atomic file writes: a report is either complete on disk or not there at all."""
-from __future__ import annotations
+"""Atomic writes for reports (the implementation lives in neuralcleanse.files, shared by all writers)."""
+from neuralcleanse.files import write_atomic, write_json
 
-import json
-import os
-import tempfile
-from pathlib import Path
-from typing import Any, Callable
-
-
-def write_atomic(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Calls write(tmp_path) then renames onto `path`, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def write_json(path: str | Path, data: Any) -> Path:
-    def dump(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, allow_nan=False)
-            f.write("\n")
-
-    return write_atomic(path, dump)
+__all__ = ["write_atomic", "write_json"]

@@ -45,7 +45,7 @@ def write_scan_report(result: ScanResult, out_dir: str | Path, *, model: dict[st
 
 
 def _save_triggers(result: ScanResult, path: str) -> None:
-    with open(path, "wb") as f:  # a file object, or numpy would add ".npz" to the temporary name
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a name
         np.savez_compressed(f, labels=np.asarray(result.labels, dtype=np.int64),
                             masks=result.masks.detach().cpu().float().numpy(),
                             patterns=result.patterns.detach().cpu().float().numpy())
