@@ -35,8 +35,15 @@ def main() -> None:
     ap.add_argument("--models-dir", type=Path, default=ROOT / "models")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "mitigation")
+    ap.add_argument("--methods", nargs="+", default=["filter", "prune", "unlearn"],
+                    help="Run only these; rows of the others are kept from the previous results file.")
     args = ap.parse_args()
     rows, raw = [], {}
+    previous = args.out.with_suffix(".json")
+    if set(args.methods) != {"filter", "prune", "unlearn"} and previous.exists():
+        old = json.loads(previous.read_text())
+        rows = [r for r in old["rows"] if r["method"] not in args.methods]
+        raw = {k: v for k, v in old["runs"].items() if k.split("/")[1] not in args.methods}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for dataset in args.datasets:
         data = load_dataset(dataset)
@@ -47,7 +54,7 @@ def main() -> None:
         if TARGETS[dataset] not in scan.flagged:
             print("  the target was not flagged; mitigating it anyway, by name")
         real = known_backdoors(model.info.metadata)
-        for method in ("filter", "prune", "unlearn"):
+        for method in args.methods:
             # The benchmark models predate checkpoints recording their training rate; they were trained
             # with DEFAULTS, which is what unlearning's default would read from a newer checkpoint.
             out = mitigate(model, scan, data, method, labels=[TARGETS[dataset]], real=real, device=args.device,
@@ -73,6 +80,9 @@ def main() -> None:
                                           for k, m in out.baselines.items())
             rows.append(row)
             print(json.dumps(row), flush=True)
+    order = {(m, d): i for i, (d, m) in enumerate((d, m) for d in ("mnist", "gtsrb")
+                                                    for m in ("filter", "prune", "unlearn"))}
+    rows.sort(key=lambda r: order.get((r["method"], r["model"].split("_")[0]), 99))
     args.out.with_suffix(".json").write_text(json.dumps({"rows": rows, "runs": raw}, indent=2))
     cols = ["model", "method", "clean_acc_before", "clean_acc_after", "asr_before", "asr_after",
             "reversed_asr_after", "detail", "s"]

@@ -304,10 +304,10 @@ def scan(ctx: click.Context, model_path: str, data_source: str, out: str, preset
         click.echo(f"{Path(out) / REPORT_NAME} is a finished scan: nothing to resume", err=True)
         _print_verdict(result, out, as_json, report)
         return EXIT_INFECTED if result.infected else EXIT_CLEAN
-    if force:
-        (Path(out) / REPORT_NAME).unlink(missing_ok=True)
     model, data = load_model_and_data(model_path, data_source, num_classes, pixel_range, mean, std, channel_order,
                                       factory, factory_kwargs, trust_pickle, input_layout, labels_from_model)
+    if force:  # only once the inputs are known good: a typo must not cost the finished scan
+        (Path(out) / REPORT_NAME).unlink(missing_ok=True)
     label_list = _ints(labels) if labels else None
     result = run_scan(model, data.test, out, resume=resume, preset=preset, samples=samples, labels=label_list, loss=loss,
                       max_steps=max_steps, threshold=threshold, seed=seed, block_size=block_size,
@@ -360,7 +360,10 @@ def _real_backdoors(model, target: int | None, size: int | None, position: str, 
         trigger = Trigger(_read_image(mask_path, model.input_shape, grey=True)[0],
                           _read_image(pattern_path, model.input_shape, grey=model.input_shape[0] == 1))
     else:
-        trigger = _patch_trigger(model.input_shape, size or 4, position, colour, None)
+        if size is None:
+            raise InputError("give the real trigger with --real-target: a patch (--real-size, with --real-position "
+                             "and --real-colour) or --real-mask and --real-pattern")
+        trigger = _patch_trigger(model.input_shape, size, position, colour, None)
     return [Backdoor(target, trigger)]
 
 
@@ -444,6 +447,8 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
         raise InputError(f"the scan in {scan_dir} was made for {tuple(scan_result.masks.shape[-2:])} images, "
                          f"not this model's {tuple(model.input_shape[1:])}")
     real = _real_backdoors(model, real_target, real_size, real_position, real_colour, real_mask, real_pattern)
+    if force:  # inputs are good: the old results go now, so a failure below cannot leave them beside new files
+        (Path(out) / MITIGATION_NAME).unlink(missing_ok=True)
     try:
         outcome = run_mitigation(
             model, scan_result, data, method, labels=_ints(labels) if labels else None, real=real, layer=layer,

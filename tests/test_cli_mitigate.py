@@ -151,6 +151,7 @@ def test_bad_input(model, scan_dir, dataset, workdir, tmp_path) -> None:
     assert_bad_input(bad(scan=tmp_path / "none"), "no report.json")
     assert_bad_input(bad("--labels", "9"), "not scanned")
     assert_bad_input(bad("--real-size", "2"), "--real-target")
+    assert_bad_input(bad("--real-target", "1"), "--real-size")  # no invented trigger
     assert_bad_input(bad(method="burn"), "method")
     assert not (tmp_path / "o" / "mitigation.json").exists()
 

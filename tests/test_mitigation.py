@@ -238,3 +238,39 @@ def test_pruning_lives_in_the_weights_where_it_can(infected, data, reversed_, he
     assert loaded.net[4]._forward_hooks
     with torch.no_grad():
         assert torch.allclose(loaded(held_out.x), hooked.model(held_out.x), atol=1e-4)
+
+
+def test_default_step_reaches_the_goal_on_a_small_layer(infected, data, reversed_, held_out) -> None:
+    model, _ = infected  # 32 units: 2% of it is under one unit, yet every step must prune one more
+    result = NeuronPruner().prune(model, reversed_, data.train.random_sample(300), held_out)
+    assert result.reached, [s.units for s in result.curve]
+    units = [s.units for s in result.curve]
+    assert units == sorted(set(units)) and units[:3] == [0, 1, 2]
+
+
+def test_layers_that_do_not_run_once_are_refused(data, reversed_) -> None:
+    from torch import nn
+
+    from neuralcleanse.models.classifier import Classifier, ModelInfo
+
+    class TwoCalls(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2, self.act = nn.Linear(SIDE * SIDE, 16), nn.Linear(16, K), nn.ReLU()
+            self.unused_head = nn.Linear(K, 3)
+
+        def forward(self, x):
+            return self.act(self.fc2(self.act(self.fc1(x.flatten(1)))))
+
+    model = Classifier(TwoCalls(), ModelInfo(K, (1, SIDE, SIDE)))
+    with pytest.raises(InputError, match="not used"):
+        profile_activations(model, data.test, reversed_)  # the last-registered dense layer never runs
+    with pytest.raises(InputError, match="runs 2 times"):
+        profile_activations(model, data.test, reversed_, layer="act")
+    assert profile_activations(model, data.test, reversed_, layer="net.fc1").num_units == 16
+
+
+def test_diverging_unlearning_says_so(infected, data, reversed_) -> None:
+    model, _ = infected
+    with pytest.raises(InputError, match="diverged"):
+        Unlearner(lr=1e30, data_fraction=0.5).fit(model, reversed_, data.train)

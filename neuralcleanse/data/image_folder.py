@@ -55,9 +55,12 @@ def _read(paths: list[Path], size: tuple[int, int] | None, grey: bool) -> torch.
 
 def _is_grey(paths: list[Path]) -> bool:
     for path in paths[:50]:
-        with Image.open(path) as img:
-            if img.mode not in ("L", "1", "I;16", "I"):
-                return False
+        try:
+            with Image.open(path) as img:
+                if img.mode not in ("L", "1", "I;16", "I"):
+                    return False
+        except (UnidentifiedImageError, OSError) as exc:
+            raise InputError(f"cannot read image {path}: {exc}") from None
     return True
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from neuralcleanse.data.dataset import ImageDataset
+from neuralcleanse.errors import InputError
 from neuralcleanse.mitigation.backdoors import Backdoor, triggered_inputs
 from neuralcleanse.models.layers import FeatureLayer, capture_units, resolve_layer
 
@@ -55,6 +56,11 @@ def unit_activations(model: nn.Module, x: torch.Tensor, layer: FeatureLayer, bat
     with capture_units(model, layer) as seen:
         for start in range(0, len(x), batch_size):
             model(x[start : start + batch_size].to(device))
+            if len(seen) != 1:
+                raise InputError(
+                    f"layer {layer.name!r} runs {len(seen)} times in one forward pass; name a layer that runs "
+                    "exactly once (--layer)" if seen else
+                    f"layer {layer.name!r} is not used in the model's forward pass; name another with --layer")
             out.append(seen.pop().float().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)

@@ -105,8 +105,9 @@ class NeuronPruner:
             # where the attack itself dies; the model pruned is the one the reversed trigger chose.
             done_real = true is None or true.worst_attack_success < self.stop_success
             k += 1
-            following = min(total, int(round(k * self.step * total)), limit)
-            if (chosen is not None and done_real) or following <= count:
+            # At least one more unit per step: on a small layer step·units rounds to the same count.
+            following = min(limit, max(count + 1, int(round(k * self.step * total))))
+            if (chosen is not None and done_real) or count >= limit:
                 break
             count = following
         reached = chosen is not None

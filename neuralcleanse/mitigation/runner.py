@@ -12,6 +12,7 @@ from neuralcleanse.data.dataset import DatasetSplits, ImageDataset
 from neuralcleanse.detection.result import ScanResult
 from neuralcleanse.errors import InputError
 from neuralcleanse.metrics import predict
+from neuralcleanse.models.layers import can_bake, resolve_layer
 from neuralcleanse.models.classifier import clone_model
 from neuralcleanse.mitigation.backdoors import Backdoor, Measurement, measure, reversed_backdoors, triggered_inputs
 from neuralcleanse.mitigation.input_filter import FilterRates, InputFilter
@@ -104,7 +105,13 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
     before, rev_before = measure(model, held_out, judge, device), measure(model, held_out, backdoors, device)
     out = MitigationOutcome(method, [b.target for b in backdoors], "real" if real else "reversed", settings,
                             before, before, rev_before, rev_before)
-    fit_set = tune.random_sample(tune_samples, seed=seed)
+    # Disjoint draws from the tuning split: units are ranked and the threshold set on `fit_set`; the
+    # pruning curve, which picks the model kept, is measured on `curve_set`; before/after on held_out.
+    order = torch.randperm(len(tune), generator=torch.Generator().manual_seed(seed))
+    fit_set = tune.subset(order[:tune_samples])
+    curve_set = tune.subset(order[tune_samples : tune_samples + curve_samples])
+    if len(curve_set) == 0:
+        curve_set = fit_set
     if method == "filter":
         filt = InputFilter(top_fraction, false_positive_rate, layer, device=device).fit(model, backdoors, fit_set)
         rates = filt.evaluate(model, held_out, judge)
@@ -118,9 +125,13 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
                                   "reversed_false_negative_rate": filt.evaluate(model, held_out, backdoors).false_negative_rate}}
     elif method == "prune":
         pruner = NeuronPruner(prune_step, stop_success, max_fraction, layer, device=device)
-        result = pruner.prune(model, backdoors, fit_set, held_out.random_sample(curve_samples, seed=seed + 1), real)
+        chosen_layer = resolve_layer(model, layer)
+        if getattr(getattr(model, "info", None), "arch", None) is None and not can_bake(model, chosen_layer):
+            raise InputError(f"pruning layer {chosen_layer.name!r} needs a hook, which only the tool's checkpoints "
+                             "keep; for this model prune a dense or convolutional layer (the default does)")
+        result = pruner.prune(model, backdoors, fit_set, curve_set, real)
         settings.update(step=prune_step, stop_success=stop_success, max_fraction=max_fraction,
-                        layer=result.layer.to_dict(), curve_samples=min(curve_samples, len(held_out)))
+                        layer=result.layer.to_dict(), curve_samples=len(curve_set))
         out.model, out.pruning = result.model, result
         out.details = {"pruning": result.to_dict()}
         if not result.reached:

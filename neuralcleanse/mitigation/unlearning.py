@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import math
+
 import torch
 from torch import nn
 
@@ -13,6 +15,7 @@ from neuralcleanse.errors import InputError, check_fractions
 from neuralcleanse.models.classifier import clone_model
 from neuralcleanse.mitigation.backdoors import Backdoor
 from neuralcleanse.models.fitting import train_classifier
+from neuralcleanse.models.layers import reapply_pruning
 
 
 FALLBACK_LR = 1e-3
@@ -74,5 +77,10 @@ class Unlearner:
         patched = clone_model(model)
         losses = train_classifier(patched, subset, epochs=self.epochs, batch_size=self.batch_size, lr=lr,
                                   seed=self.seed, device=self.device, progress=self.progress, desc="unlearn")
+        if not all(math.isfinite(v) for v in losses):
+            raise InputError(f"unlearning diverged (loss {losses[-1]}) at lr {lr:g}; give a lower --lr")
+        # A pruned model's zeroed weights may have moved: zero them again, so the model measured
+        # is the model saved (whose checkpoint re-applies its pruning on load).
+        reapply_pruning(patched, getattr(getattr(patched, "info", None), "metadata", {}).get("pruning", []))
         patched.cpu()
         return UnlearningResult(len(subset), stamped, lr, losses, patched)

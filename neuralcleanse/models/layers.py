@@ -55,7 +55,7 @@ def resolve_layer(model: nn.Module, name: str | None = None) -> FeatureLayer:
             raise InputError("the model has no dense (nn.Linear) layer to take the default feature layer from; "
                              "name one with --layer")
         return FeatureLayer(linears[-1], INPUT)
-    key = name[4:] if name.startswith("net.") else name
+    key = name if name in modules else (name[4:] if name.startswith("net.") else name)
     if key not in modules or key == "":
         known = ", ".join(f"{n} ({type(m).__name__})" for n, m in modules.items() if n)
         raise InputError(f"unknown layer {name!r}; the model's layers are: {known}")
@@ -115,6 +115,13 @@ def unit_count(model: nn.Module, layer: FeatureLayer, input_shape: tuple[int, in
     if not seen:
         raise InputError(f"layer {layer.name!r} is not used in the model's forward pass")
     return int(seen[0].shape[1])
+
+
+def can_bake(model: nn.Module, layer: FeatureLayer) -> bool:
+    """Whether pruning `layer` can live in its weights (and so in any export of them)."""
+    module = _module(model, layer)
+    return isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and (
+        layer.side == OUTPUT or getattr(module, "groups", 1) == 1)
 
 
 def _bake(module: nn.Module, side: str, index: torch.Tensor) -> bool:
