@@ -155,7 +155,7 @@ def _patch_trigger(input_shape, size: int, position: str, colour: str, image: st
 @click.option("--arch", default=None, help="Architecture (default: the paper's net for the dataset).")
 @click.option("--epochs", type=int, default=None, help="Default: 3 for MNIST, 6 for GTSRB, 5 otherwise.")
 @click.option("--lr", type=float, default=None, help="Adam learning rate (default 3e-3 MNIST, 1e-3 otherwise).")
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--badnets", is_flag=True, help="Poison the training set (BadNets).")
 @click.option("--poison-rate", type=float, default=0.1, show_default=True)
