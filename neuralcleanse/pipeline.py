@@ -23,8 +23,9 @@ def check_accuracy(model: Classifier, data: ImageDataset, device: torch.device |
     """Warns loudly when accuracy on the clean data is near chance: the usual cause of a
     meaningless scan is preprocessing that does not match the model's."""
     if len(data) < 3 * model.num_classes:
-        raise InputError(f"too few clean samples: {len(data)} for a {model.num_classes}-label model; give at least "
-                         f"{3 * model.num_classes} (the scan draws up to 1,000, balanced over labels)")
+        raise InputError(f"too few clean samples: {len(data)} for a {model.num_classes}-label model "
+                         f"({len(data) / model.num_classes:.1f} per label); give at least 3 per label, "
+                         f"{3 * model.num_classes} in all (the scan draws up to 1,000, balanced over labels)")
     probe = data.random_sample(sample)
     with torch.no_grad():
         logits = torch.cat([model(probe.x[i : i + 256].to(device)) for i in range(0, len(probe), 256)])

@@ -48,6 +48,8 @@ def build(work: Path) -> dict[str, Path]:
     f["sd"] = work / "sd.pt"
     (work / "corrupt.pt").write_bytes(b"PK\x03\x04garbage")
     f["corrupt_model"] = work / "corrupt.pt"
+    (work / "corrupt.onnx").write_bytes(b"not onnx")
+    f["corrupt_onnx"] = work / "corrupt.onnx"
     (work / "corrupt.npz").write_bytes(b"not a zip")
     f["corrupt_npz"] = work / "corrupt.npz"
     x = np.random.default_rng(0).random((40, 8, 8)).astype(np.float32)
@@ -72,6 +74,7 @@ def cases(f: dict[str, Path], work: Path) -> list[tuple[str, list[str]]]:
     return [
         ("model file missing", ["scan", str(work / "missing.pt"), "--data", str(f["npz"]), "--out", out]),
         ("model file corrupt", ["scan", str(f["corrupt_model"]), "--data", str(f["npz"]), "--out", out]),
+        ("ONNX file corrupt", ["scan", str(f["corrupt_onnx"]), "--data", str(f["npz"]), "--out", out]),
         ("model is a pickled nn.Module, not trusted", ["scan", str(f["pickle"]), "--data", str(f["npz"]), "--out", out]),
         ("model is a bare state_dict", ["scan", str(f["sd"]), "--data", str(f["npz"]), "--out", out]),
         ("factory cannot be imported", ["scan", str(f["sd"]), "--data", str(f["npz"]), "--out", out, "--factory",
