@@ -45,3 +45,15 @@ def assert_bad_input(result: Result, *fragments: str) -> None:
     assert "Traceback" not in result.output
     for frag in fragments:
         assert frag.lower() in error_lines[0].lower(), error_lines[0]
+
+
+def train_args(npz: Path, out: Path) -> list[str]:
+    """`train` arguments for the tiny BadNets model the CLI tests share (2x2 trigger -> TARGET)."""
+    return ["train", "--dataset", str(npz), "--arch", "tiny", "--badnets", "--target", str(TARGET),
+            "--trigger-size", "2", "--epochs", "8", "--lr", "5e-3", "--out", str(out)]
+
+
+def train_tiny(npz: Path, out: Path) -> Path:
+    result = invoke(*train_args(npz, out))
+    assert result.exit_code == 0, result.output
+    return out

@@ -13,7 +13,7 @@ from click.testing import Result
 from PIL import Image
 from torch import nn
 
-from cli_helpers import NUM_CLASSES, SIDE, TARGET, assert_bad_input, invoke, write_npz
+from cli_helpers import NUM_CLASSES, SIDE, TARGET, assert_bad_input, invoke, train_args, write_npz
 from neuralcleanse.cli import EXIT_BAD_INPUT, EXIT_CLEAN, EXIT_INFECTED
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,9 +34,7 @@ def dataset(workdir: Path) -> Path:
 @pytest.fixture(scope="module")
 def trained(workdir: Path, dataset: Path) -> tuple[Path, Result]:
     out = workdir / "m.pt"
-    result = invoke("train", "--dataset", str(dataset), "--arch", "tiny", "--badnets", "--target", str(TARGET),
-                    "--trigger-size", "2", "--epochs", "8", "--lr", "5e-3", "--out", str(out))
-    return out, result
+    return out, invoke(*train_args(dataset, out))
 
 
 @pytest.fixture(scope="module")

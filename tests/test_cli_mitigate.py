@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cli_helpers import NUM_CLASSES, SIDE, TARGET, assert_bad_input, invoke, write_npz
+from cli_helpers import NUM_CLASSES, SIDE, TARGET, assert_bad_input, invoke, train_tiny, write_npz
 from neuralcleanse.cli import EXIT_CLEAN, EXIT_INFECTED
 
 KEYS = {"method", "labels", "attack_trigger", "settings", "before", "after", "reversed_trigger", "baselines", "files"}
@@ -28,9 +28,7 @@ def dataset(workdir: Path) -> Path:
 @pytest.fixture(scope="module")
 def model(workdir: Path, dataset: Path) -> Path:
     out = workdir / "m.pt"
-    result = invoke("train", "--dataset", str(dataset), "--arch", "tiny", "--badnets", "--target", str(TARGET),
-                    "--trigger-size", "2", "--epochs", "8", "--lr", "5e-3", "--out", str(out))
-    assert result.exit_code == EXIT_CLEAN, result.output
+    train_tiny(dataset, out)
     return out
 
 

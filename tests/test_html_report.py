@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cli_helpers import TARGET, invoke, write_npz
+from cli_helpers import TARGET, invoke, train_tiny, write_npz
 from neuralcleanse.cli import EXIT_CLEAN, EXIT_INFECTED
 from neuralcleanse.errors import InputError
 from neuralcleanse.report.html_report import write_html_report
@@ -30,9 +30,7 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     work = tmp_path_factory.mktemp("html")
     npz = write_npz(work / "data.npz")
     model = work / "m.pt"
-    result = invoke("train", "--dataset", str(npz), "--arch", "tiny", "--badnets", "--target", str(TARGET),
-                    "--trigger-size", "2", "--epochs", "8", "--lr", "5e-3", "--out", str(model))
-    assert result.exit_code == EXIT_CLEAN, result.output
+    train_tiny(npz, model)
     scan = work / "scan"
     result = invoke("scan", str(model), "--data", str(npz), "--out", str(scan), "--samples", "80", "--max-steps", "20")
     assert result.exit_code == EXIT_INFECTED, result.output  # label 1's trigger: L1 ~4 against ~14 for the others

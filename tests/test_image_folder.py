@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli_helpers import NUM_CLASSES, SIDE, TARGET, assert_bad_input, invoke, write_npz
+from cli_helpers import NUM_CLASSES, SIDE, TARGET, assert_bad_input, invoke, train_tiny, write_npz
 from neuralcleanse.cli import EXIT_CLEAN, EXIT_INFECTED
 from neuralcleanse.data import load_dataset
 
@@ -35,9 +35,7 @@ def setup(tmp_path_factory):
     work = tmp_path_factory.mktemp("folders")
     npz = write_npz(work / "data.npz")
     model = work / "m.pt"
-    result = invoke("train", "--dataset", str(npz), "--arch", "tiny", "--badnets", "--target", str(TARGET),
-                    "--trigger-size", "2", "--epochs", "8", "--lr", "5e-3", "--out", str(model))
-    assert result.exit_code == EXIT_CLEAN, result.output
+    train_tiny(npz, model)
     return work, npz, model
 
 

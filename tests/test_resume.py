@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli_helpers import assert_bad_input, invoke, write_npz
+from cli_helpers import assert_bad_input, invoke, train_tiny, write_npz
 from neuralcleanse.cli import EXIT_CLEAN, EXIT_INFECTED
 from neuralcleanse.detection import NeuralCleanse
 from neuralcleanse.errors import InputError
@@ -78,9 +78,7 @@ def cli_model(tmp_path_factory) -> tuple[Path, Path]:
     work = tmp_path_factory.mktemp("resume")
     npz = write_npz(work / "data.npz")
     model = work / "m.pt"
-    result = invoke("train", "--dataset", str(npz), "--arch", "tiny", "--badnets", "--target", "1",
-                    "--trigger-size", "2", "--epochs", "8", "--lr", "5e-3", "--out", str(model))
-    assert result.exit_code == EXIT_CLEAN, result.output
+    train_tiny(npz, model)
     return model, npz
 
 
