@@ -113,9 +113,19 @@ class FilteredClassifier(nn.Module):
         return logits, score > self.threshold
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, abstain: int = -1) -> torch.Tensor:
-        logits, flagged = self(x)
-        return torch.where(flagged, torch.full_like(flagged, abstain, dtype=torch.long), logits.argmax(1))
+    def predict(self, x: torch.Tensor, abstain: int = -1, batch_size: int = 512,
+                device: torch.device | str | None = None) -> torch.Tensor:
+        """Labels for raw [0,1] images, `abstain` where flagged; one forward pass per batch."""
+        was_training = self.model.training
+        self.model.eval()
+        out = []
+        for start in range(0, len(x), batch_size):
+            xb = x[start : start + batch_size]
+            logits, flagged = self(xb.to(device) if device is not None else xb)
+            out.append(torch.where(flagged, torch.full_like(flagged, abstain, dtype=torch.long),
+                                   logits.argmax(1)).cpu())
+        self.model.train(was_training)
+        return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
     @classmethod
     def from_dict(cls, model: nn.Module, d: dict[str, Any]) -> "FilteredClassifier":

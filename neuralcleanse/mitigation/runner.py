@@ -11,7 +11,6 @@ from torch import nn
 from neuralcleanse.data.dataset import DatasetSplits, ImageDataset
 from neuralcleanse.detection.result import ScanResult
 from neuralcleanse.errors import InputError
-from neuralcleanse.metrics import predict
 from neuralcleanse.models.layers import can_bake, resolve_layer
 from neuralcleanse.models.classifier import clone_model
 from neuralcleanse.mitigation.backdoors import Backdoor, Measurement, measure, reversed_backdoors, triggered_inputs
@@ -70,12 +69,13 @@ def split_for_mitigation(data: DatasetSplits, seed: int = 0) -> tuple[ImageDatas
 
 
 def _filtered_measure(model: nn.Module, filt: InputFilter, data: ImageDataset, backdoors: Sequence[Backdoor]) -> Measurement:
-    device = filt.device
-    ok = (predict(model, data.x, device=device) == data.y) & ~filt.flag(model, data.x)
+    # The wrapper answers -1 for a flagged input, which matches no label: one pass gives both.
+    guarded = filt.wrap(model)
+    ok = guarded.predict(data.x, device=filt.device) == data.y
     rates = []
     for b in backdoors:
         x = triggered_inputs(data, [b])
-        hit = (predict(model, x, device=device) == b.target) & ~filt.flag(model, x)
+        hit = guarded.predict(x, device=filt.device) == b.target
         rates.append(float(hit.float().mean()) if len(x) else float("nan"))
     return Measurement(float(ok.float().mean()), rates, [b.target for b in backdoors])
 
