@@ -6,7 +6,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from neuralcleanse.attacks import BadNets, patch_trigger  # noqa: E402
+import torch  # noqa: E402
+
+from neuralcleanse.attacks import BadNets, Trigger, patch_trigger  # noqa: E402
 from neuralcleanse.data import load_dataset  # noqa: E402
 from neuralcleanse.models import load_model, save_checkpoint  # noqa: E402
 from neuralcleanse.training import DEFAULTS, train_model  # noqa: E402
@@ -34,3 +36,20 @@ def markdown_table(rows: list[dict], cols: list[str]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def mask_overlap(mask: torch.Tensor, true_mask: torch.Tensor) -> float:
+    """Share of the reversed mask's L1 mass inside the real trigger's box (grown by 1 pixel)."""
+    rows, cols = torch.nonzero(true_mask > 0, as_tuple=True)
+    box = torch.zeros_like(mask)
+    box[max(0, int(rows.min()) - 1): int(rows.max()) + 2, max(0, int(cols.min()) - 1): int(cols.max()) + 2] = 1
+    return float((mask * box).sum() / mask.sum().clamp(min=1e-9))
+
+
+def target_overlap(model, result) -> float | None:
+    """mask_overlap of the known target's reversed mask, for a model that records its backdoor."""
+    backdoor = model.info.metadata.get("backdoor") if hasattr(model, "info") else None
+    if not backdoor or backdoor["targets"][0] not in result.labels:
+        return None
+    true = Trigger.from_dict(backdoor["triggers"][0])
+    return round(mask_overlap(result.masks[result.labels.index(backdoor["targets"][0])], true.mask), 3)

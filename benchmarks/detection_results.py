@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from common import benchmark_model, markdown_table
+from common import benchmark_model, markdown_table, target_overlap
 from neuralcleanse.attacks import Trigger
 from neuralcleanse.data import load_dataset
 from neuralcleanse.detection import NeuralCleanse
@@ -25,14 +25,6 @@ from neuralcleanse.metrics import attack_success_rate, clean_accuracy
 from neuralcleanse.models import load_model
 
 ROOT = Path(__file__).resolve().parent
-
-
-def mask_overlap(mask: torch.Tensor, true_mask: torch.Tensor) -> float:
-    """Share of the reversed mask's L1 mass inside the real trigger's box (grown by 1 pixel)."""
-    rows, cols = torch.nonzero(true_mask > 0, as_tuple=True)
-    box = torch.zeros_like(mask)
-    box[max(0, int(rows.min()) - 1): int(rows.max()) + 2, max(0, int(cols.min()) - 1): int(cols.max()) + 2] = 1
-    return float((mask * box).sum() / mask.sum().clamp(min=1e-9))
 
 
 def scan_row(name: str, model, data, preset: str, device: str) -> dict:
@@ -48,7 +40,7 @@ def scan_row(name: str, model, data, preset: str, device: str) -> dict:
         row["target"] = target
         row["target_l1"] = round(result.l1_norms[target], 2)
         row["true_trigger_l1"] = true.l1
-        row["mask_on_true_trigger"] = round(mask_overlap(result.masks[target], true.mask), 3)
+        row["mask_on_true_trigger"] = target_overlap(model, result)
     return row
 
 

@@ -185,6 +185,41 @@ def test_step_limit_continues_where_it_left_off(infected, data) -> None:
     torch.testing.assert_close(twice.state.tensors["mask_p"], before, atol=0, rtol=0)
 
 
+def _upcoming(eng: TriggerReverseEngineer, label: int, n: int) -> torch.Tensor:
+    """The next n sample indices a label's stream would give (without drawing them)."""
+    gen = torch.Generator()
+    gen.set_state(eng._label_gens[label].get_state())
+    out = eng._label_buffers[label]
+    while out.numel() < n:
+        out = torch.cat([out, torch.randperm(eng.x.shape[0], generator=gen)])
+    return out[:n]
+
+
+@pytest.mark.parametrize("block", [K, 2])
+def test_windows_of_steps_match_looking_every_step(infected, data, block) -> None:
+    """The GPU default (sync_every=8) runs finished labels along, frozen, until the host looks, and
+    gives their unused batches back: every label must end where looking after each step leaves it,
+    its stream included (a later call, as a budget round or a resume makes, goes on identically)."""
+    model, _ = infected
+    pool = _pool(data)
+    cfg = ReverseConfig(max_steps=40, samples_per_step=64, batch_size=32, start_cost=1e-3, patience=2,
+                        early_stop_patience=4)
+    engines = [TriggerReverseEngineer(model, pool.x, pool.y, K, cfg, block_size=block, seed=3, sync_every=n)
+               for n in (1, 5)]
+    for eng in engines:
+        eng.run(range(K), step_limit=7)
+        eng.run(range(K))
+    looked, blind = engines
+    steps = looked.state.tensors["steps"].tolist()
+    # Labels stopped at different steps, some inside a window (the case being tested).
+    assert len(set(steps)) > 1 and any(s < 40 and (s - 7) % 5 for s in steps), steps
+    for key in ("mask_p", "pattern_p", "best_mask", "best_reg", "cost", "steps", "adam_t", "done"):
+        torch.testing.assert_close(looked.state.tensors[key], blind.state.tensors[key], atol=1e-5, rtol=1e-5)
+    for label in range(K):
+        assert torch.equal(_upcoming(looked, label, 1000), _upcoming(blind, label, 1000))
+    assert blind.passes > looked.passes  # frozen labels still cost their passes
+
+
 def test_original_loss_runs_and_finds_target(infected, data) -> None:
     model, _ = infected
     pool = _pool(data, 40)

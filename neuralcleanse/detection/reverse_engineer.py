@@ -74,7 +74,12 @@ class TriggerReverseEngineer:
         device: str | torch.device = "cpu",
         block_size: int | None = None,
         seed: int = 0,
+        sync_every: int | None = None,
     ) -> None:
+        """`sync_every`: steps between the host's looks at which labels finished. Each look waits
+        for the device, so on a GPU the engine runs several steps blind (finished labels are
+        frozen, not stepped; their unused batches go back to their streams) and looks every 8
+        steps. On a CPU looking is free and a finished label's place is refilled at once: 1."""
         self.device = torch.device(device)
         self.model = prepare_model(model, self.device)
         self.x = x.to(self.device)
@@ -84,6 +89,7 @@ class TriggerReverseEngineer:
         self.block_size = block_size or choose_block_size(self.model, tuple(x.shape[1:]), config.batch_size,
                                                          num_classes, self.device)
         self.seed = seed
+        self.sync_every = max(1, sync_every or (8 if self.device.type == "cuda" else 1))
         self._label_gens: dict[int, torch.Generator] = {}
         self._label_buffers: dict[int, torch.Tensor] = {}
         # Each label's batch stream as it stood when its state was last written back: saved with
@@ -144,8 +150,16 @@ class TriggerReverseEngineer:
                 block = fresh if block is None else {k: torch.cat([block[k], fresh[k]]) for k in block}
                 active += take
             label_t = torch.tensor(active, device=self.device)
-            self._step(block, label_t, active)
-            finished = (block["done"] | (block["steps"] >= limit)).cpu()
+            window = self.sync_every
+            nb = self.config.batches_per_step
+            drawn = self._batches(active, window * nb)
+            batches = drawn.to(self.device, non_blocking=True)
+            steps_before = block["steps"].clone()
+            for w in range(window):
+                self._step(block, label_t, batches[w * nb:(w + 1) * nb], limit if window > 1 else None)
+            finished = (block["done"] | (block["steps"] >= limit)).cpu()  # the one wait per window
+            if window > 1:
+                self._give_back(active, drawn, (block["steps"] - steps_before).cpu())
             if bool(finished.any()):
                 fin_idx = torch.nonzero(finished).flatten()
                 keep_idx = torch.nonzero(~finished).flatten()
@@ -162,7 +176,7 @@ class TriggerReverseEngineer:
         return None
 
     def _batches(self, labels: Sequence[int], count: int) -> torch.Tensor:
-        """(count, K, B) sample indices: each label draws its own shuffles from its own stream.
+        """(count, K, B) sample indices, on the host: each label draws its own shuffles from its own stream.
 
         A label's batches then depend only on (seed, label), never on which labels share its
         block, so results do not change with the block size the memory allows.
@@ -179,19 +193,35 @@ class TriggerReverseEngineer:
                 buf = torch.cat([buf, torch.randperm(n, generator=gen)])
             rows.append(buf[:need])
             self._label_buffers[label] = buf[need:]
-        idx = torch.stack(rows).view(len(rows), count, self.config.batch_size).transpose(0, 1)
-        return idx.to(self.device)
+        return torch.stack(rows).view(len(rows), count, self.config.batch_size).transpose(0, 1)
 
-    def _step(self, s: dict[str, torch.Tensor], labels: torch.Tensor, label_list: list[int]) -> None:
-        """One step (a pass over samples_per_step samples) for every label in the block."""
+    def _give_back(self, labels: Sequence[int], drawn: torch.Tensor, steps_taken: torch.Tensor) -> None:
+        """Returns the batches a label drew for a window but did not use (it finished inside the
+        window) to the front of its stream, so its stream stands where one-step windows leave it."""
+        per_step = self.config.batches_per_step * self.config.batch_size
+        for i, label in enumerate(labels):
+            unused = drawn[:, i].reshape(-1)[int(steps_taken[i]) * per_step:]
+            if unused.numel():
+                self._label_buffers[label] = torch.cat([unused, self._label_buffers[label]])
+
+    def _step(self, s: dict[str, torch.Tensor], labels: torch.Tensor, batches: torch.Tensor,
+              freeze_at: int | None = None) -> None:
+        """One step (a pass over samples_per_step samples) for every label in the block.
+
+        `freeze_at`: labels done, or at this step count, keep their state (windows of several
+        steps run finished labels along until the host looks)."""
         cfg = self.config
         k = labels.shape[0]
         nb = cfg.batches_per_step
+        if freeze_at is not None:
+            with torch.no_grad():
+                live = ~(s["done"] | (s["steps"] >= freeze_at))
+                before = {key: v.clone() for key, v in s.items()}
         acc_sum = torch.zeros(k, device=self.device)
         reg_sum = torch.zeros(k, device=self.device)
         b1, b2 = cfg.betas
         bsz = cfg.batch_size
-        for idx in self._batches(label_list, nb):
+        for idx in batches:
             xb, yb = self.x[idx], self.y[idx]  # (K,B,C,H,W), (K,B)
             mask_p = s["mask_p"].requires_grad_(True)
             pattern_p = s["pattern_p"].requires_grad_(True)
@@ -225,6 +255,9 @@ class TriggerReverseEngineer:
         self.passes += nb * k * cfg.batch_size
         with torch.no_grad():
             self._end_of_step(s, acc_sum / nb, reg_sum / nb)
+            if freeze_at is not None:
+                for key, v in s.items():
+                    s[key] = torch.where(live.view((-1,) + (1,) * (v.ndim - 1)), v, before[key])
 
     def _end_of_step(self, s: dict[str, torch.Tensor], acc: torch.Tensor, reg: torch.Tensor) -> None:
         """The published cost schedule and early stop, for all labels of the block at once."""
