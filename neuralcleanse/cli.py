@@ -282,12 +282,15 @@ def load_model_and_data(model_path: str, data_source: str, num_classes: int | No
 @click.option("--force", is_flag=True, help="Replace a finished or interrupted scan in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout (messages go to stderr).")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="bf16: the model's forward pass under autocast (for GPUs; slow on most CPUs).")
 @_with(preprocessing_options)
 @click.pass_context
 @_guard
 def scan(ctx: click.Context, model_path: str, data_source: str, out: str, preset: str, samples: int | None,
          labels: str | None, loss: str | None, max_steps: int | None, threshold: float, seed: int,
-         block_size: int | None, resume: bool, force: bool, as_json: bool, device: str, num_classes: int | None,
+         block_size: int | None, resume: bool, force: bool, as_json: bool, device: str, precision: str,
+         num_classes: int | None,
          factory: str | None, factory_kwargs: str | None, trust_pickle: bool, input_layout: str,
          labels_from_model: bool, pixel_range: str | None, mean: str | None, std: str | None, channel_order: str | None) -> int:
     """Reverse-engineer a trigger for every label and flag the outliers.
@@ -311,7 +314,7 @@ def scan(ctx: click.Context, model_path: str, data_source: str, out: str, preset
     label_list = _ints(labels) if labels else None
     result = run_scan(model, data.test, out, resume=resume, preset=preset, samples=samples, labels=label_list, loss=loss,
                       max_steps=max_steps, threshold=threshold, seed=seed, block_size=block_size,
-                      device=_device(device),
+                      device=_device(device), precision=precision,
                       progress=ctx.obj["progress"], model_desc={"path": str(model_path)},
                       data_desc={"source": data_source})
     _print_verdict(result, out, as_json)

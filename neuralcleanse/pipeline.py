@@ -82,14 +82,15 @@ def check_scan_folder(out: str | Path, *, resume: bool = False, force: bool = Fa
 def run_scan(model: Classifier, data: ImageDataset, out: str | Path, *, preset: str = "fast",
              samples: int | None = None, labels: Sequence[int] | None = None, loss: str | None = None,
              max_steps: int | None = None, threshold: float = 2.0, seed: int = 0, block_size: int | None = None,
-             device: torch.device | str = "cpu", progress: bool = True, resume: bool = False,
+             device: torch.device | str = "cpu", precision: str = "fp32", progress: bool = True, resume: bool = False,
              model_desc: dict[str, Any] | None = None, data_desc: dict[str, Any] | None = None) -> ScanResult:
     """Scans and writes the report into `out`. The scan's state is saved in `out` as labels finish
     and removed once the report is written; `resume=True` goes on from it."""
     model.to(device)  # everything below feeds the model tensors on `device`
     accuracy = check_accuracy(model, data, device)
     scanner = NeuralCleanse(preset, samples=samples, threshold=threshold, device=device, seed=seed,
-                            block_size=block_size, progress=progress, loss=loss, max_steps=max_steps)
+                            block_size=block_size, precision=precision, progress=progress, loss=loss,
+                            max_steps=max_steps)
     state = Path(out) / STATE_NAME
     if not resume and state.exists():
         state.unlink()  # the caller allowed starting afresh

@@ -307,3 +307,18 @@ def test_reverse_config_validation() -> None:
     assert cfg.with_overrides(max_steps=7, loss=None).max_steps == 7
     assert cfg.with_overrides(loss=None).loss == "cross_entropy"
     assert cfg.to_dict()["betas"] == [0.5, 0.9]
+
+
+def test_bf16_autocast_keeps_the_verdict(infected, data) -> None:
+    """The opt-in mixed precision (meant for GPUs) finds the same trigger; the optimisation itself
+    stays in fp32, so masks come out fp32 and differ from the fp32 run only by rounding's effects."""
+    model, _ = infected
+    plan = ScanPlan(config=small_config(), samples=240)
+    full = NeuralCleanse(plan, progress=False).scan(model, data.test)
+    half = NeuralCleanse(plan, progress=False, precision="bf16").scan(model, data.test)
+    _check_found(half)
+    assert half.flagged == full.flagged and half.settings["precision"] == "bf16"
+    assert half.masks.dtype == torch.float32
+    assert not torch.equal(half.masks, full.masks)  # autocast did change the arithmetic
+    with pytest.raises(ValueError, match="precision"):
+        NeuralCleanse(plan, progress=False, precision="fp8").scan(model, data.test)

@@ -33,6 +33,7 @@ _SCHEDULE = (
     "last_acc", "last_reg",
 )
 _STATE_KEYS = _PARAMS + _ADAM + _SCHEDULE
+PRECISIONS = ("fp32", "bf16")
 
 
 def squash(p: torch.Tensor) -> torch.Tensor:
@@ -75,11 +76,18 @@ class TriggerReverseEngineer:
         block_size: int | None = None,
         seed: int = 0,
         sync_every: int | None = None,
+        precision: str = "fp32",
     ) -> None:
         """`sync_every`: steps between the host's looks at which labels finished. Each look waits
         for the device, so on a GPU the engine runs several steps blind (finished labels are
         frozen, not stepped; their unused batches go back to their streams) and looks every 8
-        steps. On a CPU looking is free and a finished label's place is refilled at once: 1."""
+        steps. On a CPU looking is free and a finished label's place is refilled at once: 1.
+        `precision`: "fp32", or "bf16" to run the model's forward pass under autocast (the
+        trigger, loss and Adam stay in fp32). Off by default: it was 20× slower on the project's
+        CPU and has not been measured on a GPU (docs/presets.md)."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}")
+        self.precision = precision
         self.device = torch.device(device)
         self.model = prepare_model(model, self.device)
         self.x = x.to(self.device)
@@ -227,7 +235,9 @@ class TriggerReverseEngineer:
             pattern_p = s["pattern_p"].requires_grad_(True)
             mask, pattern = squash(mask_p), squash(pattern_p)
             stamped = apply_trigger(xb, mask[:, None], pattern[:, None])
-            logits = self.model(to_preferred_layout(stamped.flatten(0, 1), self.device)).view(k, bsz, -1)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                logits = self.model(to_preferred_layout(stamped.flatten(0, 1), self.device))
+            logits = logits.float().view(k, bsz, -1)
             if cfg.exclude_target_samples:
                 weight = (yb != labels[:, None]).float()
             else:

@@ -39,6 +39,7 @@ class NeuralCleanse:
         seed: int = 0,
         block_size: int | None = None,
         eval_samples: int = 256,
+        precision: str = "fp32",
         progress: bool = True,
         **config_overrides: Any,
     ) -> None:
@@ -51,6 +52,7 @@ class NeuralCleanse:
         self.seed = seed
         self.block_size = block_size
         self.eval_samples = eval_samples
+        self.precision = precision
         self.progress = progress
 
     def scan(self, model: nn.Module, data: ImageDataset, labels: Sequence[int] | None = None,
@@ -74,7 +76,8 @@ class NeuralCleanse:
         trainable = [p for p in model.parameters() if p.requires_grad]
         try:
             engine = TriggerReverseEngineer(model, pool.x, pool.y, num_classes, self.plan.config,
-                                            device=self.device, block_size=block_size, seed=self.seed)
+                                            device=self.device, block_size=block_size, seed=self.seed,
+                                            precision=self.precision)
             if snap is not None:
                 engine.restore(snap)
             save = None
@@ -90,7 +93,7 @@ class NeuralCleanse:
         """What must not change between an interrupted scan and its resumption."""
         h = hashlib.sha256()
         h.update(json.dumps({"config": self.plan.config.to_dict(), "rounds": [list(r) for r in self.plan.rounds],
-                             "seed": self.seed, "labels": labels}, sort_keys=True, default=str).encode())
+                             "seed": self.seed, "labels": labels, "precision": self.precision}, sort_keys=True, default=str).encode())
         for t in (pool.x, pool.y, *model.state_dict().values()):
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()
@@ -114,6 +117,7 @@ class NeuralCleanse:
             "block_size": engine.block_size,
             "device": str(self.device),
             "seed": self.seed,
+            "precision": self.precision,
             "threshold": self.threshold,
         }
         return ScanResult(
