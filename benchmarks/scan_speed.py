@@ -58,8 +58,15 @@ def main() -> None:
     ap.add_argument("--subset-datasets", nargs="*", default=["gtsrb"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "scan_speed")
+    ap.add_argument("--update", action="store_true",
+                    help="keep the rows of other datasets already in --out (each dataset's rows still come "
+                         "from one run, so its ratios are measured in one process)")
     args = ap.parse_args()
     device = torch.device(args.device)
+    kept: list[dict] = []
+    if args.update and args.out.with_suffix(".json").exists():
+        kept = [r for r in json.loads(args.out.with_suffix(".json").read_text())["rows"]
+                if r["model"].split("-")[0] not in args.datasets]
     rows: list[dict] = []
     meta = {"machine": platform.platform(), "processor": platform.processor() or platform.machine(),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
@@ -99,12 +106,12 @@ def main() -> None:
                     "target_on_true_trigger": target_overlap(model, result),
                     "median_norm": round(result.outliers.median, 2),
                     "labels": result.labels, "l1_norms": [round(v, 3) for v in result.l1_norms],
-                    "model_file": path.name, "note": note,
+                    "model_file": path.name, "date": time.strftime("%Y-%m-%d %H:%M"), "note": note,
                 }
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k not in ("labels", "l1_norms")}), flush=True)
-                write(args.out, rows, meta, complete=False)
-    print(write(args.out, rows, meta, complete=True))
+                write(args.out, kept + rows, meta, complete=False)
+    print(write(args.out, kept + rows, meta, complete=True))
 
 
 def write(out: Path, rows: list[dict], meta: dict, complete: bool) -> str:

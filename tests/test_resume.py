@@ -52,6 +52,24 @@ def test_interrupted_scan_resumes_to_the_same_result(infected, data, tmp_path, b
     assert resumed.steps == full.steps
 
 
+def test_resume_with_windows_of_steps(infected, data, tmp_path) -> None:
+    """A scan that looks at finished labels only every few steps (the GPU default) saves each
+    label's stream after giving back the batches it drew but did not use: resumed, it ends where
+    an uninterrupted scan that looks every step ends."""
+    model, _ = infected
+    full = NeuralCleanse("fast", samples=240, progress=False, block_size=2, sync_every=1).scan(model, data.test)
+    state = tmp_path / "state.pt"
+    with pytest.raises(Interrupt):
+        NeuralCleanse("fast", samples=240, progress=False, block_size=2, sync_every=5).scan(
+            model, data.test, on_label_done=_stop_after(3), checkpoint=state)
+    resumed = NeuralCleanse("fast", samples=240, progress=False, block_size=2, sync_every=5).scan(
+        model, data.test, checkpoint=state, resume=True)
+    assert resumed.steps == full.steps
+    assert any(s % 5 for s in full.steps)  # some labels finished inside a window
+    torch.testing.assert_close(resumed.masks, full.masks, atol=1e-5, rtol=0)
+    assert resumed.flagged == full.flagged
+
+
 def test_resume_refuses_other_settings_or_model(infected, clean_model, data, tmp_path) -> None:
     model, _ = infected
     state = tmp_path / "state.pt"

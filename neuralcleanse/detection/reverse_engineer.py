@@ -81,14 +81,16 @@ class TriggerReverseEngineer:
         """`sync_every`: steps between the host's looks at which labels finished. Each look waits
         for the device, so on a GPU the engine runs several steps blind (finished labels are
         frozen, not stepped; their unused batches go back to their streams) and looks every 8
-        steps. On a CPU looking is free and a finished label's place is refilled at once: 1.
-        `precision`: "fp32", or "bf16" to run the model's forward pass under autocast (the
-        trigger, loss and Adam stay in fp32). Off by default: it was 20× slower on the project's
+        steps. Finished labels still take part in the passes but their state is put back after
+        each step. On a CPU looking is free and a finished label's place is refilled at once: 1.
+        `precision`: "fp32", or "bf16" to run the model under autocast (its forward pass, and so
+        the backward pass through it, in bf16; the trigger, loss and Adam stay in fp32). Off by default: it was 20× slower on the project's
         CPU and has not been measured on a GPU (docs/presets.md)."""
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}")
+        check_precision(precision)
         self.precision = precision
         self.device = torch.device(device)
+        # Built once: entering a fresh autocast per batch re-checks the device's bf16 support.
+        self._autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
         self.model = prepare_model(model, self.device)
         self.x = x.to(self.device)
         self.y = y.to(self.device)
@@ -160,23 +162,27 @@ class TriggerReverseEngineer:
             label_t = torch.tensor(active, device=self.device)
             window = self.sync_every
             nb = self.config.batches_per_step
-            drawn = self._batches(active, window * nb)
-            batches = drawn.to(self.device, non_blocking=True)
+            drawn = self._batches(active, window * nb).contiguous()
+            batches = drawn.to(self.device)
             steps_before = block["steps"].clone()
             for w in range(window):
                 self._step(block, label_t, batches[w * nb:(w + 1) * nb], limit if window > 1 else None)
-            finished = (block["done"] | (block["steps"] >= limit)).cpu()  # the one wait per window
+            # The one wait for the device per window: what finished and how many steps each took.
+            finished_t = block["done"] | (block["steps"] >= limit)
+            looked = torch.stack([finished_t.long(), block["steps"] - steps_before]).cpu()
+            finished, taken = looked[0].bool(), looked[1]
             if window > 1:
-                self._give_back(active, drawn, (block["steps"] - steps_before).cpu())
+                self._give_back(active, drawn, taken)
             if bool(finished.any()):
                 fin_idx = torch.nonzero(finished).flatten()
                 keep_idx = torch.nonzero(~finished).flatten()
                 done_labels = [active[i] for i in fin_idx.tolist()]
+                fin_dev, keep_dev = fin_idx.to(self.device), keep_idx.to(self.device)
                 self.state.scatter(torch.tensor(done_labels, device=self.device),
-                                   {k: v[fin_idx.to(self.device)] for k, v in block.items()})
+                                   {k: v[fin_dev] for k, v in block.items()})
                 for lab in done_labels:
                     self._remember_stream(lab)
-                block = {k: v[keep_idx.to(self.device)] for k, v in block.items()}
+                block = {k: v[keep_dev] for k, v in block.items()}
                 active = [active[i] for i in keep_idx.tolist()]
                 if on_label_done is not None:
                     for lab in done_labels:
@@ -235,7 +241,7 @@ class TriggerReverseEngineer:
             pattern_p = s["pattern_p"].requires_grad_(True)
             mask, pattern = squash(mask_p), squash(pattern_p)
             stamped = apply_trigger(xb, mask[:, None], pattern[:, None])
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            with self._autocast:
                 logits = self.model(to_preferred_layout(stamped.flatten(0, 1), self.device))
             logits = logits.float().view(k, bsz, -1)
             if cfg.exclude_target_samples:
@@ -349,6 +355,11 @@ class TriggerReverseEngineer:
             "steps": t["steps"].cpu(),
             "cost": t["cost"].cpu(),
         }
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
 
 
 def _adam(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, t: torch.Tensor,

@@ -17,7 +17,7 @@ from neuralcleanse.data.dataset import ImageDataset
 from neuralcleanse.detection.outlier import label_outliers
 from neuralcleanse.detection.presets import ScanPlan, get_preset
 from neuralcleanse.detection.result import ScanResult
-from neuralcleanse.detection.reverse_engineer import TriggerReverseEngineer
+from neuralcleanse.detection.reverse_engineer import TriggerReverseEngineer, check_precision
 from neuralcleanse.errors import InputError
 from neuralcleanse.metrics import attack_success_rate
 
@@ -27,6 +27,9 @@ class NeuralCleanse:
 
     >>> result = NeuralCleanse(preset="fast").scan(model, clean_data)
     >>> result.infected, result.flagged, result.anomaly_index
+
+    `precision="bf16"` runs the model under autocast (meant for GPUs); `sync_every` sets how many
+    steps the engine runs between looks at which labels finished (default: 8 on CUDA, 1 on CPU).
     """
 
     def __init__(
@@ -40,6 +43,7 @@ class NeuralCleanse:
         block_size: int | None = None,
         eval_samples: int = 256,
         precision: str = "fp32",
+        sync_every: int | None = None,
         progress: bool = True,
         **config_overrides: Any,
     ) -> None:
@@ -52,7 +56,9 @@ class NeuralCleanse:
         self.seed = seed
         self.block_size = block_size
         self.eval_samples = eval_samples
+        check_precision(precision)
         self.precision = precision
+        self.sync_every = sync_every
         self.progress = progress
 
     def scan(self, model: nn.Module, data: ImageDataset, labels: Sequence[int] | None = None,
@@ -77,7 +83,7 @@ class NeuralCleanse:
         try:
             engine = TriggerReverseEngineer(model, pool.x, pool.y, num_classes, self.plan.config,
                                             device=self.device, block_size=block_size, seed=self.seed,
-                                            precision=self.precision)
+                                            precision=self.precision, sync_every=self.sync_every)
             if snap is not None:
                 engine.restore(snap)
             save = None
@@ -93,7 +99,10 @@ class NeuralCleanse:
         """What must not change between an interrupted scan and its resumption."""
         h = hashlib.sha256()
         h.update(json.dumps({"config": self.plan.config.to_dict(), "rounds": [list(r) for r in self.plan.rounds],
-                             "seed": self.seed, "labels": labels, "precision": self.precision}, sort_keys=True, default=str).encode())
+                             "seed": self.seed, "labels": labels,
+                             # only when set, so scans interrupted before the option existed still resume
+                             **({"precision": self.precision} if self.precision != "fp32" else {})},
+                            sort_keys=True, default=str).encode())
         for t in (pool.x, pool.y, *model.state_dict().values()):
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()
