@@ -65,8 +65,10 @@ def main() -> None:
     device = torch.device(args.device)
     kept: list[dict] = []
     if args.update and args.out.with_suffix(".json").exists():
-        kept = [r for r in json.loads(args.out.with_suffix(".json").read_text())["rows"]
-                if r["model"].split("-")[0] not in args.datasets]
+        old = json.loads(args.out.with_suffix(".json").read_text())
+        kept = [r for r in old["rows"] if r["model"].split("-")[0] not in args.datasets]
+        for r in kept:  # rows from before rows carried their own run's machine and date
+            r.setdefault("run", f"{old['meta']['machine']}, {old['meta']['date']}")
     rows: list[dict] = []
     meta = {"machine": platform.platform(), "processor": platform.processor() or platform.machine(),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
@@ -107,6 +109,7 @@ def main() -> None:
                     "median_norm": round(result.outliers.median, 2),
                     "labels": result.labels, "l1_norms": [round(v, 3) for v in result.l1_norms],
                     "model_file": path.name, "date": time.strftime("%Y-%m-%d %H:%M"), "note": note,
+                    "run": f"{meta['machine']}, {meta['date']}",
                 }
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k not in ("labels", "l1_norms")}), flush=True)
@@ -131,7 +134,14 @@ def render(rows, meta) -> str:
     head = ("| model | preset | labels | wall s | wall s (all labels) | passes | passes/s | raw passes/s | scan/raw "
             "| infected | flagged | anomaly idx | flagged norms | target norm | target mask on trigger | median |")
     lines = [f"Machine: {meta['machine']}, torch {meta['torch']}, {meta['threads']} threads, {meta['device']}, "
-             f"{meta['date']}", "", head, "|" + "---|" * 16]
+             f"{meta['date']}"]
+    runs: dict[str, list[str]] = {}
+    for r in rows:
+        runs.setdefault(r.get("run", "this run"), []).append(f"{r['model']} {r['preset']}")
+    if len(runs) > 1:  # --update keeps other datasets' rows from an earlier run: say which came from where
+        lines += ["", "Rows from more than one run (each dataset's rows from one process):"]
+        lines += [f"- {run}: {', '.join(names)}" for run, names in runs.items()]
+    lines += ["", head, "|" + "---|" * 16]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['preset']} | {r['labels_scanned']} | {r['wall_s']} | {r['wall_s_all_labels']} "
