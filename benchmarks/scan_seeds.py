@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -50,9 +51,7 @@ def main() -> None:
     if args.update and out.with_suffix(".json").exists():
         rows = [r for r in json.loads(out.with_suffix(".json").read_text())["rows"] if r["seed"] not in args.seeds]
     meta = {"machine": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "device": args.device, "command": "benchmarks/scan_seeds.py " + " ".join(
-                f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                for k, v in vars(args).items() if k not in ("update", "models_dir") and v is not None)}
+            "device": args.device, "command": " ".join(["benchmarks/scan_seeds.py", *sys.argv[1:]])}
     data = load_dataset(args.dataset).test
     model, path = benchmark_model(args.dataset, args.model == "badnets", args.models_dir, args.device)
     subset = args.labels is not None
