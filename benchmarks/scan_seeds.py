@@ -41,12 +41,16 @@ def main() -> None:
     ap.add_argument("--labels", type=int, nargs="+", default=None, help="a subset of labels (no verdict)")
     ap.add_argument("--loss", choices=["cross_entropy", "original"], default="cross_entropy",
                     help="'original': the published code's swapped cross-entropy")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="override the preset's settings, e.g. --set samples_per_step=64 max_steps=192")
     ap.add_argument("--models-dir", type=Path, default=ROOT / "models")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--update", action="store_true")
     args = ap.parse_args()
+    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     out = ROOT / "results" / (f"scan_seeds_{args.dataset}_{args.model}_{args.preset}"
-                              f"{'_subset' if args.labels else ''}{'_loss-original' if args.loss == 'original' else ''}")
+                              f"{'_subset' if args.labels else ''}{'_loss-original' if args.loss == 'original' else ''}"
+                              + "".join(f"_{k}-{v}" for k, v in overrides.items()))
     rows: list[dict] = []
     if args.update and out.with_suffix(".json").exists():
         rows = [r for r in json.loads(out.with_suffix(".json").read_text())["rows"] if r["seed"] not in args.seeds]
@@ -56,7 +60,8 @@ def main() -> None:
     model, path = benchmark_model(args.dataset, args.model == "badnets", args.models_dir, args.device)
     subset = args.labels is not None
     for seed in args.seeds:
-        scanner = NeuralCleanse(args.preset, seed=seed, device=args.device, progress=False, loss=args.loss)
+        scanner = NeuralCleanse(args.preset, seed=seed, device=args.device, progress=False, loss=args.loss,
+                                **overrides)
         result = scanner.scan(model, data, labels=args.labels)
         order = sorted(range(len(result.labels)), key=lambda i: result.l1_norms[i])
         row = {
@@ -80,7 +85,7 @@ def main() -> None:
         cols = ["seed", "wall_s", "infected", "flagged", "anomaly_index", "median_norm", "smallest_norms",
                 "target_on_true_trigger", "block_size", "date"]
         out.with_suffix(".md").write_text(
-            f"{args.dataset} {args.model} ({path.name}), preset {args.preset}, loss {args.loss}; {meta['machine']}, "
+            f"{args.dataset} {args.model} ({path.name}), preset {args.preset}, loss {args.loss}{''.join(f', {k}={v}' for k, v in overrides.items())}; {meta['machine']}, "
             f"torch {meta['torch']}, {meta['threads']} threads, {args.device}\n\n" + markdown_table(rows, cols))
     print(out.with_suffix(".md").read_text())
 
