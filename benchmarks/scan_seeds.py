@@ -6,7 +6,9 @@
 
 `--labels` scans only those labels (the original preset on all 43 GTSRB labels runs for about an hour
 here): their norms can be compared across seeds, but an outlier analysis over a few labels says
-nothing about the model, so such rows carry no verdict.
+nothing about the model, so such rows carry no verdict. `--name` keeps such runs in files of their
+own and `--block-size` pins the labels per pass; benchmarks/merge_subsets.py joins runs that together
+cover every label at one seed into one verdict.
 
 A model whose smallest norms sit near the anomaly-index threshold of 2 can be flagged by one seed and
 not by the next; this measures that spread, under either preset, so that a difference between
@@ -43,6 +45,8 @@ def main() -> None:
                     help="'original': the published code's swapped cross-entropy")
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                     help="override the preset's settings, e.g. --set samples_per_step=64 max_steps=192")
+    ap.add_argument("--block-size", type=int, default=None, help="labels per pass (default: timed)")
+    ap.add_argument("--name", default="", help="appended to the output file's name")
     ap.add_argument("--models-dir", type=Path, default=ROOT / "models")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--update", action="store_true")
@@ -50,7 +54,8 @@ def main() -> None:
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     out = ROOT / "results" / (f"scan_seeds_{args.dataset}_{args.model}_{args.preset}"
                               f"{'_subset' if args.labels else ''}{'_loss-original' if args.loss == 'original' else ''}"
-                              + "".join(f"_{k}-{v}" for k, v in overrides.items()))
+                              + "".join(f"_{k}-{v}" for k, v in overrides.items())
+                              + (f"_{args.name}" if args.name else ""))
     rows: list[dict] = []
     if args.update and out.with_suffix(".json").exists():
         rows = [r for r in json.loads(out.with_suffix(".json").read_text())["rows"] if r["seed"] not in args.seeds]
@@ -61,7 +66,7 @@ def main() -> None:
     subset = args.labels is not None
     for seed in args.seeds:
         scanner = NeuralCleanse(args.preset, seed=seed, device=args.device, progress=False, loss=args.loss,
-                                **overrides)
+                                block_size=args.block_size, **overrides)
         result = scanner.scan(model, data, labels=args.labels)
         order = sorted(range(len(result.labels)), key=lambda i: result.l1_norms[i])
         row = {
