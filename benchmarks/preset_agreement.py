@@ -27,8 +27,6 @@ import torch
 from common import benchmark_model, markdown_table
 from neuralcleanse.data import load_dataset
 from neuralcleanse.detection import NeuralCleanse
-from neuralcleanse.detection.presets import get_preset
-from neuralcleanse.detection.reverse_engineer import TriggerReverseEngineer
 
 ROOT = Path(__file__).resolve().parent
 
@@ -37,8 +35,7 @@ def original_norms(dataset: str, model: str) -> dict[int, float]:
     rows = json.loads((ROOT / "results" / "scan_speed.json").read_text())["rows"]
     for r in rows:
         if r["model"] == f"{dataset}-{model}" and r["preset"] == "original" and r["labels_scanned"] == len(r["labels"]):
-            if len(r["l1_norms"]) == len(r["labels"]):
-                return dict(zip(r["labels"], r["l1_norms"]))
+            return dict(zip(r["labels"], r["l1_norms"]))
     raise SystemExit(f"scan_speed.json has no full original scan of {dataset}-{model}; run scan_speed.py first")
 
 
@@ -58,7 +55,6 @@ def main() -> None:
     labels = args.labels or smallest + [l for l in sorted(orig)[::5] if l not in smallest][:6]
     data = load_dataset(args.dataset).test
     model, path = benchmark_model(args.dataset, args.model == "badnets", args.models_dir, args.device)
-    num_classes = len(orig)
     out = ROOT / "results" / f"preset_agreement_{args.dataset}_{args.model}"
     meta = {"machine": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "device": args.device, "command": " ".join(["benchmarks/preset_agreement.py", *sys.argv[1:]]),
@@ -66,20 +62,15 @@ def main() -> None:
     rows = []
     for spec in args.variant or [""]:
         overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in spec.split())}
-        config = get_preset("fast").config.with_overrides(**overrides)
         for seed in args.seeds:
-            pool = NeuralCleanse("fast", seed=seed, progress=False).select_samples(data, num_classes)
-            engine = TriggerReverseEngineer(model, pool.x, pool.y, num_classes, config, device=args.device,
-                                            block_size=args.block_size, seed=seed)
-            start = time.perf_counter()
-            engine.run(labels)
-            wall = time.perf_counter() - start
-            found = engine.results()
-            norms = {l: float(found["l1"][l]) for l in labels}
+            result = NeuralCleanse("fast", seed=seed, device=args.device, block_size=args.block_size,
+                                   progress=False, **overrides).scan(model, data, labels=labels)
+            norms = dict(zip(result.labels, result.l1_norms))
             err = [math.log(norms[l] / orig[l]) for l in labels]
-            row = {"variant": spec or "(fast)", "seed": seed, "wall_s": round(wall, 1), "passes": engine.passes,
+            row = {"variant": spec or "(fast)", "seed": seed, "wall_s": round(result.wall_time, 1),
+                   "passes": result.passes,
                    "mean_abs_log": round(sum(map(abs, err)) / len(err), 3), "bias": round(sum(err) / len(err), 3),
-                   "mean_steps": round(sum(int(found["steps"][l]) for l in labels) / len(labels)),
+                   "mean_steps": round(sum(result.steps) / len(result.steps)),
                    "norms": {str(l): round(norms[l], 1) for l in labels}, "date": time.strftime("%Y-%m-%d %H:%M")}
             print(json.dumps(row), flush=True)
             rows.append(row)
