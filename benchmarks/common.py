@@ -1,8 +1,11 @@
 """Models the benchmarks share: the paper's BadNets models and their clean twins, trained once."""
 from __future__ import annotations
 
+import json
+import platform
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -30,6 +33,17 @@ def benchmark_model(dataset: str, infected: bool, models_dir: Path, device: str 
         save_checkpoint(model, path)
         log(f"  clean accuracy {report.clean_accuracy:.4f} attack success {report.attack_success}")
     return load_model(path), path
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """KEY=VALUE strings (values in JSON: 64, 0.05, "original") as settings to override."""
+    return {k: json.loads(v) for k, v in (item.split("=", 1) for item in items)}
+
+
+def run_meta(script: str, device: str) -> dict[str, Any]:
+    """What a result file says about the run that made it."""
+    return {"machine": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "device": device, "command": " ".join([f"benchmarks/{script}", *sys.argv[1:]])}
 
 
 def markdown_table(rows: list[dict], cols: list[str]) -> str:

@@ -17,14 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import sys
 import time
 from pathlib import Path
 
-import torch
-
-from common import benchmark_model, markdown_table
+from common import benchmark_model, markdown_table, parse_overrides, run_meta
 from neuralcleanse.data import load_dataset
 from neuralcleanse.detection import NeuralCleanse
 
@@ -56,12 +52,11 @@ def main() -> None:
     data = load_dataset(args.dataset).test
     model, path = benchmark_model(args.dataset, args.model == "badnets", args.models_dir, args.device)
     out = ROOT / "results" / f"preset_agreement_{args.dataset}_{args.model}"
-    meta = {"machine": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "device": args.device, "command": " ".join(["benchmarks/preset_agreement.py", *sys.argv[1:]]),
+    meta = {**run_meta("preset_agreement.py", args.device),
             "labels": labels, "original_norms": {str(l): round(orig[l], 2) for l in labels}}
     rows = []
     for spec in args.variant or [""]:
-        overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in spec.split())}
+        overrides = parse_overrides(spec.split())
         for seed in args.seeds:
             result = NeuralCleanse("fast", seed=seed, device=args.device, block_size=args.block_size,
                                    progress=False, **overrides).scan(model, data, labels=labels)

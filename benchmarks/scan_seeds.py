@@ -20,14 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import sys
 import time
 from pathlib import Path
 
-import torch
-
-from common import TARGETS, benchmark_model, markdown_table, target_overlap
+from common import TARGETS, benchmark_model, markdown_table, parse_overrides, run_meta, target_overlap
 from neuralcleanse.data import load_dataset
 from neuralcleanse.detection import NeuralCleanse
 
@@ -51,7 +47,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--update", action="store_true")
     args = ap.parse_args()
-    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+    overrides = parse_overrides(args.set)
     out = ROOT / "results" / (f"scan_seeds_{args.dataset}_{args.model}_{args.preset}"
                               f"{'_subset' if args.labels else ''}{'_loss-original' if args.loss == 'original' else ''}"
                               + "".join(f"_{k}-{v}" for k, v in overrides.items())
@@ -59,8 +55,7 @@ def main() -> None:
     rows: list[dict] = []
     if args.update and out.with_suffix(".json").exists():
         rows = [r for r in json.loads(out.with_suffix(".json").read_text())["rows"] if r["seed"] not in args.seeds]
-    meta = {"machine": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "device": args.device, "command": " ".join(["benchmarks/scan_seeds.py", *sys.argv[1:]])}
+    meta = run_meta("scan_seeds.py", args.device)
     data = load_dataset(args.dataset).test
     model, path = benchmark_model(args.dataset, args.model == "badnets", args.models_dir, args.device)
     subset = args.labels is not None
