@@ -33,6 +33,8 @@ _SCHEDULE = (
     "last_acc", "last_reg",
 )
 _STATE_KEYS = _PARAMS + _ADAM + _SCHEDULE
+# Infinity is how these say "nothing found yet"; in every other tensor it means damage.
+_MAY_BE_INF = ("best_reg", "es_reg_best", "last_reg")
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -56,9 +58,6 @@ class LabelState:
     def scatter(self, idx: torch.Tensor, block: dict[str, torch.Tensor]) -> None:
         for k, v in block.items():
             self.tensors[k][idx] = v.detach()
-
-    def to(self, device: torch.device | str) -> "LabelState":
-        return LabelState({k: v.to(device) for k, v in self.tensors.items()})
 
 
 class TriggerReverseEngineer:
@@ -326,19 +325,48 @@ class TriggerReverseEngineer:
                 "passes": self.passes, "block_size": self.block_size}
 
     def restore(self, snap: dict[str, Any]) -> None:
-        state = snap["state"]
-        if set(state) != set(self.state.tensors) or any(
-                state[k].shape != self.state.tensors[k].shape for k in state):
+        """Takes back a `snapshot()`. The file it came from may have been damaged or edited, so
+        every tensor's type, shape and range is checked first: ValueError says what is wrong."""
+        state = snap.get("state") if isinstance(snap, dict) else None
+        fresh = self.state.tensors
+        if not isinstance(state, dict) or set(state) != set(fresh):
             raise ValueError("the saved state does not fit this model and configuration")
-        self.state = LabelState({k: v.to(self.device) for k, v in state.items()})
-        self._label_gens, self._label_buffers, self._stream_at_scatter = {}, {}, {}
-        for label, (gen_state, buf) in snap["streams"].items():
+        for k, v in state.items():
+            if not isinstance(v, torch.Tensor) or v.shape != fresh[k].shape or v.dtype != fresh[k].dtype:
+                raise ValueError(f"the saved state's {k!r} does not fit this model and configuration")
+            if v.is_floating_point() and (bool(torch.isnan(v).any()) or (k not in _MAY_BE_INF
+                                                                      and not bool(torch.isfinite(v).all()))):
+                raise ValueError(f"the saved state's {k!r} holds NaN or infinite values")
+        for k in ("best_mask", "best_pattern"):
+            if bool((state[k] < 0).any() or (state[k] > 1).any()):
+                raise ValueError(f"the saved state's {k!r} lies outside [0, 1]")
+        if bool((state["steps"] < 0).any() or (state["cost"] < 0).any()):
+            raise ValueError("the saved state holds negative step counts or costs")
+        streams = snap.get("streams", {})
+        n = self.x.shape[0]
+        if not isinstance(streams, dict):
+            raise ValueError("the saved state's batch streams are damaged")
+        gens, buffers, at_scatter = {}, {}, {}
+        for label, entry in streams.items():
+            ok = (isinstance(label, int) and 0 <= label < self.num_classes and isinstance(entry, (tuple, list))
+                  and len(entry) == 2 and all(isinstance(t, torch.Tensor) for t in entry)
+                  and entry[1].dtype == torch.long and entry[1].ndim == 1
+                  and bool(((entry[1] >= 0) & (entry[1] < n)).all()))
+            if not ok:
+                raise ValueError(f"the saved state's batch stream of label {str(label)[:20]} is damaged")
             gen = torch.Generator()
-            gen.set_state(gen_state)
-            self._label_gens[int(label)] = gen
-            self._label_buffers[int(label)] = buf.clone()
-            self._stream_at_scatter[int(label)] = (gen_state, buf.clone())
-        self.passes = int(snap.get("passes", 0))
+            try:
+                gen.set_state(entry[0])
+            except (RuntimeError, TypeError):
+                raise ValueError(f"the saved state's random stream of label {label} is damaged") from None
+            gens[label], buffers[label] = gen, entry[1].clone()
+            at_scatter[label] = (entry[0], entry[1].clone())
+        passes = snap.get("passes", 0)
+        if not isinstance(passes, int) or isinstance(passes, bool) or passes < 0:
+            raise ValueError("the saved state's pass count is damaged")
+        self.state = LabelState({k: v.to(self.device) for k, v in state.items()})
+        self._label_gens, self._label_buffers, self._stream_at_scatter = gens, buffers, at_scatter
+        self.passes = passes
 
     # ---- results -----------------------------------------------------------------------
     def results(self) -> dict[str, torch.Tensor]:

@@ -77,7 +77,7 @@ class NeuralCleanse:
         start = time.perf_counter()
         fingerprint = self._fingerprint(model, pool, todo) if checkpoint is not None else ""
         snap = load_scan_state(checkpoint, fingerprint) if resume and checkpoint is not None else None
-        block_size = self.block_size or (snap["block_size"] if snap else None)
+        block_size = self.block_size or (snap.get("block_size") if snap else None)
         # The engine freezes the weights for speed; the caller's model must come back trainable.
         trainable = [p for p in model.parameters() if p.requires_grad]
         try:
@@ -85,7 +85,11 @@ class NeuralCleanse:
                                             device=self.device, block_size=block_size, seed=self.seed,
                                             precision=self.precision, sync_every=self.sync_every)
             if snap is not None:
-                engine.restore(snap)
+                try:
+                    engine.restore(snap)
+                except ValueError as exc:
+                    raise InputError(f"the saved scan state {checkpoint} is damaged ({exc}); start afresh "
+                                     "without --resume (add --force)") from None
             save = None
             if checkpoint is not None:
                 save = lambda: save_scan_state(checkpoint, engine, fingerprint)  # noqa: E731
@@ -187,7 +191,7 @@ STATE_FORMAT = "neuralcleanse-scan-state"
 
 
 def save_scan_state(path: str | Path, engine: TriggerReverseEngineer, fingerprint: str) -> None:
-    from neuralcleanse.report.files import write_atomic
+    from neuralcleanse.files import write_atomic
 
     payload = {"format": STATE_FORMAT, "fingerprint": fingerprint, **engine.snapshot()}
     write_atomic(path, lambda tmp: torch.save(payload, tmp))
@@ -205,6 +209,10 @@ def load_scan_state(path: str | Path, fingerprint: str) -> dict[str, Any]:
                          "run the scan again without --resume (add --force)") from None
     if not isinstance(snap, dict) or snap.get("format") != STATE_FORMAT:
         raise InputError(f"{path} is not a saved scan state")
+    block = snap.get("block_size")
+    if block is not None and (not isinstance(block, int) or isinstance(block, bool) or not 1 <= block <= 1_000_000):
+        raise InputError(f"the saved scan state {path} is damaged (block size {str(block)[:20]}); "
+                         "start afresh without --resume (add --force)")
     if snap.get("fingerprint") != fingerprint:
         raise InputError(f"the interrupted scan in {path.parent} was made with another model, other data or "
                          "other settings; resume with exactly the same command, or start afresh with --force")

@@ -1,6 +1,7 @@
 """Mitigation from a scan's reversed triggers: input filter, neuron pruning, unlearning."""
 from neuralcleanse.mitigation.backdoors import (Backdoor, Measurement, NothingToMitigate, known_backdoors, measure,
                                                 reversed_backdoors)
+from neuralcleanse.mitigation.base import Mitigation, MitigationResult, NotFittedError
 from neuralcleanse.mitigation.input_filter import FilteredClassifier, FilterRates, InputFilter
 from neuralcleanse.mitigation.profile import ActivationProfile, profile_activations
 from neuralcleanse.mitigation.pruning import NeuronPruner, PruningResult, PruningStep
@@ -9,6 +10,6 @@ from neuralcleanse.mitigation.unlearning import Unlearner, UnlearningResult
 
 __all__ = [
     "METHODS", "ActivationProfile", "Backdoor", "FilterRates", "FilteredClassifier", "InputFilter", "Measurement",
-    "MitigationOutcome", "NeuronPruner", "NothingToMitigate", "PruningResult", "PruningStep", "Unlearner",
+    "Mitigation", "MitigationOutcome", "MitigationResult", "NotFittedError", "NeuronPruner", "NothingToMitigate", "PruningResult", "PruningStep", "Unlearner",
     "UnlearningResult", "known_backdoors", "measure", "mitigate", "profile_activations", "reversed_backdoors",
 ]

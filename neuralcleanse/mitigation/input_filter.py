@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from neuralcleanse.data.dataset import ImageDataset
-from neuralcleanse.errors import check_fractions
-from neuralcleanse.mitigation.backdoors import Backdoor, triggered_inputs
+from neuralcleanse.errors import check_fractions, refuse_model_argument
+from neuralcleanse.mitigation.base import Mitigation, NotFittedError
+from neuralcleanse.mitigation.backdoors import Backdoor, Measurement, triggered_inputs
 from neuralcleanse.mitigation.profile import ActivationProfile, profile_activations, unit_activations
 from neuralcleanse.models.layers import FeatureLayer, capture_units
 
@@ -28,19 +29,21 @@ class FilterRates:
                 "clean_inputs": int(self.clean_scores.numel()), "triggered_inputs": int(self.triggered_scores.numel())}
 
 
-class InputFilter:
+class InputFilter(Mitigation):
     """Scores an input by the mean activation of the `top_fraction` of units the reversed trigger
     excites most, and flags it when the score exceeds a threshold set on clean data for the
     chosen `false_positive_rate` (the paper: top 1% of the second-to-last layer, 5% FPR).
 
     >>> filt = InputFilter().fit(model, backdoors, clean)
+    >>> guarded = filt.apply()       # a FilteredClassifier: (logits, flagged) per input
     >>> filt.flag(x)                 # bool per input
-    >>> filt.evaluate(model, held_out, backdoors).false_negative_rate
+    >>> filt.rates(held_out).false_negative_rate
     """
 
     def __init__(self, top_fraction: float = 0.01, false_positive_rate: float = 0.05,
                  layer: FeatureLayer | str | None = None, batch_size: int = 256,
                  device: torch.device | str = "cpu") -> None:
+        refuse_model_argument("InputFilter", top_fraction, "InputFilter(...).fit(model, backdoors, clean_data)")
         check_fractions(top_fraction=top_fraction)
         check_fractions(include_one=False, false_positive_rate=false_positive_rate)
         self.top_fraction = top_fraction
@@ -52,17 +55,18 @@ class InputFilter:
         self.units_: torch.Tensor | None = None
         self.threshold_: float | None = None
 
-    def fit(self, model: nn.Module, backdoors: Sequence[Backdoor], clean: ImageDataset) -> "InputFilter":
-        self.profile_ = profile_activations(model, clean, backdoors, self.layer, self.batch_size, self.device)
+    def fit(self, model: nn.Module, backdoors: Sequence[Backdoor], data: ImageDataset) -> "InputFilter":
+        self._remember(model, backdoors)
+        self.profile_ = profile_activations(model, data, backdoors, self.layer, self.batch_size, self.device)
         self.units_ = self.profile_.top_units(self.top_fraction)
-        scores = self._scores(model, clean.x)
+        scores = self._scores(model, data.x)
         # Flag strictly above the (1 - FPR) quantile of clean scores.
         self.threshold_ = float(torch.quantile(scores.double(), 1.0 - self.false_positive_rate))
         return self
 
     def _fitted(self) -> tuple[FeatureLayer, torch.Tensor, float]:
         if self.profile_ is None or self.units_ is None or self.threshold_ is None:
-            raise RuntimeError("call fit() first")
+            raise NotFittedError("call InputFilter.fit(model, backdoors, data) first")
         return self.profile_.layer, self.units_, self.threshold_
 
     def _scores(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -70,24 +74,39 @@ class InputFilter:
         acts = unit_activations(model, x, layer, self.batch_size, self.device)
         return acts[:, self.units_].mean(1)
 
-    def score(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def score(self, x: torch.Tensor) -> torch.Tensor:
         self._fitted()
-        return self._scores(model, x)
+        return self._scores(self.source_model_, x)
 
-    def flag(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return self.score(model, x) > self._fitted()[2]
+    def flag(self, x: torch.Tensor) -> torch.Tensor:
+        return self.score(x) > self._fitted()[2]
 
-    def evaluate(self, model: nn.Module, clean: ImageDataset, backdoors: Sequence[Backdoor]) -> FilterRates:
-        """FPR on `clean` (held out from fit) and FNR on the same images carrying the triggers."""
+    def rates(self, clean: ImageDataset, backdoors: Sequence[Backdoor] | None = None) -> FilterRates:
+        """FPR on `clean` (held out from fit) and FNR on the same images carrying the triggers
+        (the fitted reversed ones unless others, e.g. the real ones, are given)."""
         threshold = self._fitted()[2]
-        clean_scores = self.score(model, clean.x)
-        trig_scores = self.score(model, triggered_inputs(clean, backdoors))
+        clean_scores = self.score(clean.x)
+        trig_scores = self.score(triggered_inputs(clean, self.backdoors_ if backdoors is None else backdoors))
         return FilterRates(float((clean_scores > threshold).float().mean()),
                            float((trig_scores <= threshold).float().mean()), clean_scores, trig_scores)
 
-    def wrap(self, model: nn.Module) -> "FilteredClassifier":
+    def apply(self, model: nn.Module | None = None) -> "FilteredClassifier":
+        """The fitted model (or `model`, e.g. the same weights elsewhere) behind the filter."""
         layer, units, threshold = self._fitted()
-        return FilteredClassifier(model, layer, units, threshold)
+        return FilteredClassifier(self.source_model_ if model is None else model, layer, units, threshold)
+
+    def measure_after(self, data: ImageDataset, backdoors: Sequence[Backdoor]) -> Measurement:
+        """A flagged input counts as stopped: clean accuracy = correct and not flagged, attack
+        success = sent to the target and not flagged. The guard answers -1 for a flagged input,
+        which matches no label, so one pass gives both."""
+        guarded = self.apply()
+        ok = guarded.predict(data.x, device=self.device) == data.y
+        rates = []
+        for b in backdoors:
+            x = triggered_inputs(data, [b])
+            hit = guarded.predict(x, device=self.device) == b.target
+            rates.append(float(hit.float().mean()) if len(x) else float("nan"))
+        return Measurement(float(ok.float().mean()), rates, [b.target for b in backdoors])
 
     def to_dict(self) -> dict[str, Any]:
         layer, units, threshold = self._fitted()

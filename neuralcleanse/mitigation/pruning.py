@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from neuralcleanse.data.dataset import ImageDataset
-from neuralcleanse.errors import check_fractions
+from neuralcleanse.errors import check_fractions, refuse_model_argument
+from neuralcleanse.mitigation.base import Mitigation
 from neuralcleanse.models.classifier import clone_model
 from neuralcleanse.mitigation.backdoors import Backdoor, measure
 from neuralcleanse.mitigation.profile import ActivationProfile, profile_activations
@@ -63,14 +64,19 @@ class PruningResult:
                 "reached": self.reached, "curve": [s.to_dict() for s in self.curve]}
 
 
-class NeuronPruner:
+class NeuronPruner(Mitigation):
     """Zeroes the highest-ranked units `step` (a fraction of the layer) at a time, measuring clean
     accuracy and the reversed trigger's success on held-out data after each step, until that
-    success falls under `stop_success` or `max_fraction` of the layer is pruned."""
+    success falls under `stop_success` or `max_fraction` of the layer is pruned.
+
+    >>> pruner = NeuronPruner(step=0.02).fit(model, backdoors, clean)
+    >>> pruner.apply()               # the pruned copy; pruner.pruning_.curve holds every step
+    """
 
     def __init__(self, step: float = 0.02, stop_success: float = 0.05, max_fraction: float = 1.0,
                  layer: FeatureLayer | str | None = None, batch_size: int = 256,
                  device: torch.device | str = "cpu") -> None:
+        refuse_model_argument("NeuronPruner", step, "NeuronPruner(...).fit(model, backdoors, clean_data)")
         check_fractions(step=step, max_fraction=max_fraction)
         check_fractions(include_one=False, stop_success=stop_success)
         self.step = step
@@ -79,11 +85,29 @@ class NeuronPruner:
         self.layer = layer
         self.batch_size = batch_size
         self.device = device
+        self.profile_: ActivationProfile | None = None
+        self.pruning_: PruningResult | None = None
 
-    def prune(self, model: nn.Module, backdoors: Sequence[Backdoor], rank_data: ImageDataset,
-              eval_data: ImageDataset, real: Sequence[Backdoor] = ()) -> PruningResult:
-        """`backdoors`: the reversed triggers (rank and stop on them); `real`: the true triggers,
-        if known, only measured. `model` itself is not changed."""
+    def fit(self, model: nn.Module, backdoors: Sequence[Backdoor], data: ImageDataset, *,
+            curve_data: ImageDataset | None = None, real: Sequence[Backdoor] = ()) -> "NeuronPruner":
+        """Ranks units on `data` and measures the curve, which picks the model kept, on
+        `curve_data` (default: the second half of `data`, the first half ranking). `backdoors`:
+        the reversed triggers (rank and stop on them); `real`: the true triggers, if known, only
+        measured. `model` itself is not changed."""
+        self._remember(model, backdoors)
+        if curve_data is None:
+            order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
+            data, curve_data = data.subset(order[: len(order) // 2]), data.subset(order[len(order) // 2:])
+        self.pruning_ = self._prune(model, backdoors, data, curve_data, real)
+        self.profile_ = self.pruning_.profile
+        return self
+
+    def apply(self) -> nn.Module:
+        self._check_fitted()
+        return self.pruning_.model
+
+    def _prune(self, model: nn.Module, backdoors: Sequence[Backdoor], rank_data: ImageDataset,
+               eval_data: ImageDataset, real: Sequence[Backdoor]) -> PruningResult:
         profile = profile_activations(model, rank_data, backdoors, self.layer, self.batch_size, self.device)
         ranking = profile.ranking
         total = profile.num_units

@@ -13,7 +13,7 @@ from neuralcleanse.detection.result import ScanResult
 from neuralcleanse.errors import InputError
 from neuralcleanse.models.layers import can_bake, resolve_layer
 from neuralcleanse.models.classifier import clone_model
-from neuralcleanse.mitigation.backdoors import Backdoor, Measurement, measure, reversed_backdoors, triggered_inputs
+from neuralcleanse.mitigation.backdoors import Backdoor, Measurement, reversed_backdoors
 from neuralcleanse.mitigation.input_filter import FilterRates, InputFilter
 from neuralcleanse.mitigation.pruning import NeuronPruner, PruningResult
 from neuralcleanse.mitigation.unlearning import Unlearner, training_lr
@@ -68,18 +68,6 @@ def split_for_mitigation(data: DatasetSplits, seed: int = 0) -> tuple[ImageDatas
     return data.test.subset(order[:half]), data.test.subset(order[half:])
 
 
-def _filtered_measure(model: nn.Module, filt: InputFilter, data: ImageDataset, backdoors: Sequence[Backdoor]) -> Measurement:
-    # The wrapper answers -1 for a flagged input, which matches no label: one pass gives both.
-    guarded = filt.wrap(model)
-    ok = guarded.predict(data.x, device=filt.device) == data.y
-    rates = []
-    for b in backdoors:
-        x = triggered_inputs(data, [b])
-        hit = guarded.predict(x, device=filt.device) == b.target
-        rates.append(float(hit.float().mean()) if len(x) else float("nan"))
-    return Measurement(float(ok.float().mean()), rates, [b.target for b in backdoors])
-
-
 def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: str, *,
              labels: Sequence[int] | None = None, real: Sequence[Backdoor] = (), layer: str | None = None,
              top_fraction: float = 0.01, false_positive_rate: float = 0.05,
@@ -97,14 +85,11 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
     start = time.perf_counter()
     backdoors = reversed_backdoors(scan, labels)
     real = list(real)
-    judge = real or backdoors
+    judge = real or backdoors  # what attack success is measured with
     tune, held_out = split_for_mitigation(data, seed)
     model.to(device)
     settings: dict[str, Any] = {"seed": seed, "device": str(device), "tune_samples": len(tune),
                                 "held_out_samples": len(held_out)}
-    before, rev_before = measure(model, held_out, judge, device), measure(model, held_out, backdoors, device)
-    out = MitigationOutcome(method, [b.target for b in backdoors], "real" if real else "reversed", settings,
-                            before, before, rev_before, rev_before)
     # Disjoint draws from the tuning split: units are ranked and the threshold set on `fit_set`; the
     # pruning curve, which picks the model kept, is measured on `curve_set`; before/after on held_out.
     order = torch.randperm(len(tune), generator=torch.Generator().manual_seed(seed))
@@ -112,46 +97,48 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
     curve_set = tune.subset(order[tune_samples : tune_samples + curve_samples])
     if len(curve_set) == 0:
         curve_set = fit_set
+    details: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
     if method == "filter":
-        filt = InputFilter(top_fraction, false_positive_rate, layer, device=device).fit(model, backdoors, fit_set)
-        rates = filt.evaluate(model, held_out, judge)
+        mitigation = InputFilter(top_fraction, false_positive_rate, layer, device=device).fit(model, backdoors, fit_set)
+        rates = mitigation.rates(held_out, judge)
         settings.update(top_fraction=top_fraction, false_positive_rate=false_positive_rate,
-                        layer=filt.profile_.layer.to_dict())
-        out.after = _filtered_measure(model, filt, held_out, judge)
-        out.reversed_after = _filtered_measure(model, filt, held_out, backdoors)
+                        layer=mitigation.profile_.layer.to_dict())
         # The model itself is unchanged; its copy carries the filter's settings into the checkpoint.
-        out.filter, out.filter_rates, out.model = filt, rates, clone_model(model)
-        out.details = {"filter": {**filt.to_dict(), **rates.to_dict(),
-                                  "reversed_false_negative_rate": filt.evaluate(model, held_out, backdoors).false_negative_rate}}
+        patched = clone_model(model)
+        extra = {"filter": mitigation, "filter_rates": rates}
+        details = {"filter": {**mitigation.to_dict(), **rates.to_dict(),
+                              "reversed_false_negative_rate": mitigation.rates(held_out).false_negative_rate}}
     elif method == "prune":
-        pruner = NeuronPruner(prune_step, stop_success, max_fraction, layer, device=device)
         chosen_layer = resolve_layer(model, layer)
         if getattr(getattr(model, "info", None), "arch", None) is None and not can_bake(model, chosen_layer):
             raise InputError(f"pruning layer {chosen_layer.name!r} needs a hook, which only the tool's checkpoints "
                              "keep; for this model prune a dense or convolutional layer (the default does)")
-        result = pruner.prune(model, backdoors, fit_set, curve_set, real)
+        mitigation = NeuronPruner(prune_step, stop_success, max_fraction, layer, device=device).fit(
+            model, backdoors, fit_set, curve_data=curve_set, real=real)
+        result = mitigation.pruning_
         settings.update(step=prune_step, stop_success=stop_success, max_fraction=max_fraction,
                         layer=result.layer.to_dict(), curve_samples=len(curve_set))
-        out.model, out.pruning = result.model, result
-        out.details = {"pruning": result.to_dict()}
+        patched, extra = mitigation.apply(), {"pruning": result}
+        details = {"pruning": result.to_dict()}
         if not result.reached:
-            out.details["pruning"]["note"] = (f"the reversed trigger still succeeds above {stop_success:.0%} with "
-                                              f"{max_fraction:.0%} of the layer pruned")
+            details["pruning"]["note"] = (f"the reversed trigger still succeeds above {stop_success:.0%} with "
+                                          f"{max_fraction:.0%} of the layer pruned")
     else:
-        unlearner = Unlearner(epochs, trigger_share, data_fraction, lr, seed=seed, device=device, progress=progress)
-        result = unlearner.fit(model, backdoors, tune)
-        settings.update(epochs=epochs, trigger_share=trigger_share, data_fraction=data_fraction, lr=result.lr,
+        def unlearner() -> Unlearner:
+            return Unlearner(epochs, trigger_share, data_fraction, lr, seed=seed, device=device, progress=progress)
+
+        mitigation = unlearner().fit(model, backdoors, tune)
+        settings.update(epochs=epochs, trigger_share=trigger_share, data_fraction=data_fraction,
+                        lr=mitigation.unlearning_.lr,
                         lr_source="given" if lr else ("model's training" if training_lr(model) else "fallback"))
-        out.model = result.model.to(device)
-        out.details = {"unlearning": result.to_dict()}
+        patched = mitigation.apply().to(device)
+        details = {"unlearning": mitigation.unlearning_.to_dict()}
         if baselines:
-            plain = unlearner.fit(model, None, tune).model.to(device)
-            out.baselines["fine_tune_no_trigger"] = measure(plain, held_out, judge, device)
+            extra["baselines"] = {"fine_tune_no_trigger": unlearner().fit(model, None, tune).measure_after(held_out, judge)}
             if real:
-                with_real = unlearner.fit(model, real, tune).model.to(device)
-                out.baselines["unlearn_real_trigger"] = measure(with_real, held_out, judge, device)
-    if method != "filter":
-        out.after = measure(out.model, held_out, judge, device)
-        out.reversed_after = measure(out.model, held_out, backdoors, device)
-    out.wall_time = time.perf_counter() - start
-    return out
+                extra["baselines"]["unlearn_real_trigger"] = unlearner().fit(model, real, tune).measure_after(held_out, real)
+    result = mitigation.evaluate(held_out, real)
+    return MitigationOutcome(method, [b.target for b in backdoors], result.attack_trigger, settings, result.before,
+                             result.after, result.reversed_before, result.reversed_after, details, patched,
+                             wall_time=time.perf_counter() - start, **extra)

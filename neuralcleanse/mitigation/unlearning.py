@@ -11,7 +11,8 @@ from torch import nn
 
 from neuralcleanse.attacks.stamping import stamp_shares
 from neuralcleanse.data.dataset import ImageDataset
-from neuralcleanse.errors import InputError, check_fractions
+from neuralcleanse.errors import InputError, check_fractions, refuse_model_argument
+from neuralcleanse.mitigation.base import Mitigation
 from neuralcleanse.models.classifier import clone_model
 from neuralcleanse.mitigation.backdoors import Backdoor
 from neuralcleanse.models.fitting import train_classifier
@@ -40,16 +41,20 @@ class UnlearningResult:
         return {"samples": self.samples, "stamped": self.stamped, "lr": self.lr, "losses": self.losses}
 
 
-class Unlearner:
+class Unlearner(Mitigation):
     """Fine-tunes a copy of the model for `epochs` on `data_fraction` of the given clean set, with
     the triggers stamped on `trigger_share` of it (split evenly between triggers) and true labels
     kept, so the model learns that the trigger means nothing (the paper: 10% of the training
-    data, 20% stamped, one epoch; the learning rate is ours, see docs/mitigation.md). With no backdoors it is plain fine-tuning, the paper's baseline.
+    data, 20% stamped, one epoch; the learning rate is ours, see docs/mitigation.md). With no
+    backdoors it is plain fine-tuning, the paper's baseline.
+
+    >>> patched = Unlearner().fit(model, backdoors, clean).apply()
     """
 
     def __init__(self, epochs: int = 1, trigger_share: float = 0.2, data_fraction: float = 0.1,
                  lr: float | None = None, batch_size: int = 64, seed: int = 0, device: torch.device | str = "cpu",
                  progress: bool = False) -> None:
+        refuse_model_argument("Unlearner", epochs, "Unlearner(...).fit(model, backdoors, clean_data)")
         if epochs < 1:
             raise InputError(f"epochs must be at least 1, got {epochs}")
         check_fractions(trigger_share=trigger_share, data_fraction=data_fraction)
@@ -63,8 +68,19 @@ class Unlearner:
         self.seed = seed
         self.device = device
         self.progress = progress
+        self.unlearning_: UnlearningResult | None = None
 
-    def fit(self, model: nn.Module, backdoors: Sequence[Backdoor] | None, train: ImageDataset) -> UnlearningResult:
+    def fit(self, model: nn.Module, backdoors: Sequence[Backdoor] | None, data: ImageDataset) -> "Unlearner":
+        """Fine-tunes a copy of `model`; `backdoors=None` fine-tunes with no trigger (the baseline)."""
+        self._remember(model, backdoors)
+        self.unlearning_ = self._unlearn(model, backdoors, data)
+        return self
+
+    def apply(self) -> nn.Module:
+        self._check_fitted()
+        return self.unlearning_.model
+
+    def _unlearn(self, model: nn.Module, backdoors: Sequence[Backdoor] | None, train: ImageDataset) -> UnlearningResult:
         subset = train if self.data_fraction >= 1.0 else train.random_sample(
             max(1, int(round(self.data_fraction * len(train)))), seed=self.seed)
         stamped = 0

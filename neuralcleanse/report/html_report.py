@@ -13,18 +13,24 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import math
-import mimetypes
+from importlib import resources
 from html import escape
 from pathlib import Path
 from typing import Any, Sequence
 
 from neuralcleanse.errors import InputError
-from neuralcleanse.report.files import write_atomic
+from neuralcleanse.files import resolve_inside, write_atomic
 from neuralcleanse.report.mitigation_report import MITIGATION_NAME
 from neuralcleanse.report.scan_report import REPORT_NAME as SCAN_NAME
+from neuralcleanse.report.scan_report import TRIGGERS_NAME, load_scan
+from neuralcleanse.report.validate import check_mitigation_report, check_scan_report, read_json_object
 
 HTML_NAME = "report.html"
+MAX_IMAGE_BYTES = 16 * 2**20
+_IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"))
+log = logging.getLogger(__name__)
 
 METHOD_NAMES = {"filter": "input filter", "prune": "neuron pruning", "unlearn": "unlearning"}
 BASELINE_NAMES = {"fine_tune_no_trigger": "baseline: fine-tune, no trigger",
@@ -38,65 +44,8 @@ _SCRIPT_HASH = base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decod
 _CSP = (f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{_SCRIPT_HASH}'; "
         "base-uri 'none'; form-action 'none'")
 
-_CSS = """
-:root { --ink: #1d2430; --muted: #5b6472; --line: #d9dee5; --bg: #f5f7fa; --bad: #b42318; --bad-bg: #fdecea;
-        --good: #1a7f37; --good-bg: #e8f5ec; --note-bg: #fff8e1; }
-* { box-sizing: border-box; }
-body { margin: 0; background: var(--bg); color: var(--ink);
-       font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-main { max-width: 1180px; margin: 0 auto; padding: 24px 20px 48px; }
-h1 { font-size: 1.55rem; margin: 0 0 4px; }
-h2 { font-size: 1.2rem; margin: 0 0 12px; }
-h3 { font-size: 1.02rem; margin: 18px 0 8px; }
-section { background: #fff; border: 1px solid var(--line); border-radius: 10px; padding: 18px 20px; margin: 16px 0; }
-.sub { color: var(--muted); font-size: .9rem; margin: 0; }
-section > p.sub { margin: 0 0 12px; }
-.scroll + p.sub { margin-top: 6px; }
-.scroll { overflow-x: auto; }
-.verdict { border-width: 2px; }
-.verdict.infected { border-color: var(--bad); background: var(--bad-bg); }
-.verdict.clean { border-color: var(--good); background: var(--good-bg); }
-.verdict.none { border-color: var(--line); }
-.verdict h2 { font-size: 1.6rem; margin: 0 0 6px; }
-.verdict.infected h2 { color: var(--bad); }
-.verdict.clean h2 { color: var(--good); }
-.facts { display: grid; grid-template-columns: repeat(auto-fill, minmax(135px, 1fr)); gap: 10px; margin-top: 14px; }
-.fact { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 8px 12px; }
-.fact b { display: block; font-size: 1.15rem; font-variant-numeric: tabular-nums; overflow-wrap: anywhere; }
-.fact span { color: var(--muted); font-size: .8rem; }
-.chart { display: block; max-width: 100%; height: auto; margin: 0 auto; }
-.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(330px, 1fr)); gap: 14px; }
-.card { border: 1px solid var(--line); border-radius: 8px; padding: 12px; background: #fff; }
-.card.flagged { border-color: var(--bad); box-shadow: 0 0 0 1px var(--bad); background: var(--bad-bg); }
-.card h3 { margin: 0 0 8px; display: flex; align-items: center; gap: 8px; }
-.badge { font-size: .72rem; font-weight: 700; letter-spacing: .04em; color: #fff; background: var(--bad);
-         border-radius: 999px; padding: 2px 8px; }
-.badge.warn { background: #9a6700; }
-.imgs { display: grid; grid-template-columns: repeat(3, 1fr); gap: 8px; }
-figure { margin: 0; text-align: center; }
-figure img { width: 100%; max-width: 112px; aspect-ratio: auto; image-rendering: pixelated;
-             border: 1px solid var(--line); background: #000; }
-figcaption { color: var(--muted); font-size: .78rem; }
-.missing { display: flex; align-items: center; justify-content: center; min-height: 90px; padding: 6px;
-           border: 1px dashed var(--bad); color: var(--bad); font-size: .75rem; overflow-wrap: anywhere; }
-.stats { display: grid; grid-template-columns: repeat(3, 1fr); gap: 6px; margin: 10px 0 0; }
-.stats div { font-size: .78rem; color: var(--muted); }
-.stats b { display: block; font-size: .98rem; color: var(--ink); font-variant-numeric: tabular-nums; }
-table { border-collapse: collapse; width: 100%; font-size: .9rem; }
-th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid var(--line); vertical-align: top; }
-th { background: var(--bg); font-weight: 600; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-tr.after td { font-weight: 600; }
-table.results { width: auto; min-width: 60%; }
-table.kv th { width: 1%; white-space: nowrap; background: none; color: var(--muted); font-weight: 500; }
-table.kv td { overflow-wrap: anywhere; font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
-              font-size: .84rem; }
-.two { display: grid; grid-template-columns: repeat(auto-fit, minmax(320px, 1fr)); gap: 16px; }
-.note { background: var(--note-bg); border: 1px solid #f0d68a; border-radius: 6px; padding: 8px 12px; margin: 10px 0; }
-details { margin-top: 12px; }
-summary { cursor: pointer; color: var(--muted); }
-footer { color: var(--muted); font-size: .8rem; text-align: center; margin-top: 24px; }
-"""
+# Package data, so the page's look is edited as CSS, not inside a Python string.
+_CSS = (resources.files("neuralcleanse.report") / "report.css").read_text(encoding="utf-8")
 
 
 def write_html_report(run_dir: str | Path, out: str | Path | None = None,
@@ -108,15 +57,9 @@ def write_html_report(run_dir: str | Path, out: str | Path | None = None,
     Raises InputError when `run_dir` holds neither a report.json nor a mitigation.json, or one of
     them cannot be read."""
     folder = Path(run_dir)
-    if not folder.is_dir():
-        raise InputError(f"{folder} is not a folder; give the --out folder of a finished scan or mitigation")
-    scan = _read_json(folder / SCAN_NAME) if (folder / SCAN_NAME).is_file() else None
-    found = _find_mitigations(folder, mitigations)
-    if scan is None and not found:
-        raise InputError(f"{folder} holds no {SCAN_NAME} or {MITIGATION_NAME}; give the --out folder of a finished "
-                         f"`neuralcleanse scan` (or `mitigate`), or run the scan first")
+    scan, found = read_run_folder(folder, mitigations)
     page = _Page(folder)
-    body = page.render(scan, [(d, _read_json(d / MITIGATION_NAME)) for d in found])
+    body = page.render(scan, found)
     target = Path(out) if out is not None else folder / HTML_NAME
 
     def write(tmp: str) -> None:
@@ -126,20 +69,49 @@ def write_html_report(run_dir: str | Path, out: str | Path | None = None,
     return write_atomic(target, write)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {path}: {exc}; run the command that wrote it again") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path} does not hold a JSON object; run the command that wrote it again")
-    return data
+def _image_type(raw: bytes) -> str | None:
+    """The MIME type from the file's first bytes: the name in the JSON is not trusted."""
+    for magic, mime in _IMAGE_MAGIC:
+        if raw.startswith(magic):
+            return mime
+    return None
+
+
+def read_run_folder(folder: Path, mitigations: Sequence[str | Path] = ()
+                    ) -> tuple[dict[str, Any] | None, list[tuple[Path, dict[str, Any]]]]:
+    """The checked report.json (None when absent) and every mitigation.json the page would show.
+
+    Commands that end by writing the page call this first, so a damaged file costs no work."""
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a folder; give the --out folder of a finished scan or mitigation")
+    scan = None
+    if (folder / SCAN_NAME).is_file():
+        if (folder / TRIGGERS_NAME).exists():
+            scan = load_scan(folder)[1]  # checks triggers.npz against report.json too
+        else:  # scans before 0.2 wrote no triggers.npz; their pages still render
+            scan = read_json_object(folder / SCAN_NAME)
+            check_scan_report(scan, folder / SCAN_NAME)
+    found = []
+    for d in _find_mitigations(folder, mitigations):
+        m = read_json_object(d / MITIGATION_NAME)
+        check_mitigation_report(m, d / MITIGATION_NAME)
+        found.append((d, m))
+    if scan is None and not found:
+        raise InputError(f"{folder} holds no {SCAN_NAME} or {MITIGATION_NAME}; give the --out folder of a finished "
+                         f"`neuralcleanse scan` (or `mitigate`), or run the scan first")
+    return scan, found
 
 
 def _find_mitigations(folder: Path, given: Sequence[str | Path]) -> list[Path]:
     """Folders holding a mitigation.json: `folder`, its immediate sub-folders, then `given` (no repeats)."""
     found = [folder] if (folder / MITIGATION_NAME).is_file() else []
-    found += sorted(p.parent for p in folder.glob(f"*/{MITIGATION_NAME}") if p.is_file())
+    for p in sorted(folder.glob(f"*/{MITIGATION_NAME}")):
+        if not p.is_file():
+            continue
+        if resolve_inside(folder, p.parent.name) is None:
+            log.warning("ignoring %s: the sub-folder links outside %s", p, folder)
+            continue
+        found.append(p.parent)
     for g in given:
         p = Path(g)
         if p.name == MITIGATION_NAME and p.is_file():
@@ -243,17 +215,24 @@ class _Page:
         self.embedded = 0
 
     def image(self, base: Path, rel: Any, alt: str, cls: str = "") -> str:
-        """The picture at base/rel as a data URI, or a visible placeholder when it is missing."""
+        """The picture at base/rel as a data URI, or a visible placeholder when it is missing, is not
+        an image, or lies outside `base` (the JSON that names it may come from a stranger)."""
         if not isinstance(rel, str) or not rel:
             return f'<div class="missing">no {_e(alt)} image recorded</div>'
-        path = base / rel
+        path = resolve_inside(base, rel)
+        if path is None:
+            log.warning("not embedding %r named in %s: it lies outside that folder", rel, base)
+            return f'<div class="missing">refused: {_e(rel)} lies outside the run folder</div>'
         try:
+            if path.stat().st_size > MAX_IMAGE_BYTES:
+                return f'<div class="missing">image too large: {_e(rel)}</div>'
             raw = path.read_bytes()
         except OSError:
             return f'<div class="missing">image missing: {_e(rel)}</div>'
-        mime = mimetypes.guess_type(path.name)[0] or "image/png"
-        if not mime.startswith("image/"):
-            mime = "image/png"
+        mime = _image_type(raw)
+        if mime is None:
+            log.warning("not embedding %s: it is not a PNG, JPEG or GIF image", path)
+            return f'<div class="missing">not an image: {_e(rel)}</div>'
         self.embedded += 1
         uri = f"data:{mime};base64,{base64.b64encode(raw).decode('ascii')}"
         class_attr = f' class="{_e(cls)}"' if cls else ""

@@ -1,8 +1,9 @@
 """A scan's results on disk: report.json, trigger images and the norms chart."""
 from __future__ import annotations
 
-import json
 import platform
+import zipfile
+import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from neuralcleanse.detection.result import ScanResult
 from neuralcleanse.errors import InputError
 from neuralcleanse.report.files import write_atomic, write_json
 from neuralcleanse.report.images import save_norms_chart, save_trigger_images
+from neuralcleanse.report.validate import (check_scan_report, check_trigger_values, check_triggers_file,
+                                          read_json_object)
 
 REPORT_NAME = "report.json"
 TRIGGERS_NAME = "triggers.npz"  # exact float masks and patterns; the PNGs are only for people
@@ -52,22 +55,28 @@ def _save_triggers(result: ScanResult, path: str) -> None:
 
 
 def load_scan(scan_dir: str | Path) -> tuple[ScanResult, dict[str, Any]]:
-    """The ScanResult a scan wrote to `scan_dir`, and its whole report.json."""
+    """The ScanResult a scan wrote to `scan_dir`, and its whole report.json, after checking both
+    files (a scan folder may come from anyone: see neuralcleanse.report.validate)."""
     folder = Path(scan_dir)
     report_path, triggers_path = folder / REPORT_NAME, folder / TRIGGERS_NAME
     if not report_path.is_file():
         raise InputError(f"{folder} holds no {REPORT_NAME}; give the --out folder of a finished scan")
-    try:
-        report = json.loads(report_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {report_path}: {exc}") from None
+    report = read_json_object(report_path)
+    check_scan_report(report, report_path)
     if not triggers_path.is_file():
         raise InputError(f"{folder} has no {TRIGGERS_NAME} (written by scans since 0.2); run the scan again")
+    check_triggers_file(triggers_path, report["labels"])
     try:
-        with np.load(triggers_path) as z:
-            labels, masks, patterns = z["labels"].tolist(), torch.from_numpy(z["masks"]), torch.from_numpy(z["patterns"])
-        if labels != report["labels"]:
-            raise ValueError("its labels differ from report.json's")
-        return ScanResult.from_dict(report, masks, patterns), report
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise InputError(f"the scan in {folder} is damaged ({exc}); run the scan again") from None
+        with np.load(triggers_path, allow_pickle=False) as z:
+            labels, masks, patterns = z["labels"].tolist(), z["masks"], z["patterns"]
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise InputError(f"the scan in {folder} is damaged ({TRIGGERS_NAME}: {exc}); run the scan again") from None
+    if labels != report["labels"]:
+        raise InputError(f"the scan in {folder} is damaged ({TRIGGERS_NAME}: its labels differ from "
+                         f"{REPORT_NAME}'s); run the scan again")
+    check_trigger_values(masks, patterns, triggers_path)
+    result = ScanResult.from_dict(report, torch.from_numpy(masks).float(), torch.from_numpy(patterns).float())
+    if "flagged" in report and sorted(result.flagged) != sorted(report["flagged"]):
+        raise InputError(f"{report_path} was edited: its flagged labels {report['flagged']} do not follow from "
+                         f"its norms (which flag {result.flagged}); run the scan again")
+    return result, report

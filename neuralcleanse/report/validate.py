@@ -1,0 +1,222 @@
+"""Checks for the files a scan or mitigation folder holds, which may come from anyone.
+
+Users share scan folders. Every reader goes through these checks first, so a truncated,
+tampered, NaN-filled or oversized file is refused with one clear InputError instead of a crash
+deep inside, a wrong verdict, or minutes of work before the failure.
+"""
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neuralcleanse.errors import InputError
+
+MAX_JSON_BYTES = 64 * 2**20
+MAX_LABELS = 100_000
+MAX_SIDE = 4096
+MAX_ARRAY_BYTES = 4 * 2**30
+
+
+class _Bad(Exception):
+    """One field is wrong; the message says which."""
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`, size-capped, with NaN/Infinity refused (JSON has neither)."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise InputError(f"{path} is {size / 2**20:.0f} MiB, more than any report this tool writes; "
+                             "it is not a report of this tool")
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+    except InputError:
+        raise
+    except (OSError, ValueError, RecursionError) as exc:
+        raise InputError(f"cannot read {path}: {_short(exc)}; run the command that wrote it again") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path} does not hold a JSON object; run the command that wrote it again")
+    return data
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def check_scan_report(report: dict[str, Any], path: Path) -> None:
+    """The fields a ScanResult is rebuilt from, with their types, lengths and ranges."""
+    try:
+        labels = _int_list(report, "labels", minimum=0)
+        if not 3 <= len(labels) <= MAX_LABELS:
+            raise _Bad(f"'labels' holds {len(labels)} labels (3..{MAX_LABELS} expected)")
+        if len(set(labels)) != len(labels):
+            raise _Bad("'labels' repeats a label")
+        n = len(labels)
+        _num_list(report, "l1_norms", n, low=0.0)
+        _num_list(report, "success_rates", n, low=0.0, high=1.0)
+        _typed_list(report, "reached_threshold", n, bool)
+        steps = _int_list(report, "steps", minimum=0)
+        if len(steps) != n:
+            raise _Bad(f"'steps' has {len(steps)} entries for {n} labels")
+        flagged = _int_list(report, "flagged", minimum=0)
+        if not set(flagged) <= set(labels):
+            raise _Bad("'flagged' names labels that were not scanned")
+        _number(report, "threshold", low=0.0, optional=True, open_low=True)
+        _number(report, "wall_time_s", low=0.0, optional=True)
+        if "infected" in report and not isinstance(report["infected"], bool):
+            raise _Bad("'infected' is not true or false")
+        for key in ("settings", "images", "model", "data", "tool"):
+            if key in report and not isinstance(report[key], dict):
+                raise _Bad(f"'{key}' is not an object")
+        if "chart" in report and not isinstance(report["chart"], str):
+            raise _Bad("'chart' is not a file name")
+    except _Bad as exc:
+        raise InputError(f"{path} is damaged or was edited: {exc}; run the scan again") from None
+
+
+def check_mitigation_report(report: dict[str, Any], path: Path) -> None:
+    """What the page shows of a mitigation.json: its method, labels and measurements."""
+    from neuralcleanse.mitigation.runner import METHODS
+
+    try:
+        if report.get("method") not in METHODS:
+            raise _Bad(f"'method' is {str(report.get('method'))[:40]!r}, not one of {', '.join(METHODS)}")
+        _int_list(report, "labels", minimum=0)
+        for key in ("before", "after"):
+            _measurement(report.get(key), key)
+        baselines = report.get("baselines", {})
+        if not isinstance(baselines, dict):
+            raise _Bad("'baselines' is not an object")
+        for name, value in baselines.items():
+            _measurement(value, f"baselines.{name}")
+        for key in ("settings", "files", "model", "data", "tool", "filter", "pruning", "unlearning",
+                    "reversed_trigger"):
+            if key in report and not isinstance(report[key], dict):
+                raise _Bad(f"'{key}' is not an object")
+        if not all(isinstance(v, str) for v in report.get("files", {}).values()):
+            raise _Bad("'files' holds a value that is not a file name")
+    except _Bad as exc:
+        raise InputError(f"{path} is damaged or was edited: {exc}; run the mitigation again") from None
+
+
+def check_triggers_file(path: Path, labels: list[int]) -> None:
+    """triggers.npz's array headers, read before any array is: a tampered file could declare an
+    enormous array (or an object array, which numpy would refuse to unpickle anyway)."""
+    try:
+        headers = npz_headers(path)
+        expected = {"labels": 1, "masks": 3, "patterns": 4}
+        for name, ndim in expected.items():
+            if name not in headers:
+                raise _Bad(f"it has no '{name}' array")
+            shape, dtype = headers[name]
+            if len(shape) != ndim:
+                raise _Bad(f"'{name}' has shape {shape}, expected {ndim} dimensions")
+            if dtype.hasobject:
+                raise _Bad(f"'{name}' holds Python objects")
+        (l_shape, l_type), (m_shape, m_type), (p_shape, p_type) = (headers[k] for k in expected)
+        if not np.issubdtype(l_type, np.integer):
+            raise _Bad("'labels' is not an integer array")
+        if not (np.issubdtype(m_type, np.floating) and np.issubdtype(p_type, np.floating)):
+            raise _Bad("masks and patterns must be float arrays")
+        n = len(labels)
+        if l_shape != (n,) or m_shape[0] != n or p_shape[0] != n:
+            raise _Bad(f"its arrays do not hold one entry per scanned label ({n})")
+        h, w = m_shape[1:]
+        if p_shape[2:] != (h, w) or p_shape[1] not in (1, 3) or not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE):
+            raise _Bad(f"masks {m_shape} and patterns {p_shape} do not fit images")
+    except _Bad as exc:
+        raise InputError(f"the scan in {path.parent} is damaged ({path.name}: {exc}); run the scan again") from None
+
+
+def check_trigger_values(masks: np.ndarray, patterns: np.ndarray, path: Path) -> None:
+    for name, arr in (("masks", masks), ("patterns", patterns)):
+        if not np.isfinite(arr).all() or arr.min(initial=0.0) < 0.0 or arr.max(initial=0.0) > 1.0:
+            raise InputError(f"the scan in {path.parent} is damaged ({path.name}: {name} must be finite and lie "
+                             "in [0, 1]); run the scan again")
+
+
+def npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of each array in an .npz, from the .npy headers alone."""
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                    else:
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                if math.prod(shape) * dtype.itemsize > MAX_ARRAY_BYTES:
+                    raise _Bad(f"'{info.filename[:-4]}' declares {shape}, far more than a scan writes")
+                out[info.filename[:-4]] = (tuple(int(v) for v in shape), dtype)
+    except _Bad:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise _Bad(f"not a readable .npz ({_short(exc)})") from None
+    return out
+
+
+def _int_list(d: dict, key: str, minimum: int | None = None) -> list[int]:
+    values = d.get(key)
+    if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise _Bad(f"'{key}' is not a list of whole numbers")
+    if minimum is not None and any(v < minimum for v in values):
+        raise _Bad(f"'{key}' holds a value below {minimum}")
+    return values
+
+
+def _typed_list(d: dict, key: str, n: int, kind: type) -> list:
+    values = d.get(key)
+    if not isinstance(values, list) or len(values) != n or not all(isinstance(v, kind) for v in values):
+        raise _Bad(f"'{key}' is not a list of {n} {kind.__name__} values")
+    return values
+
+
+def _num_list(d: dict, key: str, n: int, low: float | None = None, high: float | None = None) -> list[float]:
+    values = d.get(key)
+    if not isinstance(values, list) or len(values) != n:
+        raise _Bad(f"'{key}' is not a list of {n} numbers")
+    for v in values:
+        _check_number(v, key, low, high)
+    return values
+
+
+def _number(d: dict, key: str, low: float | None = None, optional: bool = False, open_low: bool = False) -> None:
+    if key not in d and optional:
+        return
+    _check_number(d.get(key), key, low, None, open_low)
+
+
+def _check_number(v: Any, key: str, low: float | None, high: float | None, open_low: bool = False) -> None:
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        raise _Bad(f"'{key}' holds {str(v)[:20]!r}, not a finite number")
+    if low is not None and (v <= low if open_low else v < low):
+        raise _Bad(f"'{key}' holds {v}, below its range")
+    if high is not None and v > high:
+        raise _Bad(f"'{key}' holds {v}, above its range")
+
+
+def _measurement(m: Any, where: str) -> None:
+    if not isinstance(m, dict):
+        raise _Bad(f"'{where}' is not an object")
+    _check_number(m.get("clean_accuracy"), f"{where}.clean_accuracy", 0.0, 1.0)
+    rates = m.get("attack_success")
+    if not isinstance(rates, list):
+        raise _Bad(f"'{where}.attack_success' is not a list")
+    for r in rates:
+        if not isinstance(r, dict) or not isinstance(r.get("target"), int) or isinstance(r.get("target"), bool):
+            raise _Bad(f"'{where}.attack_success' holds an entry without a whole-number target")
+        if r.get("rate") is not None:  # NaN (no input of another label) is written as null
+            _check_number(r.get("rate"), f"{where}.attack_success.rate", 0.0, 1.0)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:160]
