@@ -23,7 +23,7 @@ import torch
 from common import TARGETS, benchmark_model, target_overlap
 from neuralcleanse.data import load_dataset
 from neuralcleanse.detection import NeuralCleanse, get_preset
-from neuralcleanse.detection.reverse_engineer import choose_block_size
+from neuralcleanse.detection.hardware import choose_block_size
 
 ROOT = Path(__file__).resolve().parent
 

@@ -10,38 +10,13 @@ import torch
 from neuralcleanse.data.dataset import DatasetSplits, ImageDataset
 from neuralcleanse.detection.result import ScanResult
 from neuralcleanse.detection.scanner import NeuralCleanse
-from neuralcleanse.metrics import clean_accuracy, predict
+from neuralcleanse.files import run_folder_lock
+from neuralcleanse.metrics import predict
 from neuralcleanse.models.classifier import Classifier
 from neuralcleanse.errors import InputError
 from neuralcleanse.report.scan_report import REPORT_NAME, write_scan_report
 
 log = logging.getLogger(__name__)
-
-
-def check_accuracy(model: Classifier, data: ImageDataset, device: torch.device | str = "cpu",
-                   sample: int = 2000) -> float:
-    """Warns loudly when accuracy on the clean data is near chance: the usual cause of a
-    meaningless scan is preprocessing that does not match the model's."""
-    if len(data) < 3 * model.num_classes:
-        raise InputError(f"too few clean samples: {len(data)} for a {model.num_classes}-label model "
-                         f"({len(data) / model.num_classes:.1f} per label); give at least 3 per label, "
-                         f"{3 * model.num_classes} in all (the scan draws up to 1,000, balanced over labels)")
-    probe = data.random_sample(sample)
-    with torch.no_grad():
-        logits = torch.cat([model(probe.x[i : i + 256].to(device)) for i in range(0, len(probe), 256)])
-    if not bool(torch.isfinite(logits).all()):
-        raise InputError("the model outputs NaN or Inf on the clean samples; check the model file and the "
-                         "preprocessing flags (--pixel-range, --mean, --std)")
-    acc = clean_accuracy(model, probe, device=device)
-    chance = 1.0 / max(model.num_classes, 1)
-    if acc < max(0.5, 3 * chance):
-        log.warning(
-            "the model's accuracy on these clean samples is only %.1f%% (chance is %.1f%%): check the "
-            "preprocessing flags (--pixel-range, --mean, --std, --channel-order) and the labels; "
-            "a scan of a model that cannot classify its data means nothing", 100 * acc, 100 * chance)
-    else:
-        log.info("clean accuracy on the scan data: %.2f%%", 100 * acc)
-    return acc
 
 
 STATE_NAME = ".scan-state.pt"
@@ -86,25 +61,30 @@ def run_scan(model: Classifier, data: ImageDataset, out: str | Path, *, preset: 
              model_desc: dict[str, Any] | None = None, data_desc: dict[str, Any] | None = None) -> ScanResult:
     """Scans and writes the report into `out`. The scan's state is saved in `out` as labels finish
     and removed once the report is written; `resume=True` goes on from it."""
-    model.to(device)  # everything below feeds the model tensors on `device`
-    accuracy = check_accuracy(model, data, device)
     scanner = NeuralCleanse(preset, samples=samples, threshold=threshold, device=device, seed=seed,
                             block_size=block_size, precision=precision, progress=progress, loss=loss,
                             max_steps=max_steps)
     state = Path(out) / STATE_NAME
-    if not resume and state.exists():
-        state.unlink()  # the caller allowed starting afresh
-    result = scanner.scan(model, data, labels=labels, checkpoint=state, resume=resume)
+    with run_folder_lock(out):
+        if not resume and state.exists():
+            state.unlink()  # the caller allowed starting afresh
+        result = scanner.scan(model, data, labels=labels, checkpoint=state, resume=resume)
+        _write(result, model, data, out, model_desc, data_desc)
+        state.unlink(missing_ok=True)
+    return result
+
+
+def _write(result: ScanResult, model: Classifier, data: ImageDataset, out: str | Path,
+           model_desc: dict[str, Any] | None, data_desc: dict[str, Any] | None) -> None:
     info = model.info
     model_fields = {
         "source": info.source, "arch": info.arch, "num_classes": info.num_classes,
         "input_shape": list(info.input_shape), "preprocessing": info.preprocessing.to_dict(),
-        "clean_accuracy_on_scan_data": accuracy, **(model_desc or {}),
+        "clean_accuracy_on_scan_data": result.settings.get("clean_accuracy"),
+        "output_kind": result.settings.get("output_kind"), **(model_desc or {}),
     }
     backdoor = info.metadata.get("backdoor")
     if backdoor:
         model_fields["known_backdoor_targets"] = list(backdoor.get("targets", []))
     write_scan_report(result, out, model=model_fields,
                       data={"name": data.name, "samples_available": len(data), **(data_desc or {})})
-    state.unlink(missing_ok=True)
-    return result

@@ -150,7 +150,7 @@ def test_bad_input(model, scan_dir, dataset, workdir, tmp_path) -> None:
     assert_bad_input(bad("--labels", "9"), "not scanned")
     assert_bad_input(bad("--real-size", "2"), "--real-target")
     assert_bad_input(bad("--real-target", "1"), "--real-size")  # no invented trigger
-    assert_bad_input(bad(method="burn"), "method")
+    assert_bad_input(bad(method="burn"), "Invalid value for '--method': 'burn'")
     assert not (tmp_path / "o" / "mitigation.json").exists()
 
 
@@ -158,7 +158,8 @@ def test_clean_verdict_has_nothing_to_mitigate(model, scan_dir, dataset, tmp_pat
     quiet = tmp_path / "quiet"
     quiet.mkdir()
     report = json.loads((scan_dir / "report.json").read_text())
-    report["threshold"] = 1e9  # the same scan judged with a threshold no label reaches
+    # The same scan judged with a threshold no label reaches (all three fields, or the scan reads as edited).
+    report.update(threshold=1e9, flagged=[], infected=False)
     (quiet / "report.json").write_text(json.dumps(report))
     (quiet / "triggers.npz").write_bytes((scan_dir / "triggers.npz").read_bytes())
     result = invoke("mitigate", str(model), "--scan", str(quiet), "--data", str(dataset), "--method", "unlearn",
@@ -177,4 +178,4 @@ def test_report_command(scan_dir, workdir, tmp_path) -> None:
                     str(workdir / "prune"))
     assert result.exit_code == EXIT_CLEAN, result.output
     assert "pruning" in (tmp_path / "with.html").read_text().lower()
-    assert_bad_input(invoke("report", str(tmp_path / "nothing")), "nothing")
+    assert_bad_input(invoke("report", str(tmp_path / "nothing")), f"{tmp_path / 'nothing'} is not a folder")

@@ -47,9 +47,12 @@ def test_interrupted_scan_resumes_to_the_same_result(infected, data, tmp_path, b
     # The block size comes back from the saved state when not given.
     resumed = NeuralCleanse("fast", samples=240, progress=False).scan(model, data.test, checkpoint=state, resume=True)
     assert resumed.settings["block_size"] == block
-    assert torch.equal(resumed.masks, full.masks) and torch.equal(resumed.patterns, full.patterns)
-    assert resumed.l1_norms == full.l1_norms and resumed.flagged == full.flagged
-    assert resumed.steps == full.steps
+    # Resumed labels share a block with other labels than before, and oneDNN's kernels for another
+    # batch size round differently (measured: 5e-7 on this CPU, none on others): equal up to rounding.
+    assert resumed.steps == full.steps and resumed.flagged == full.flagged
+    torch.testing.assert_close(resumed.masks, full.masks, atol=1e-5, rtol=0)
+    torch.testing.assert_close(resumed.patterns, full.patterns, atol=1e-5, rtol=0)
+    assert resumed.l1_norms == pytest.approx(full.l1_norms, abs=1e-4)
 
 
 def test_resume_with_windows_of_steps(infected, data, tmp_path) -> None:

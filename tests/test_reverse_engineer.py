@@ -72,36 +72,6 @@ def test_fast_preset_finds_planted_trigger(infected, data) -> None:
     assert result.settings["preset"] == "fast"
 
 
-def _halving_scan(model, data, keep: float, done: list[int] | None = None):
-    plan = ScanPlan(config=small_config(early_stop_patience=1000), rounds=((8, keep), (30, 1.0)), samples=240)
-    return NeuralCleanse(plan, progress=False).scan(model, data.test,
-                                                     on_label_done=None if done is None else done.append)
-
-
-def test_successive_halving_keeps_smallest(infected, data) -> None:
-    model, _ = infected
-    done: list[int] = []
-    result = _halving_scan(model, data, 0.5, done)
-    steps = dict(zip(result.labels, result.steps))
-    # Half the labels (3, also min_keep) continue to 30 steps; the target is among them.
-    assert sorted(steps.values()) == [8, 8, 8, 30, 30, 30]
-    assert steps[TARGET] == 30
-    assert sorted(done) == sorted(l for l, s in steps.items() if s == 30)
-    assert min(range(K), key=lambda i: result.l1_norms[i]) == TARGET
-    assert result.settings["rounds"] == [[8, 0.5], [30, 1.0]]
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "known limitation, why no preset uses rounds (docs/presets.md): with successive halving the dropped labels keep the large norms of an "
-    "8-step mask; they sit next to the median, so the MAD (and for an even count the median) is "
-    "inflated and the planted trigger (found at full budget, norm ~4 vs ~12) is no longer flagged. "
-    "ScanPlan's docstring says the median is robust to this; the MAD is not"))
-def test_successive_halving_verdict_matches_full_run(infected, data) -> None:
-    model, _ = infected
-    result = _halving_scan(model, data, 0.5)
-    assert TARGET in result.flagged
-
-
 def test_clean_model_needs_a_larger_trigger_for_target(infected, clean_model, data) -> None:
     model, _ = infected
     scanner = NeuralCleanse(ScanPlan(config=small_config(), samples=240), progress=False)

@@ -1,10 +1,17 @@
 """The one in-memory container every loader returns and every algorithm consumes."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
+
+import math
 
 import numpy as np
 import torch
+
+from neuralcleanse.errors import InputError
+
+# Rounding in resizing or stamping may step a hair outside [0, 1]; a normalised image is far outside.
+_SLACK = 1e-4
 
 
 @dataclass
@@ -19,14 +26,25 @@ class ImageDataset:
     y: torch.Tensor
     num_classes: int
     name: str = "data"
+    check_range: InitVar[bool] = True
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, check_range: bool) -> None:
         if self.x.ndim != 4:
-            raise ValueError(f"images must be NCHW, got shape {tuple(self.x.shape)}")
+            raise InputError(f"images must be NCHW, got shape {tuple(self.x.shape)}")
         if self.x.shape[0] != self.y.shape[0]:
-            raise ValueError(f"{self.x.shape[0]} images but {self.y.shape[0]} labels")
+            raise InputError(f"{self.x.shape[0]} images but {self.y.shape[0]} labels")
         self.x = self.x.float()
         self.y = self.y.long()
+        if check_range and self.x.numel():
+            # Normalised tensors would be stamped in the wrong space without any error later.
+            low, high = (float(v) for v in torch.aminmax(self.x))
+            if not (math.isfinite(low) and math.isfinite(high)):
+                raise InputError("images contain NaN or Inf")
+            if low < -_SLACK or high > 1 + _SLACK:
+                raise InputError(
+                    f"images must be raw pixels in [0, 1], found {low:.3g}..{high:.3g}: triggers are stamped on raw "
+                    "pixels and the model's own scaling or normalisation comes after, so pass un-normalised images "
+                    "and describe the model's input with Preprocessing(pixel_scale=..., mean=..., std=...)")
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -39,7 +57,7 @@ class ImageDataset:
     def subset(self, index: torch.Tensor | np.ndarray | slice) -> "ImageDataset":
         if isinstance(index, np.ndarray):
             index = torch.from_numpy(index)
-        return ImageDataset(self.x[index], self.y[index], self.num_classes, self.name)
+        return ImageDataset(self.x[index], self.y[index], self.num_classes, self.name, check_range=False)
 
     def per_class_sample(self, per_class: int, seed: int = 0) -> "ImageDataset":
         """Up to `per_class` images of each label, drawn reproducibly."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from neuralcleanse.data.dataset import DatasetSplits, ImageDataset
+from neuralcleanse.data.images import read_image
 from neuralcleanse.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -34,23 +34,13 @@ def is_image_folder(folder: Path) -> bool:
 
 
 def _read(paths: list[Path], size: tuple[int, int] | None, grey: bool) -> torch.Tensor:
-    arrays = []
-    for path in paths:
-        try:
-            with Image.open(path) as img:
-                img = img.convert("L" if grey else "RGB")
-                if size is not None and img.size != (size[1], size[0]):
-                    img = img.resize((size[1], size[0]), Image.BILINEAR)
-                arrays.append(np.asarray(img, dtype=np.uint8))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise InputError(f"cannot read image {path}: {exc}") from None
-    shapes = {a.shape for a in arrays}
+    images = [read_image(path, size, grey) for path in paths]
+    # The message gives sizes in PIL's layout, (H, W) or (H, W, 3), not the tensors' (C, H, W).
+    shapes = {tuple(x.shape[1:]) + (() if grey else (3,)) for x in images}
     if len(shapes) > 1:
         raise InputError(f"the images under {paths[0].parent.parent} have different sizes {sorted(shapes)[:3]}; "
                          "give the model's input size (a checkpoint carries it) or resize them")
-    x = np.stack(arrays)
-    x = x[:, None] if grey else x.transpose(0, 3, 1, 2)
-    return torch.from_numpy(x.astype(np.float32) / 255.0)
+    return torch.stack(images)
 
 
 def _is_grey(paths: list[Path]) -> bool:

@@ -8,18 +8,12 @@ from neuralcleanse.detection.config import ReverseConfig
 
 @dataclass(frozen=True)
 class ScanPlan:
-    """How a scan spends its budget.
-
-    rounds: successive-halving rounds as (step limit, share of labels kept). Every label runs
-    up to the first limit; then only the `keep` share with the smallest norms so far (never
-    fewer than `min_keep`) continues to the next limit. The median of the norms is robust to the
-    upper half being estimated from fewer steps, and the labels that decide the verdict (the
-    smallest) get the full budget. An empty tuple runs every label to its own stop.
-    """
+    """How a scan spends its budget: each label's optimisation settings and how many clean
+    samples it draws from. (Successive-halving rounds were tried and removed: the labels dropped
+    early keep large, unconverged norms that inflate the MAD and hide the planted trigger;
+    docs/presets.md.)"""
 
     config: ReverseConfig
-    rounds: tuple[tuple[int, float], ...] = ()
-    min_keep: int = 3
     samples: int = 1000
     description: str = ""
 

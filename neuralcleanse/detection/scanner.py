@@ -18,8 +18,9 @@ from neuralcleanse.detection.outlier import label_outliers
 from neuralcleanse.detection.presets import ScanPlan, get_preset
 from neuralcleanse.detection.result import ScanResult
 from neuralcleanse.detection.reverse_engineer import TriggerReverseEngineer, check_precision
-from neuralcleanse.errors import InputError
+from neuralcleanse.errors import InputError, refuse_model_argument
 from neuralcleanse.metrics import attack_success_rate
+from neuralcleanse.models.checks import as_classifier, check_model
 
 
 class NeuralCleanse:
@@ -47,6 +48,7 @@ class NeuralCleanse:
         progress: bool = True,
         **config_overrides: Any,
     ) -> None:
+        refuse_model_argument("NeuralCleanse", preset, "NeuralCleanse(preset=...).scan(model, data)")
         plan = get_preset(preset) if isinstance(preset, str) else preset
         self.preset_name = preset if isinstance(preset, str) else "custom"
         self.plan = replace(plan, config=plan.config.with_overrides(**config_overrides),
@@ -64,9 +66,13 @@ class NeuralCleanse:
     def scan(self, model: nn.Module, data: ImageDataset, labels: Sequence[int] | None = None,
              on_label_done: Callable[[int], None] | None = None, checkpoint: str | Path | None = None,
              resume: bool = False) -> ScanResult:
-        """`checkpoint`: a file where the scan's state is saved each time a label finishes, so an
-        interrupted scan can go on with `resume=True` (same model, data and settings, checked)
-        and end with the result an uninterrupted one gives."""
+        """`model`: a Classifier (see load_model) or any nn.Module taking raw [0,1] pixels; either way
+        it is first checked as the command line checks it (input layout, output size and kind,
+        accuracy on `data`). `checkpoint`: a file where the scan's state is saved each time a label
+        finishes, so an interrupted scan can go on with `resume=True` (same model, data and
+        settings, checked) and end with the result an uninterrupted one gives."""
+        model = as_classifier(model, data).to(self.device)
+        check = check_model(model, data, self.device)
         num_classes = int(getattr(model, "num_classes", 0) or data.num_classes)
         todo = list(range(num_classes)) if labels is None else sorted({int(v) for v in labels})
         if any(not 0 <= l < num_classes for l in todo):
@@ -94,7 +100,9 @@ class NeuralCleanse:
             if checkpoint is not None:
                 save = lambda: save_scan_state(checkpoint, engine, fingerprint)  # noqa: E731
                 save()  # even before the first label, so --resume finds the settings to check
-            return self._scan(engine, model, pool, todo, on_label_done, start, save)
+            result = self._scan(engine, model, pool, todo, on_label_done, start, save)
+            result.settings.update(clean_accuracy=check.clean_accuracy, output_kind=check.output_kind)
+            return result
         finally:
             for p in trainable:
                 p.requires_grad_(True)
@@ -102,7 +110,8 @@ class NeuralCleanse:
     def _fingerprint(self, model: nn.Module, pool: ImageDataset, labels: list[int]) -> str:
         """What must not change between an interrupted scan and its resumption."""
         h = hashlib.sha256()
-        h.update(json.dumps({"config": self.plan.config.to_dict(), "rounds": [list(r) for r in self.plan.rounds],
+        # "rounds" (always empty since they were removed) stays, so scans interrupted before still resume.
+        h.update(json.dumps({"config": self.plan.config.to_dict(), "rounds": [],
                              "seed": self.seed, "labels": labels,
                              # only when set, so scans interrupted before the option existed still resume
                              **({"precision": self.precision} if self.precision != "fp32" else {})},
@@ -125,7 +134,6 @@ class NeuralCleanse:
         settings = {
             "preset": self.preset_name,
             "config": self.plan.config.to_dict(),
-            "rounds": [list(r) for r in self.plan.rounds],
             "samples": len(pool),
             "block_size": engine.block_size,
             "device": str(self.device),
@@ -156,26 +164,18 @@ class NeuralCleanse:
 
     def _run_plan(self, engine: TriggerReverseEngineer, labels: list[int],
                   on_label_done: Callable[[int], None] | None, save: Callable[[], None] | None = None) -> None:
-        rounds = self.plan.rounds or ((self.plan.config.max_steps, 1.0),)
-        current = labels
-        for i, (limit, keep) in enumerate(rounds):
-            desc = "labels" if len(rounds) == 1 else f"round {i + 1}/{len(rounds)}"
-            with tqdm(total=len(current), desc=desc, unit="label", disable=None if self.progress else True, leave=False) as bar:
-                steps, stopped = engine.state.tensors["steps"].cpu(), engine.state.tensors["done"].cpu()
-                bar.update(sum(1 for l in current if bool(stopped[l]) or int(steps[l]) >= min(
-                    limit, self.plan.config.max_steps)))  # finished before an interruption
+        with tqdm(total=len(labels), desc="labels", unit="label", disable=None if self.progress else True,
+                  leave=False) as bar:
+            steps, stopped = engine.state.tensors["steps"].cpu(), engine.state.tensors["done"].cpu()
+            bar.update(sum(1 for l in labels if bool(stopped[l]) or int(steps[l]) >= self.plan.config.max_steps))
 
-                def done(label: int) -> None:
-                    if save is not None:
-                        save()
-                    bar.update(1)
-                    if on_label_done is not None and i == len(rounds) - 1:
-                        on_label_done(label)
-                engine.run(current, step_limit=limit, on_label_done=done)
-            if i + 1 < len(rounds):
-                norms = engine.results()["l1"]
-                n_keep = max(self.plan.min_keep, int(round(keep * len(current))))
-                current = sorted(current, key=lambda l: float(norms[l]))[:n_keep]
+            def done(label: int) -> None:
+                if save is not None:
+                    save()
+                bar.update(1)
+                if on_label_done is not None:
+                    on_label_done(label)
+            engine.run(labels, on_label_done=done)
 
     def _success_rates(self, model: nn.Module, pool: ImageDataset, found: dict[str, torch.Tensor],
                        labels: list[int]) -> list[float]:

@@ -105,18 +105,6 @@ def silence_units(model: nn.Module, layer: FeatureLayer, units: torch.Tensor | l
     return module.register_forward_hook(lambda _m, _args, out: zero(out))
 
 
-def unit_count(model: nn.Module, layer: FeatureLayer, input_shape: tuple[int, int, int]) -> int:
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), capture_units(model, layer) as seen:
-        model(torch.zeros((1, *input_shape), device=device))
-    model.train(was_training)
-    if not seen:
-        raise InputError(f"layer {layer.name!r} is not used in the model's forward pass")
-    return int(seen[0].shape[1])
-
-
 def can_bake(model: nn.Module, layer: FeatureLayer) -> bool:
     """Whether pruning `layer` can live in its weights (and so in any export of them)."""
     module = _module(model, layer)

@@ -1,5 +1,5 @@
 """Reports: JSON, trigger images and charts."""
-from neuralcleanse.report.files import write_atomic, write_json
+from neuralcleanse.files import write_atomic, write_json
 from neuralcleanse.report.images import save_image, save_norms_chart, save_trigger_images
 from neuralcleanse.report.scan_report import REPORT_NAME, write_scan_report
 

@@ -14,13 +14,21 @@ import torch
 from neuralcleanse import __version__
 from neuralcleanse.detection.result import ScanResult
 from neuralcleanse.errors import InputError
-from neuralcleanse.report.files import write_atomic, write_json
+from neuralcleanse.files import write_atomic, write_json
 from neuralcleanse.report.images import save_norms_chart, save_trigger_images
 from neuralcleanse.report.validate import (check_scan_report, check_trigger_values, check_triggers_file,
                                           read_json_object)
 
 REPORT_NAME = "report.json"
 TRIGGERS_NAME = "triggers.npz"  # exact float masks and patterns; the PNGs are only for people
+
+
+def report_header() -> dict[str, Any]:
+    """What every report JSON starts with: the tool that wrote it and when."""
+    return {
+        "tool": {"name": "neuralcleanse", "version": __version__, "python": platform.python_version()},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def write_scan_report(result: ScanResult, out_dir: str | Path, *, model: dict[str, Any] | None = None,
@@ -35,8 +43,7 @@ def write_scan_report(result: ScanResult, out_dir: str | Path, *, model: dict[st
                      result.outliers.threshold, out / "norms.png")
     write_atomic(out / TRIGGERS_NAME, lambda tmp: _save_triggers(result, tmp))
     report = {
-        "tool": {"name": "neuralcleanse", "version": __version__, "python": platform.python_version()},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **report_header(),
         "model": model or {},
         "data": data or {},
         **result.to_dict(),

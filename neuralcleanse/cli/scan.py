@@ -1,0 +1,92 @@
+"""`neuralcleanse scan`: reverse-engineer every label's trigger and give a verdict."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from neuralcleanse.cli.app import EXIT_CLEAN, EXIT_INFECTED, guard, main
+from neuralcleanse.cli.options import (PREPROCESSING_FLAGS, load_model_and_data_from_flags, parse_device, parse_ints,
+                                       preprocessing_options, with_options)
+from neuralcleanse.cli.report import write_page
+from neuralcleanse.errors import InputError
+from neuralcleanse.files import run_folder_lock
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path())
+@click.option("--data", "data_source", required=True, help="mnist, gtsrb, an .npz file or a dataset folder.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Folder for the report.")
+@click.option("--preset", type=click.Choice(["fast", "original"]), default="fast", show_default=True)
+@click.option("--samples", type=click.IntRange(min=10), default=None,
+              help="Clean samples to optimise with (default 1000).")
+@click.option("--labels", default=None, help="Only these labels, e.g. 0,3,7 (outlier analysis needs ≥3).")
+@click.option("--loss", type=click.Choice(["cross_entropy", "original"]), default=None,
+              help="original = the published code's swapped cross-entropy.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None,
+              help="Override the preset's step budget per label.")
+@click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
+              help="Anomaly index that flags a label.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--block-size", type=click.IntRange(min=1), default=None,
+              help="Labels optimised per pass (default: chosen from the hardware). Fix it for bit-for-bit repeats.")
+@click.option("--resume", is_flag=True, help="Go on with an interrupted scan in --out (same command otherwise).")
+@click.option("--force", is_flag=True, help="Replace a finished or interrupted scan in --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout (messages go to stderr).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="bf16: the model's forward pass under autocast (for GPUs; slow on most CPUs).")
+@with_options(preprocessing_options)
+@click.pass_context
+@guard(PREPROCESSING_FLAGS)
+def scan(ctx: click.Context, model_path: str, data_source: str, out: str, preset: str, samples: int | None,
+         labels: str | None, loss: str | None, max_steps: int | None, threshold: float, seed: int,
+         block_size: int | None, resume: bool, force: bool, as_json: bool, device: str, precision: str,
+         **model_flags: Any) -> int:
+    """Reverse-engineer a trigger for every label and flag the outliers.
+
+    Exit code 0: no label flagged; 3: infected (at least one label flagged); 2: bad input; 1: crash.
+    """
+    from neuralcleanse.pipeline import check_scan_folder, run_scan
+    from neuralcleanse.report.html_report import read_run_folder
+    from neuralcleanse.report.scan_report import REPORT_NAME, load_scan
+
+    if resume and force:
+        raise InputError("--resume and --force contradict each other: resume keeps the run in --out, force replaces it")
+    if check_scan_folder(out, resume=resume, force=force):
+        with run_folder_lock(out):  # a --force scan running there would be replacing what is read
+            result, report = load_scan(out)
+            read_run_folder(Path(out))  # what the page shows, checked before anything is printed
+            click.echo(f"{Path(out) / REPORT_NAME} is a finished scan: nothing to resume", err=True)
+            _print_verdict(result, out, as_json, report)
+        return EXIT_INFECTED if result.infected else EXIT_CLEAN
+    model, data = load_model_and_data_from_flags(model_path, data_source, **model_flags)
+    label_list = parse_ints(labels) if labels else None
+    # Taken once the inputs are known good, so a typo creates no folder; everything that reads or
+    # replaces what is in `out` happens under it, so a second run there is refused, not interleaved.
+    with run_folder_lock(out):
+        check_scan_folder(out, resume=resume, force=force)  # again: another run may have finished meanwhile
+        if force:  # only once the inputs are known good: a typo must not cost the finished scan
+            (Path(out) / REPORT_NAME).unlink(missing_ok=True)
+        result = run_scan(model, data.test, out, resume=resume, preset=preset, samples=samples, labels=label_list,
+                          loss=loss, max_steps=max_steps, threshold=threshold, seed=seed, block_size=block_size,
+                          device=parse_device(device), precision=precision,
+                          progress=ctx.obj["progress"], model_desc={"path": str(model_path)},
+                          data_desc={"source": data_source})
+    _print_verdict(result, out, as_json)
+    return EXIT_INFECTED if result.infected else EXIT_CLEAN
+
+
+def _print_verdict(result: Any, out: str, as_json: bool = False, report: dict | None = None) -> None:
+    """The verdict for people; with --json they go to stderr and stdout carries report.json."""
+    idx = result.anomaly_index
+    idx_text = "inf" if idx == float("inf") else f"{idx:.2f}"
+    if result.infected:
+        click.echo(f"verdict: INFECTED — flagged label(s) {result.flagged}, anomaly index {idx_text}", err=as_json)
+    else:
+        click.echo(f"verdict: clean — no label flagged (anomaly index of the smallest norm {idx_text})", err=as_json)
+    click.echo(f"report: {Path(out) / 'report.json'}; page: {write_page(out)}", err=as_json)
+    if as_json:
+        click.echo(json.dumps(report or json.loads((Path(out) / "report.json").read_text()), indent=2))

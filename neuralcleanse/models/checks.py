@@ -1,0 +1,95 @@
+"""Checks a model must pass before a scan means anything, for the CLI and the Python API alike.
+
+The usual ways a scan silently goes wrong with a model made elsewhere: it takes NHWC input, its
+preprocessing is not the one assumed (accuracy near chance), or it ends in a softmax (the
+optimisation then sees probabilities, whose gradient vanishes where they saturate).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from neuralcleanse.data.dataset import ImageDataset
+from neuralcleanse.errors import InputError
+from neuralcleanse.metrics import clean_accuracy
+from neuralcleanse.models.classifier import Classifier, ModelInfo
+
+log = logging.getLogger(__name__)
+
+OUTPUT_KINDS = ("logits", "probabilities", "log-probabilities")
+
+
+@dataclass
+class ModelCheck:
+    """What the checks found: accuracy on (a sample of) the clean data and what the outputs are."""
+
+    clean_accuracy: float
+    output_kind: str
+
+
+def as_classifier(model: nn.Module, data: ImageDataset) -> Classifier:
+    """A Classifier as the scan needs it: label count, input shape and layout settled against the
+    data. A plain nn.Module is taken to take raw [0,1] pixels (wrap it in a Classifier with a
+    Preprocessing to say otherwise); its input layout is probed like a model file's."""
+    from neuralcleanse.models.loading import complete_model_info
+
+    if not isinstance(model, nn.Module):
+        raise InputError(f"the model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(model, Classifier):
+        model = Classifier(model, ModelInfo(0, (0, 0, 0), source="module", metadata={"input_layout": "auto"}))
+    complete_model_info(model, data.input_shape, data.num_classes)
+    return model
+
+
+def output_kind(outputs: torch.Tensor) -> str:
+    """Whether a batch of outputs are logits, probabilities (rows of non-negative values summing
+    to 1) or log-probabilities (rows whose exponentials sum to 1)."""
+    out = outputs.double()
+    if out.numel() == 0:
+        return "logits"
+    if bool((out >= 0).all()) and torch.allclose(out.sum(1), torch.ones(len(out), dtype=out.dtype), atol=1e-3):
+        return "probabilities"
+    if bool((out <= 0).all()) and torch.allclose(out.exp().sum(1), torch.ones(len(out), dtype=out.dtype), atol=1e-3):
+        return "log-probabilities"
+    return "logits"
+
+
+def check_model(model: Classifier, data: ImageDataset, device: torch.device | str = "cpu",
+                sample: int = 2000) -> ModelCheck:
+    """Refuses too little data or non-finite outputs; warns loudly when accuracy on the clean data
+    is near chance (mismatched preprocessing is the usual cause) or when the outputs are not logits."""
+    if len(data) < 3 * model.num_classes:
+        raise InputError(f"too few clean samples: {len(data)} for a {model.num_classes}-label model "
+                         f"({len(data) / model.num_classes:.1f} per label); give at least 3 per label, "
+                         f"{3 * model.num_classes} in all (the scan draws up to 1,000, balanced over labels)")
+    probe = data.random_sample(sample)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        outputs = torch.cat([model(probe.x[i : i + 256].to(device)).float().cpu() for i in range(0, len(probe), 256)])
+    model.train(was_training)
+    check_finite(outputs, "the clean samples")
+    kind = output_kind(outputs)
+    if kind != "logits":
+        log.warning("the model's outputs look like %s, not logits: the trigger search has little gradient where they "
+                    "saturate, so trigger sizes (and the verdict) are less reliable; scan the network without its "
+                    "final softmax when you can", kind)
+    acc = clean_accuracy(model, probe, device=device)
+    chance = 1.0 / max(model.num_classes, 1)
+    if acc < max(0.5, 3 * chance):
+        log.warning(
+            "the model's accuracy on these clean samples is only %.1f%% (chance is %.1f%%): check the "
+            "preprocessing (pixel range, mean, std, channel order) and the labels; "
+            "a scan of a model that cannot classify its data means nothing", 100 * acc, 100 * chance)
+    else:
+        log.info("clean accuracy on the scan data: %.2f%%", 100 * acc)
+    return ModelCheck(acc, kind)
+
+
+def check_finite(outputs: torch.Tensor, where: str) -> None:
+    if not bool(torch.isfinite(outputs).all()):
+        raise InputError(f"the model outputs NaN or Inf on {where}; check the model file and its "
+                         "preprocessing (pixel range, mean, std)")
