@@ -25,7 +25,7 @@ STATE_NAME = ".scan-state.pt"
 def use_model_labels(model: Classifier, data: DatasetSplits, device: torch.device | str = "cpu") -> DatasetSplits:
     """Labels = the model's predictions. For data without labels; a backdoored model labels
     triggered-looking inputs wrongly, so this is weaker than true labels, and says so."""
-    log.warning("using the model's own predictions as labels (--labels-from-model): the scan then trusts the "
+    log.warning("using the model's own predictions as labels (`labels_from_model`): the scan then trusts the "
                 "model it is checking; true labels are better when you have them")
 
     def relabel(split: ImageDataset) -> ImageDataset:
@@ -47,10 +47,10 @@ def check_scan_folder(out: str | Path, *, resume: bool = False, force: bool = Fa
             return True
         return False
     if finished:
-        raise InputError(f"{out} already holds a finished scan ({REPORT_NAME}); choose another --out, "
-                         "or add --force to replace it")
+        raise InputError(f"{out} already holds a finished scan ({REPORT_NAME}); choose another `out`, "
+                         "or add `force` to replace it")
     if interrupted:
-        raise InputError(f"{out} holds an interrupted scan; add --resume to go on with it, or --force to start afresh")
+        raise InputError(f"{out} holds an interrupted scan; add `resume` to go on with it, or `force` to start afresh")
     return False
 
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 
 import click
 
-from neuralcleanse.cli.options import as_flags
+from neuralcleanse.cli.options import COMMON_FLAGS, PREPROCESSING_FLAGS, as_flags
 from neuralcleanse.errors import InputError
 
 EXIT_CLEAN = 0
@@ -33,7 +33,7 @@ def guard(flags: Mapping[str, str] | None = None) -> Callable[[Callable[..., int
             try:
                 code = fn(*args, **kwargs) or 0
             except InputError as exc:
-                click.echo(f"error: {as_flags(str(exc), flags or {})}", err=True)
+                click.echo(f"error: {as_flags(str(exc), {**COMMON_FLAGS, **(flags or {})})}", err=True)
                 code = EXIT_BAD_INPUT
             except KeyboardInterrupt:
                 click.echo("interrupted", err=True)
@@ -50,6 +50,15 @@ def guard(flags: Mapping[str, str] | None = None) -> Callable[[Callable[..., int
         return wrapper
 
     return decorate
+
+
+class _FlagNames(logging.Filter):
+    """Warnings from the library name arguments in backticks; on the command line they name flags."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and "`" in record.msg:
+            record.msg = as_flags(record.msg, {**COMMON_FLAGS, **PREPROCESSING_FLAGS})
+        return True
 
 
 class _OneLineErrors(click.Group):
@@ -78,4 +87,6 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Find, show and remove backdoors in image classifiers (Neural Cleanse)."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_FlagNames())
     ctx.obj = {"progress": not quiet}

@@ -71,6 +71,7 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
     the patched model. Exit code 0 when done, 2 for bad input (including a scan with no flagged label).
     """
     from neuralcleanse.attacks.trigger_files import real_backdoors
+    from neuralcleanse.mitigation.backdoors import reversed_backdoors
     from neuralcleanse.mitigation.runner import mitigate as run_mitigation
     from neuralcleanse.report.mitigation_report import MITIGATION_NAME, write_mitigation_report
     from neuralcleanse.report.html_report import read_run_folder
@@ -93,6 +94,7 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
     patch = ({"position": parse_position(real_position, "--trigger-position"), "colour": parse_floats(real_colour)}
              if real_size is not None else {})
     real = real_backdoors(model, real_target, size=real_size, mask_path=real_mask, pattern_path=real_pattern, **patch)
+    reversed_backdoors(scan_result, parse_ints(labels) if labels else None)  # nothing to treat: say so, write nothing
     with run_folder_lock(out):
         refuse_finished()  # again, under the lock: another run may have finished there meanwhile
         if force:  # inputs are good: the old results go now, so a failure below cannot leave them beside new files

@@ -52,6 +52,12 @@ PREPROCESSING_FLAGS = {
     "pixel_scale": "--pixel-range", "mean": "--mean", "std": "--std", "channel_order": "--channel-order",
 }
 
+# Arguments that several library functions share with one flag each.
+COMMON_FLAGS = {
+    "out": "--out", "force": "--force", "resume": "--resume", "labels": "--labels", "layer": "--layer", "lr": "--lr",
+    "method": "--method", "model_path": "MODEL", "data_source": "--data",
+}
+
 _ARGUMENT = re.compile(r"`(\w+)`")
 
 

@@ -95,7 +95,7 @@ class NeuralCleanse:
                     engine.restore(snap)
                 except ValueError as exc:
                     raise InputError(f"the saved scan state {checkpoint} is damaged ({exc}); start afresh "
-                                     "without --resume (add --force)") from None
+                                     "without `resume` (add `force`)") from None
             save = None
             if checkpoint is not None:
                 save = lambda: save_scan_state(checkpoint, engine, fingerprint)  # noqa: E731
@@ -201,19 +201,19 @@ def load_scan_state(path: str | Path, fingerprint: str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"there is no interrupted scan to resume in {path.parent} (no {path.name}); "
-                         "run the scan without --resume")
+                         "run the scan without `resume`")
     try:
         snap = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
         raise InputError(f"the saved scan state {path} is damaged ({str(exc).splitlines()[0][:100]}); "
-                         "run the scan again without --resume (add --force)") from None
+                         "run the scan again without `resume` (add `force`)") from None
     if not isinstance(snap, dict) or snap.get("format") != STATE_FORMAT:
         raise InputError(f"{path} is not a saved scan state")
     block = snap.get("block_size")
     if block is not None and (not isinstance(block, int) or isinstance(block, bool) or not 1 <= block <= 1_000_000):
         raise InputError(f"the saved scan state {path} is damaged (block size {str(block)[:20]}); "
-                         "start afresh without --resume (add --force)")
+                         "start afresh without `resume` (add `force`)")
     if snap.get("fingerprint") != fingerprint:
         raise InputError(f"the interrupted scan in {path.parent} was made with another model, other data or "
-                         "other settings; resume with exactly the same command, or start afresh with --force")
+                         "other settings; resume with exactly the same command, or start afresh with `force`")
     return snap

@@ -33,7 +33,7 @@ def reversed_backdoors(scan: ScanResult, labels: Sequence[int] | None = None) ->
     if not chosen:
         raise NothingToMitigate(
             "the scan flagged no label, so there is no reversed trigger to mitigate with and nothing was "
-            "changed; name labels explicitly (--labels) to treat them anyway")
+            "changed; name labels explicitly (`labels`) to treat them anyway")
     missing = [label for label in chosen if label not in scan.labels]
     if missing:
         raise InputError(f"label(s) {missing} were not scanned; scanned labels: {scan.labels}")

@@ -59,8 +59,8 @@ def unit_activations(model: nn.Module, x: torch.Tensor, layer: FeatureLayer, bat
             if len(seen) != 1:
                 raise InputError(
                     f"layer {layer.name!r} runs {len(seen)} times in one forward pass; name a layer that runs "
-                    "exactly once (--layer)" if seen else
-                    f"layer {layer.name!r} is not used in the model's forward pass; name another with --layer")
+                    "exactly once (`layer`)" if seen else
+                    f"layer {layer.name!r} is not used in the model's forward pass; name another with `layer`")
             out.append(seen.pop().float().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)

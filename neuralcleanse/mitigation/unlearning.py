@@ -94,7 +94,7 @@ class Unlearner(Mitigation):
         losses = train_classifier(patched, subset, epochs=self.epochs, batch_size=self.batch_size, lr=lr,
                                   seed=self.seed, device=self.device, progress=self.progress, desc="unlearn")
         if not all(math.isfinite(v) for v in losses):
-            raise InputError(f"unlearning diverged (loss {losses[-1]}) at lr {lr:g}; give a lower --lr")
+            raise InputError(f"unlearning diverged (loss {losses[-1]}) at lr {lr:g}; give a lower `lr`")
         # A pruned model's zeroed weights may have moved: zero them again, so the model measured
         # is the model saved (whose checkpoint re-applies its pruning on load).
         reapply_pruning(patched, getattr(getattr(patched, "info", None), "metadata", {}).get("pruning", []))

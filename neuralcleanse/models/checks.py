@@ -82,7 +82,7 @@ def check_model(model: Classifier, data: ImageDataset, device: torch.device | st
     if acc < max(0.5, 3 * chance):
         log.warning(
             "the model's accuracy on these clean samples is only %.1f%% (chance is %.1f%%): check the "
-            "preprocessing (pixel range, mean, std, channel order) and the labels; "
+            "preprocessing (`pixel_scale`, `mean`, `std`, `channel_order`) and the labels; "
             "a scan of a model that cannot classify its data means nothing", 100 * acc, 100 * chance)
     else:
         log.info("clean accuracy on the scan data: %.2f%%", 100 * acc)
@@ -92,4 +92,4 @@ def check_model(model: Classifier, data: ImageDataset, device: torch.device | st
 def check_finite(outputs: torch.Tensor, where: str) -> None:
     if not bool(torch.isfinite(outputs).all()):
         raise InputError(f"the model outputs NaN or Inf on {where}; check the model file and its "
-                         "preprocessing (pixel range, mean, std)")
+                         "preprocessing (`pixel_scale`, `mean`, `std`)")

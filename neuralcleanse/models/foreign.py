@@ -17,18 +17,18 @@ def import_factory(spec: str) -> Any:
     """`package.module:attribute` (a function or class that returns the network)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise InputError(f"--factory {spec!r} must look like package.module:function_or_class")
+        raise InputError(f"`factory` {spec!r} must look like package.module:function_or_class")
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # any import-time failure of the user's code
-        raise InputError(f"cannot import {module_name!r} for --factory: {str(exc).splitlines()[0][:200]}") from None
+        raise InputError(f"cannot import {module_name!r} for `factory`: {str(exc).splitlines()[0][:200]}") from None
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise InputError(f"{module_name!r} has no {attr!r} (from --factory {spec!r})")
+            raise InputError(f"{module_name!r} has no {attr!r} (from `factory` {spec!r})")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise InputError(f"--factory {spec!r} is not callable")
+        raise InputError(f"`factory` {spec!r} is not callable")
     return obj
 
 
@@ -38,9 +38,9 @@ def parse_kwargs(text: str | None) -> dict[str, Any]:
     try:
         kwargs = json.loads(text)
     except ValueError as exc:
-        raise InputError(f"--factory-kwargs must be a JSON object, e.g. '{{\"num_classes\": 10}}': {exc}") from None
+        raise InputError(f"`factory_kwargs` must be a JSON object, e.g. '{{\"num_classes\": 10}}': {exc}") from None
     if not isinstance(kwargs, dict):
-        raise InputError("--factory-kwargs must be a JSON object, e.g. '{\"num_classes\": 10}'")
+        raise InputError("`factory_kwargs` must be a JSON object, e.g. '{\"num_classes\": 10}'")
     return kwargs
 
 
@@ -72,9 +72,9 @@ def build_from_factory(path: Path, spec: str, kwargs: dict[str, Any]) -> nn.Modu
     try:
         net = factory(**kwargs)
     except Exception as exc:
-        raise InputError(f"--factory {spec} failed with {kwargs}: {type(exc).__name__}: {str(exc)[:200]}") from None
+        raise InputError(f"`factory` {spec} failed with {kwargs}: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(net, nn.Module):
-        raise InputError(f"--factory {spec} returned {type(net).__name__}, not a torch.nn.Module")
+        raise InputError(f"`factory` {spec} returned {type(net).__name__}, not a torch.nn.Module")
     state = read_state_dict(path)
     try:
         net.load_state_dict(state)
@@ -88,7 +88,7 @@ def load_pickled_module(path: Path, trust: bool) -> nn.Module:
     if not trust:
         raise InputError(
             f"{path} is a pickled model: loading it runs code stored in the file. If you trust where it came "
-            "from, add --trust-pickle; otherwise export it as TorchScript, or give its state_dict with --factory")
+            "from, add `trust_pickle`; otherwise export it as TorchScript, or give its state_dict with `factory`")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as exc:  # unpickling user files fails in many ways, e.g. missing classes

@@ -47,13 +47,13 @@ def resolve_layer(model: nn.Module, name: str | None = None) -> FeatureLayer:
     if isinstance(net, torch.jit.ScriptModule) or isinstance(getattr(net, "net", None), torch.jit.ScriptModule):
         raise InputError(
             "the input filter and pruning read a layer's activations through hooks, which TorchScript "
-            "models do not run; give the model as a neuralcleanse checkpoint (or use --method unlearn)")
+            "models do not run; give the model as a neuralcleanse checkpoint (or choose `method` unlearn)")
     modules = dict(net.named_modules())
     if name is None:
         linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
         if not linears:
             raise InputError("the model has no dense (nn.Linear) layer to take the default feature layer from; "
-                             "name one with --layer")
+                             "name one with `layer`")
         return FeatureLayer(linears[-1], INPUT)
     key = name if name in modules else (name[4:] if name.startswith("net.") else name)
     if key not in modules or key == "":

@@ -83,7 +83,7 @@ def read_run_folder(folder: Path, mitigations: Sequence[str | Path] = ()
 
     Commands that end by writing the page call this first, so a damaged file costs no work."""
     if not folder.is_dir():
-        raise InputError(f"{folder} is not a folder; give the --out folder of a finished scan or mitigation")
+        raise InputError(f"{folder} is not a folder; give the `out` folder of a finished scan or mitigation")
     scan = None
     if (folder / SCAN_NAME).is_file():
         if (folder / TRIGGERS_NAME).exists():
@@ -97,8 +97,8 @@ def read_run_folder(folder: Path, mitigations: Sequence[str | Path] = ()
         check_mitigation_report(m, d / MITIGATION_NAME)
         found.append((d, m))
     if scan is None and not found:
-        raise InputError(f"{folder} holds no {SCAN_NAME} or {MITIGATION_NAME}; give the --out folder of a finished "
-                         f"`neuralcleanse scan` (or `mitigate`), or run the scan first")
+        raise InputError(f"{folder} holds no {SCAN_NAME} or {MITIGATION_NAME}; give the `out` folder of a finished "
+                         f"scan (or `mitigate`), or run the scan first")
     return scan, found
 
 
@@ -117,7 +117,7 @@ def _find_mitigations(folder: Path, given: Sequence[str | Path]) -> list[Path]:
         if p.name == MITIGATION_NAME and p.is_file():
             p = p.parent
         if not (p / MITIGATION_NAME).is_file():
-            raise InputError(f"{p} holds no {MITIGATION_NAME}; give the --out folder of a finished `neuralcleanse mitigate`")
+            raise InputError(f"{p} holds no {MITIGATION_NAME}; give the `out` folder of a finished mitigation")
         found.append(p)
     seen: set[Path] = set()
     unique = []

@@ -67,7 +67,7 @@ def load_scan(scan_dir: str | Path) -> tuple[ScanResult, dict[str, Any]]:
     folder = Path(scan_dir)
     report_path, triggers_path = folder / REPORT_NAME, folder / TRIGGERS_NAME
     if not report_path.is_file():
-        raise InputError(f"{folder} holds no {REPORT_NAME}; give the --out folder of a finished scan")
+        raise InputError(f"{folder} holds no {REPORT_NAME}; give the `out` folder of a finished scan")
     report = read_json_object(report_path)
     check_scan_report(report, report_path)
     if not triggers_path.is_file():
