@@ -1,6 +1,8 @@
 """Trigger reverse-engineering on a tiny BadNets model trained inside the test (tiny_task.py)."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -294,3 +296,23 @@ def test_bf16_autocast_keeps_the_verdict(infected, data) -> None:
     assert not torch.equal(half.masks, full.masks)  # autocast did change the arithmetic
     with pytest.raises(ValueError, match="precision"):
         NeuralCleanse(plan, progress=False, precision="fp8")
+
+
+def test_networks_that_view_their_conv_output_scan_in_their_own_layout(data) -> None:
+    """On CPU the scan runs channels-last for speed; a network doing x.view(N, -1) after a
+    convolution cannot (view needs contiguous memory), so it keeps its own layout instead of crashing."""
+    from torch import nn
+
+    class ViewNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4 * SIDE * SIDE, K)
+
+        def forward(self, x):
+            h = self.conv(x)
+            return self.fc(h.view(h.size(0), -1))
+
+    torch.manual_seed(0)
+    result = NeuralCleanse(ScanPlan(config=small_config(max_steps=3), samples=60), progress=False).scan(ViewNet(),
+                                                                                                      data.test)
+    assert result.num_labels == K and all(math.isfinite(v) for v in result.l1_norms)

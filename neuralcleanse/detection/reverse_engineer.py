@@ -90,7 +90,7 @@ class TriggerReverseEngineer:
         self.device = torch.device(device)
         # Built once: entering a fresh autocast per batch re-checks the device's bf16 support.
         self._autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-        self.model = prepare_model(model, self.device)
+        self.model = prepare_model(model, self.device, probe=x[:2])
         self.x = x.to(self.device)
         self.y = y.to(self.device)
         self.num_classes = num_classes
@@ -241,7 +241,7 @@ class TriggerReverseEngineer:
             mask, pattern = squash(mask_p), squash(pattern_p)
             stamped = apply_trigger(xb, mask[:, None], pattern[:, None])
             with self._autocast:
-                logits = self.model(to_preferred_layout(stamped.flatten(0, 1), self.device))
+                logits = self.model(to_preferred_layout(stamped.flatten(0, 1), self.model))
             logits = logits.float().view(k, bsz, -1)
             if cfg.exclude_target_samples:
                 weight = (yb != labels[:, None]).float()

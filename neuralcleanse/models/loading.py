@@ -10,8 +10,10 @@ import torch
 
 from neuralcleanse.data.preprocessing import Preprocessing
 from neuralcleanse.errors import InputError
+from neuralcleanse.models.checks import check_finite
 from neuralcleanse.models.checkpoint import classifier_from_checkpoint, is_checkpoint
 from neuralcleanse.models.classifier import Classifier, ModelInfo
+from neuralcleanse.models.exported import is_exported_archive, load_exported
 from neuralcleanse.models.foreign import (ChannelsLastInput, build_from_factory, detect_layout, load_onnx,
                                           load_pickled_module)
 
@@ -28,12 +30,14 @@ def load_model(
     trust_pickle: bool = False,
     input_layout: str = "auto",
 ) -> Classifier:
-    """Loads one of the tool's checkpoints or a TorchScript file.
+    """Loads one of the tool's checkpoints or a model file from elsewhere (TorchScript, torch.export
+    `.pt2`, ONNX, a state_dict with its factory, a trusted pickled module).
 
-    A TorchScript model is taken to accept NCHW float input; `preprocessing` says what it expects
-    (default: [0,1] pixels as they are); for a checkpoint, `preprocessing_overrides` (field → value)
-    replaces only the fields the user set. Its label count and input shape come from the arguments,
-    or from the data when the caller fills them in later (see `complete_model_info`).
+    A foreign model is taken to accept NCHW float input unless `input_layout` says otherwise;
+    `preprocessing` says what it expects (default: [0,1] pixels as they are); for a checkpoint,
+    `preprocessing_overrides` (field → value) replaces only the fields the user set. Its label count
+    and input shape come from the arguments, or from the data when the caller fills them in later
+    (see `complete_model_info`).
     """
     path = Path(path)
     if not path.exists():
@@ -51,8 +55,12 @@ def load_model(
         return _foreign(load_onnx(path), "onnx", path, {}, **foreign)
     if path.suffix.lower() == ".safetensors":
         raise InputError(f"{path} holds only weights; name the code that builds the network with "
-                         "--factory package.module:function (and --factory-kwargs)")
-    if _is_torchscript(path):
+                         "`factory` package.module:function (and `factory_kwargs`)")
+    archive = _archive_names(path)
+    if path.suffix.lower() == ".pt2" or is_exported_archive(archive):
+        # A .pt2 can run code as it loads (see exported.py): trusted files only, like a pickle.
+        return _foreign(load_exported(path, trust_pickle), "exported", path, {}, **foreign)
+    if _is_torchscript(archive):
         try:
             net = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # torch raises many types for a bad archive
@@ -70,14 +78,14 @@ def load_model(
     if not is_checkpoint(payload):
         if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
             raise InputError(f"{path} holds only weights (a state_dict); name the code that builds the network "
-                             "with --factory package.module:function (and --factory-kwargs)")
+                             "with `factory` package.module:function (and `factory_kwargs`)")
         raise InputError(
             f"{path} is a PyTorch file but not a neuralcleanse checkpoint; export the model with "
-            "torch.jit.script/trace, or give its state_dict with --factory"
+            "torch.export or torch.jit.script/trace, or give its state_dict with `factory`"
         )
     model = classifier_from_checkpoint(payload)
     if num_classes is not None and num_classes != model.num_classes:
-        raise InputError(f"--num-classes {num_classes} disagrees with the checkpoint's {model.num_classes} labels")
+        raise InputError(f"`num_classes` {num_classes} disagrees with the checkpoint's {model.num_classes} labels")
     if preprocessing_overrides:
         # Only the flags the user gave replace what the checkpoint says.
         try:
@@ -134,27 +142,29 @@ def complete_model_info(model: Classifier, input_shape: tuple[int, int, int], nu
         ) from None
     if out.ndim != 2:
         raise InputError(f"the model should output (N, num_classes) logits, got shape {tuple(out.shape)}")
-    if not bool(torch.isfinite(out).all()):
-        raise InputError("the model outputs NaN or Inf on a blank image; check the model file and its "
-                         "preprocessing flags (--pixel-range, --mean, --std)")
+    check_finite(out, "a blank image")
     outputs = int(out.shape[1])
     if model.info.num_classes and model.info.num_classes != outputs:
-        raise InputError(f"--num-classes is {model.info.num_classes} but the model outputs {outputs} scores")
+        raise InputError(f"`num_classes` is {model.info.num_classes} but the model outputs {outputs} scores")
     model.info.num_classes = outputs
     if num_classes and num_classes > outputs:
         raise InputError(f"the data has labels up to {num_classes - 1} but the model outputs only {outputs} scores")
 
 
-def _is_torchscript(path: Path) -> bool:
+def _archive_names(path: Path) -> list[str]:
+    """The member names of a zip archive (TorchScript, torch.export and torch.save files are ones), or []."""
     if not zipfile.is_zipfile(path):
-        return False
+        return []
     try:
-        zf = zipfile.ZipFile(path)
+        with zipfile.ZipFile(path) as zf:
+            return zf.namelist()
     except (zipfile.BadZipFile, OSError):
         raise InputError(f"model file {path} is a damaged archive; export or download it again") from None
-    with zf:
-        return any(name.endswith("constants.pkl") or name.endswith("/code/__torch__.py") or "/code/" in name
-                   for name in zf.namelist())
+
+
+def _is_torchscript(names: list[str]) -> bool:
+    return any(name.endswith("constants.pkl") or name.endswith("/code/__torch__.py") or "/code/" in name
+               for name in names)
 
 
 def _first_sentence(exc: Exception) -> str:

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from neuralcleanse.report.files import write_atomic
+from neuralcleanse.detection.outlier import CONSISTENCY
+from neuralcleanse.files import write_atomic
 
 MIN_SIDE = 112  # small masks (28 px) are upscaled so a person can see them
 
@@ -42,13 +43,27 @@ def save_trigger_images(mask: torch.Tensor, pattern: torch.Tensor, folder: str |
     return names
 
 
-def save_norms_chart(labels: Sequence[int], norms: Sequence[float], flagged: Sequence[int], median: float,
-                     mad: float, threshold: float, path: str | Path, title: str = "") -> Path:
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (charts are written to files; no display is needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Writes a chart as a PNG (atomically), then closes it so its memory is freed."""
+    try:
+        return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        pyplot().close(fig)
+
+
+def save_norms_chart(labels: Sequence[int], norms: Sequence[float], flagged: Sequence[int], median: float,
+                     mad: float, threshold: float, path: str | Path, title: str = "") -> Path:
+    plt = pyplot()
     flagged_set = set(flagged)
     positions = np.arange(len(norms))
     colours = ["#d62728" if label in flagged_set else "#1f77b4" for label in labels]
@@ -57,7 +72,7 @@ def save_norms_chart(labels: Sequence[int], norms: Sequence[float], flagged: Seq
     if len(labels) <= 50:
         ax.set_xticks(positions, [str(v) for v in labels], fontsize=7)
     ax.axhline(median, color="black", lw=1, label=f"median {median:.1f}")
-    cut = median - threshold * 1.4826 * mad
+    cut = median - threshold * CONSISTENCY * mad
     if cut > 0:
         ax.axhline(cut, color="#d62728", lw=1, ls="--", label=f"anomaly index {threshold:g}")
     for pos, label in enumerate(labels):
@@ -68,11 +83,4 @@ def save_norms_chart(labels: Sequence[int], norms: Sequence[float], flagged: Seq
     ax.set_title(title or "Reversed trigger size per label (flagged in red)")
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-
-    def draw(tmp: str) -> None:
-        fig.savefig(tmp, format="png")
-
-    try:
-        return write_atomic(path, draw)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path)

@@ -2,43 +2,27 @@
 from __future__ import annotations
 
 import logging
-import platform
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from neuralcleanse import __version__
 from neuralcleanse.mitigation.runner import MitigationOutcome
 from neuralcleanse.models.checkpoint import save_checkpoint
 from neuralcleanse.models.classifier import script_net
+from neuralcleanse.models.exported import save_exported
 from neuralcleanse.models.foreign import ChannelsLastInput
-from neuralcleanse.report.files import write_atomic, write_json
+from neuralcleanse.files import write_atomic, write_json
+from neuralcleanse.report.images import pyplot, save_figure
+from neuralcleanse.report.scan_report import report_header
 
 MITIGATION_NAME = "mitigation.json"
 log = logging.getLogger(__name__)
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    try:
-        return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        _plt().close(fig)
-
-
 def pruning_chart(outcome: MitigationOutcome, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     curve = outcome.pruning.curve
     x = [100 * s.fraction for s in curve]
     fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=110)
@@ -55,11 +39,11 @@ def pruning_chart(outcome: MitigationOutcome, path: Path) -> Path:
     ax.set_title("Neuron pruning")
     ax.legend(fontsize=8, loc="center right")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def filter_chart(outcome: MitigationOutcome, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     rates = outcome.filter_rates
     clean, trig = rates.clean_scores.numpy(), rates.triggered_scores.numpy()
     bins = np.linspace(min(clean.min(), trig.min()), max(clean.max(), trig.max()), 60)
@@ -72,11 +56,11 @@ def filter_chart(outcome: MitigationOutcome, path: Path) -> Path:
     ax.set_title("Input filter scores")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def unlearning_chart(outcome: MitigationOutcome, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     rows = {"before": outcome.before, "unlearn (reversed trigger)": outcome.after}
     names = {"fine_tune_no_trigger": "fine-tune, no trigger", "unlearn_real_trigger": "unlearn (real trigger)"}
     rows.update({names.get(k, k): v for k, v in outcome.baselines.items()})
@@ -91,7 +75,7 @@ def unlearning_chart(outcome: MitigationOutcome, path: Path) -> Path:
     ax.set_title("Unlearning")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _export_onnx(model, net, path: Path) -> bool:
@@ -106,6 +90,18 @@ def _export_onnx(model, net, path: Path) -> bool:
         return True
     except Exception as exc:  # exporters fail in many ways; the weights are still written
         log.warning("could not export the patched model to ONNX (%s); writing its state_dict instead", exc)
+        return False
+
+
+def _export_program(model, path: Path) -> bool:
+    """The patched network back to a torch.export program (.pt2) with the input it was loaded with;
+    False if it cannot be."""
+    try:
+        write_atomic(path, lambda tmp: save_exported(model, tmp))
+        return True
+    except Exception as exc:  # export fails on code it cannot trace; the weights are still written
+        log.warning("could not export the patched model with torch.export (%s); writing its state_dict instead",
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return False
 
 
@@ -134,6 +130,8 @@ def write_mitigation_report(outcome: MitigationOutcome, out_dir: str | Path, *, 
             net = patched.net.net if isinstance(patched.net, ChannelsLastInput) else patched.net
             if patched.info.source == "onnx" and _export_onnx(patched, net, out / "model.onnx"):
                 files["onnx"] = "model.onnx"
+            elif patched.info.source == "exported" and _export_program(patched, out / "model.pt2"):
+                files["exported"] = "model.pt2"
             else:
                 # A network built by the user's factory or unpickled: its weights, in the network's own
                 # naming (no layout adapter prefix), loadable with the same --factory.
@@ -141,8 +139,7 @@ def write_mitigation_report(outcome: MitigationOutcome, out_dir: str | Path, *, 
                 files["state_dict"] = "model.state_dict.pt"
     files["chart"] = CHARTS[outcome.method](outcome, out / f"{outcome.method}.png").name
     report = {
-        "tool": {"name": "neuralcleanse", "version": __version__, "python": platform.python_version()},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **report_header(),
         "model": model or {}, "scan": scan_dir, "data": data or {},
         **outcome.to_dict(),
         "files": files,
