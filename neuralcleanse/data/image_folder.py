@@ -49,7 +49,7 @@ def _is_grey(paths: list[Path]) -> bool:
             with Image.open(path) as img:
                 if img.mode not in ("L", "1", "I;16", "I"):
                     return False
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise InputError(f"cannot read image {path}: {exc}") from None
     return True
 

@@ -23,6 +23,6 @@ def read_image(path: str | Path, size: tuple[int, int] | None = None, grey: bool
             if size is not None and img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]), resample)
             arr = np.asarray(img, dtype=np.float32) / 255.0
-    except OSError as exc:
+    except (OSError, Image.DecompressionBombError) as exc:  # a bomb is no OSError, and is bad input too
         raise InputError(f"cannot read {what} {path}: {exc}") from None
     return torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
