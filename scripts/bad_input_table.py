@@ -106,6 +106,21 @@ def cases(f: dict[str, Path], work: Path) -> list[tuple[str, list[str]]]:
     ]
 
 
+def tampered_folders_section() -> str:
+    """The scan-folder mutations tests/test_untrusted_folders.py runs, listed from the test itself."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_untrusted_folders import MUTATIONS
+
+    names = "\n".join(f"- {name} ({kind} scan)" for name, kind, _ in MUTATIONS)
+    return (f"\n## Tampered scan folders\n\n`tests/test_untrusted_folders.py` copies a real scan folder (a finished "
+            f"scan with a mitigation beside it, and an interrupted scan) and applies {len(MUTATIONS)} mutations, one "
+            "at a time. On each it runs `report`, `mitigate` and `scan --resume`: every one must exit 2 with exactly "
+            "one `error:` line, and no file outside the folder may be written or changed. The same test checks that "
+            "the page embeds nothing named by an absolute path, `..` or a symlink leading out of the folder (a "
+            "placeholder and a warning instead), and that a second run on a folder in use is refused.\n\n"
+            f"{names}\n")
+
+
 def main_(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "bad-input.md")
@@ -123,7 +138,8 @@ def main_(argv: list[str] | None = None) -> int:
             print(f"{result.exit_code}  {case}: {message}")
     text = ("# Bad input: what each case prints\n\nMade by `.venv/bin/python scripts/bad_input_table.py` on real "
             "files (paths shortened to …). Exit code 2 means bad input; every message is one line on stderr.\n\n"
-            "| case | command | exit | message |\n|---|---|---|---|\n" + "\n".join(rows) + "\n")
+            "| case | command | exit | message |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"
+            + tampered_folders_section())
     args.out.write_text(text)
     print(f"written: {args.out}")
     return 0

@@ -98,7 +98,7 @@ def read_run_folder(folder: Path, mitigations: Sequence[str | Path] = ()
         found.append((d, m))
     if scan is None and not found:
         raise InputError(f"{folder} holds no {SCAN_NAME} or {MITIGATION_NAME}; give the `out` folder of a finished "
-                         f"scan (or `mitigate`), or run the scan first")
+                         f"scan or mitigation, or run the scan first")
     return scan, found
 
 
