@@ -89,19 +89,13 @@ def test_train_bad_inputs(tmp_path: Path, dataset: Path) -> None:
     out = str(tmp_path / "x.pt")
     assert_bad_input(invoke("train", "--dataset", str(tmp_path / "nope"), "--arch", "tiny", "--out", out),
                      "not a known name")
-    assert_bad_input(invoke("train", "--dataset", str(dataset), "--out", out), "--arch")
+    assert_bad_input(invoke("train", "--dataset", str(dataset), "--out", out), "choose an architecture with --arch")
     assert_bad_input(invoke("train", "--dataset", str(dataset), "--arch", "resnet9000", "--out", out), "unknown --arch")
     assert_bad_input(invoke("train", "--dataset", str(dataset), "--arch", "tiny", "--target", "7", "--out", out),
-                     "--target")
+                     "--target must lie in 0..3")
     assert_bad_input(invoke("train", "--dataset", str(dataset), "--arch", "tiny", "--badnets", "--trigger-size",
                             "9", "--out", out), "does not fit")
     assert not (tmp_path / "x.pt").exists()
-
-
-TORCHSCRIPT_BUG = (
-    "package bug: detection/reverse_engineer.py _activation_bytes_per_image calls register_forward_hook on "
-    "every leaf module outside its try block; on a model loaded with torch.jit.load the leaves are "
-    "ScriptModules, which raise RuntimeError, so every CLI scan of a TorchScript file crashes (exit 1)")
 
 
 # ---- scan -----------------------------------------------------------------------------------
@@ -238,7 +232,8 @@ def test_scan_non_model_file(dataset: Path, tmp_path: Path) -> None:
     assert_bad_input(invoke("scan", str(sd), "--data", str(dataset), "--out", str(tmp_path / "o")),
                      "holds only weights", "--factory")
     # The dataset itself passed as a model.
-    assert_bad_input(invoke("scan", str(dataset), "--data", str(dataset), "--out", str(tmp_path / "o")))
+    assert_bad_input(invoke("scan", str(dataset), "--data", str(dataset), "--out", str(tmp_path / "o")),
+                     f"cannot read {dataset}", "as a neuralcleanse checkpoint or TorchScript file")
 
 
 def test_scan_num_classes_disagrees_with_torchscript(torchscript_model: Path, dataset: Path, tmp_path: Path) -> None:
@@ -274,11 +269,13 @@ def test_scan_corrupt_npz(trained, dataset: Path, tmp_path: Path) -> None:
     raw[mid : mid + 64] = bytes(64)
     damaged = tmp_path / "damaged.npz"
     damaged.write_bytes(bytes(raw))
-    assert_bad_input(invoke("scan", str(model_path), "--data", str(damaged), "--out", str(tmp_path / "o")))
+    assert_bad_input(invoke("scan", str(model_path), "--data", str(damaged), "--out", str(tmp_path / "o")),
+                     f"cannot read {damaged}", "the file is corrupt")
     # Cut short: the zip directory at the end is gone.
     truncated = tmp_path / "truncated.npz"
     truncated.write_bytes(dataset.read_bytes()[:500])
-    assert_bad_input(invoke("scan", str(model_path), "--data", str(truncated), "--out", str(tmp_path / "o")))
+    assert_bad_input(invoke("scan", str(model_path), "--data", str(truncated), "--out", str(tmp_path / "o")),
+                     f"{truncated} is not an .npz archive")
     assert not (tmp_path / "o").exists()
 
 
@@ -288,20 +285,29 @@ def test_scan_wrong_image_size(trained, tmp_path: Path) -> None:
     assert_bad_input(invoke("scan", str(model_path), "--data", str(data16), "--out", str(tmp_path / "o")), "shape")
 
 
-@pytest.mark.parametrize("labels", ["0,1", "2", "0,1,9", "a,b,c"])
-def test_scan_bad_labels(trained, dataset: Path, tmp_path: Path, labels: str) -> None:
+@pytest.mark.parametrize("labels, message", [
+    ("0,1", "outlier analysis needs at least 3 labels"),
+    ("2", "outlier analysis needs at least 3 labels"),
+    ("0,1,9", "labels to scan must lie in 0..3"),
+    ("a,b,c", "expected comma-separated label numbers, got 'a,b,c'"),
+])
+def test_scan_bad_labels(trained, dataset: Path, tmp_path: Path, labels: str, message: str) -> None:
     model_path, _ = trained
     assert_bad_input(invoke("scan", str(model_path), "--data", str(dataset), "--out", str(tmp_path / "o"),
-                            "--labels", labels, "--max-steps", "1", "--samples", "40"))
+                            "--labels", labels, "--max-steps", "1", "--samples", "40"), message)
     assert not (tmp_path / "o" / "report.json").exists()
 
 
-@pytest.mark.parametrize("extra", [["--max-steps", "0"], ["--samples", "-5"], ["--labels", "0,1.5,2"],
-                                   ["--threshold", "-1"]])
-def test_scan_rejects_bad_numbers(trained, dataset: Path, tmp_path: Path, extra: list[str]) -> None:
+@pytest.mark.parametrize("extra, message", [
+    (["--max-steps", "0"], "Invalid value for '--max-steps': 0"),
+    (["--samples", "-5"], "Invalid value for '--samples': -5"),
+    (["--labels", "0,1.5,2"], "expected comma-separated label numbers, got '0,1.5,2'"),
+    (["--threshold", "-1"], "Invalid value for '--threshold': -1"),
+])
+def test_scan_rejects_bad_numbers(trained, dataset: Path, tmp_path: Path, extra: list[str], message: str) -> None:
     model_path, _ = trained
     assert_bad_input(invoke("scan", str(model_path), "--data", str(dataset), "--out", str(tmp_path / "o"),
-                            *(["--max-steps", "2"] if "--max-steps" not in extra else []), *extra))
+                            *(["--max-steps", "2"] if "--max-steps" not in extra else []), *extra), message)
 
 
 def test_scan_fewer_than_three_labels_message(trained, dataset: Path, tmp_path: Path) -> None:

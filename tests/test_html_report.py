@@ -223,7 +223,8 @@ def test_chromium_renders_verdict_and_every_image(real_run, tmp_path: Path) -> N
 def test_chromium_counts_a_broken_image(tmp_path: Path) -> None:
     """The check can fail: an undecodable PNG lowers the loaded count."""
     folder = fake_scan(tmp_path / "scan", norms=[5.0, 1.0], flagged=[1], infected=True)
-    (folder / "triggers" / "label_0000_mask.png").write_bytes(b"not a png")
+    # PNG's signature (so the page embeds it: it checks only the first bytes) with no image after it.
+    (folder / "triggers" / "label_0000_mask.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not a png")
     dom = render(write_html_report(folder), tmp_path / "profile")
     assert "INFECTED" in verdict(dom)
     assert image_counts(dom) == (7, 6, 7)

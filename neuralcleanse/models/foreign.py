@@ -136,7 +136,7 @@ def detect_layout(net: nn.Module, input_shape: tuple[int, int, int]) -> str:
     return "nchw"
 
 
-ONNX_HELP = ("ONNX models need two extra packages: pip install 'onnx>=1.16' && pip install --no-deps "
+ONNX_HELP = ("ONNX models need two extra packages: pip install 'onnx>=1.21' && pip install --no-deps "
              "onnx2torch==1.5.15 (--no-deps: onnx2torch declares torchvision, which it only needs for detection "
              "ops a classifier does not use)")
 

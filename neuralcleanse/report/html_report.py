@@ -90,7 +90,7 @@ def read_run_folder(folder: Path, mitigations: Sequence[str | Path] = ()
             scan = load_scan(folder)[1]  # checks triggers.npz against report.json too
         else:  # scans before 0.2 wrote no triggers.npz; their pages still render
             scan = read_json_object(folder / SCAN_NAME)
-            check_scan_report(scan, folder / SCAN_NAME)
+            check_scan_report(scan, folder / SCAN_NAME, partial=True)
     found = []
     for d in _find_mitigations(folder, mitigations):
         m = read_json_object(d / MITIGATION_NAME)
@@ -339,7 +339,8 @@ class _Page:
         for i in order:
             label = labels[i]
             is_flagged = label in flagged
-            files = images.get(str(label)) or {}
+            files = images.get(str(label))
+            files = files if isinstance(files, dict) else {}
             figs = "".join(
                 f"<figure>{self.image(self.folder, files.get(kind), f'label {label} {kind}')}"
                 f"<figcaption>{kind}</figcaption></figure>" for kind in ("mask", "pattern", "fusion"))

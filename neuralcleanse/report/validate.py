@@ -47,26 +47,39 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def check_scan_report(report: dict[str, Any], path: Path) -> None:
-    """The fields a ScanResult is rebuilt from, with their types, lengths and ranges."""
+def check_scan_report(report: dict[str, Any], path: Path, partial: bool = False) -> None:
+    """The fields a ScanResult is rebuilt from, with their types, lengths and ranges. `partial`: a
+    report without triggers.npz (scans before 0.2), of which only the page is made: the fields it
+    has are checked, missing ones are shown as missing."""
     try:
-        labels = _int_list(report, "labels", minimum=0)
-        if not 3 <= len(labels) <= MAX_LABELS:
-            raise _Bad(f"'labels' holds {len(labels)} labels (3..{MAX_LABELS} expected)")
+        if partial and "labels" not in report:
+            labels = []
+        else:
+            labels = _int_list(report, "labels", minimum=0)
+            if not (partial or 3 <= len(labels)) or len(labels) > MAX_LABELS:
+                raise _Bad(f"'labels' holds {len(labels)} labels (3..{MAX_LABELS} expected)")
         if len(set(labels)) != len(labels):
             raise _Bad("'labels' repeats a label")
         n = len(labels)
-        _num_list(report, "l1_norms", n, low=0.0)
-        _num_list(report, "success_rates", n, low=0.0, high=1.0)
-        _typed_list(report, "reached_threshold", n, bool)
-        steps = _int_list(report, "steps", minimum=0)
-        if len(steps) != n:
-            raise _Bad(f"'steps' has {len(steps)} entries for {n} labels")
-        flagged = _int_list(report, "flagged", minimum=0)
-        if not set(flagged) <= set(labels):
-            raise _Bad("'flagged' names labels that were not scanned")
+        if not partial or "l1_norms" in report:
+            _num_list(report, "l1_norms", n, low=0.0)
+        if not partial or "success_rates" in report:
+            _num_list(report, "success_rates", n, low=0.0, high=1.0)
+        if not partial or "reached_threshold" in report:
+            _typed_list(report, "reached_threshold", n, bool)
+        if not partial or "steps" in report:
+            steps = _int_list(report, "steps", minimum=0)
+            if len(steps) != n:
+                raise _Bad(f"'steps' has {len(steps)} entries for {n} labels")
+        if not partial or "flagged" in report:
+            flagged = _int_list(report, "flagged", minimum=0)
+            if not set(flagged) <= set(labels):
+                raise _Bad("'flagged' names labels that were not scanned")
         _number(report, "threshold", low=0.0, optional=True, open_low=True)
         _number(report, "wall_time_s", low=0.0, optional=True)
+        passes = report.get("image_passes", 0)
+        if not isinstance(passes, int) or isinstance(passes, bool) or passes < 0:
+            raise _Bad("'image_passes' is not a whole number of at least 0")
         if "infected" in report and not isinstance(report["infected"], bool):
             raise _Bad("'infected' is not true or false")
         for key in ("settings", "images", "model", "data", "tool"):
@@ -99,6 +112,9 @@ def check_mitigation_report(report: dict[str, Any], path: Path) -> None:
                 raise _Bad(f"'{key}' is not an object")
         if not all(isinstance(v, str) for v in report.get("files", {}).values()):
             raise _Bad("'files' holds a value that is not a file name")
+        for key in ("before", "after"):
+            if key in report.get("reversed_trigger", {}):
+                _measurement(report["reversed_trigger"][key], f"reversed_trigger.{key}")
     except _Bad as exc:
         raise InputError(f"{path} is damaged or was edited: {exc}; run the mitigation again") from None
 
