@@ -10,7 +10,7 @@ import torch
 from neuralcleanse.data.dataset import DatasetSplits, ImageDataset
 from neuralcleanse.detection.result import ScanResult
 from neuralcleanse.detection.scanner import NeuralCleanse
-from neuralcleanse.files import run_folder_lock
+from neuralcleanse.files import resolve_inside, run_folder_lock
 from neuralcleanse.metrics import predict
 from neuralcleanse.models.classifier import Classifier
 from neuralcleanse.errors import InputError
@@ -39,6 +39,9 @@ def check_scan_folder(out: str | Path, *, resume: bool = False, force: bool = Fa
     """Refuses to overwrite silently. Returns True when `out` already holds the finished scan that
     `resume` asks to continue (nothing left to do)."""
     out = Path(out)
+    if (out / "triggers").exists() and resolve_inside(out, "triggers") is None:
+        raise InputError(f"{out / 'triggers'} leads outside {out} (a symbolic link?); the scan writes only inside "
+                         "its `out` folder: remove it or choose another folder")
     finished, interrupted = (out / REPORT_NAME).exists(), (out / STATE_NAME).exists()
     if force:
         return False

@@ -366,3 +366,14 @@ def test_second_run_on_a_busy_folder_is_refused(pristine, tmp_path) -> None:
     again = invoke("scan", str(pristine["model"]), "--data", str(pristine["npz"]), "--out", str(out), "--force",
                    *SCAN_ARGS)
     assert again.exit_code in (EXIT_CLEAN, EXIT_INFECTED), again.output
+
+
+def test_scan_writes_nothing_through_a_link_leading_out(pristine, tmp_path) -> None:
+    """A folder prepared by someone else whose triggers/ links elsewhere: the scan refuses to write there."""
+    out, elsewhere = tmp_path / "scan", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "triggers").symlink_to(elsewhere, target_is_directory=True)
+    result = invoke("scan", str(pristine["model"]), "--data", str(pristine["npz"]), "--out", str(out), *SCAN_ARGS)
+    assert_bad_input(result, "leads outside")
+    assert list(elsewhere.iterdir()) == []

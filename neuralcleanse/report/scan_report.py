@@ -14,7 +14,7 @@ import torch
 from neuralcleanse import __version__
 from neuralcleanse.detection.result import ScanResult
 from neuralcleanse.errors import InputError
-from neuralcleanse.files import write_atomic, write_json
+from neuralcleanse.files import resolve_inside, write_atomic, write_json
 from neuralcleanse.report.images import save_norms_chart, save_trigger_images
 from neuralcleanse.report.validate import (check_scan_report, check_trigger_values, check_triggers_file,
                                           read_json_object)
@@ -35,6 +35,9 @@ def write_scan_report(result: ScanResult, out_dir: str | Path, *, model: dict[st
                       data: dict[str, Any] | None = None) -> Path:
     out = Path(out_dir)
     images = out / "triggers"
+    if resolve_inside(out, "triggers") is None:  # a folder someone prepared could link elsewhere
+        raise InputError(f"{images} leads outside {out} (a symbolic link?); the scan writes only inside its "
+                         "`out` folder: remove it or choose another folder")
     files = {}
     for i, label in enumerate(result.labels):
         files[str(label)] = {k: f"triggers/{v}" for k, v in
