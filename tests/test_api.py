@@ -87,3 +87,41 @@ def test_library_messages_name_arguments_and_the_cli_names_flags(tmp_path) -> No
     result = invoke("scan", str(tmp_path / "w.pt"), "--data", str(npz), "--out", str(tmp_path / "o"),
                     "--factory", "os:getcwd", "--factory-kwargs", "[1]")
     assert "--factory-kwargs must be a JSON object" in result.stderr and "`" not in result.stderr.split("e.g.")[0]
+
+
+def test_search_uses_the_logits_before_a_final_softmax(infected, data) -> None:
+    """A network that ends in a softmax (module, function, or scripted): the search gets logits
+    cut before it where the graph allows, else the log of the probabilities; predictions unchanged."""
+    from neuralcleanse.models.classifier import Classifier, ModelInfo
+    from neuralcleanse.models.outputs import logits_for_search
+
+    model, _ = infected
+
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x):
+            return torch.nn.functional.softmax(self.inner(x), dim=1)
+
+    x = data.test.x[:16]
+    logits = model(x).detach()
+    for net, how in ((nn.Sequential(model, nn.Softmax(dim=1)), "cut before softmax"),
+                     (Functional(), "cut before softmax"),
+                     (torch.jit.trace(nn.Sequential(model, nn.Softmax(dim=1)), x), "log of probabilities")):
+        wrapped = Classifier(net, ModelInfo(K, (1, SIDE, SIDE)))
+        search, got = logits_for_search(wrapped, "probabilities", x)
+        assert got == how
+        out = search(x).detach()
+        assert torch.equal(out.argmax(1), logits.argmax(1))
+        if how == "cut before softmax":
+            torch.testing.assert_close(out, logits)
+        else:  # log-probabilities: the logits up to a constant per row
+            torch.testing.assert_close(out - out.mean(1, keepdim=True), logits - logits.mean(1, keepdim=True),
+                                       atol=1e-4, rtol=0)
+    softmax = nn.Softmax(dim=1)
+    result = NeuralCleanse("fast", samples=120, max_steps=4, progress=False).scan(nn.Sequential(model, softmax),
+                                                                                   data.test)
+    assert result.settings["logits_from"] == "cut before softmax"
+    assert not softmax._forward_hooks  # nothing left behind on the user's network

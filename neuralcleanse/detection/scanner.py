@@ -21,6 +21,7 @@ from neuralcleanse.detection.reverse_engineer import TriggerReverseEngineer, che
 from neuralcleanse.errors import InputError, refuse_model_argument
 from neuralcleanse.metrics import attack_success_rate
 from neuralcleanse.models.checks import as_classifier, check_model
+from neuralcleanse.models.outputs import logits_for_search
 
 
 class NeuralCleanse:
@@ -73,6 +74,9 @@ class NeuralCleanse:
         settings, checked) and end with the result an uninterrupted one gives."""
         model = as_classifier(model, data).to(self.device)
         check = check_model(model, data, self.device)
+        with torch.no_grad():
+            probe = model.preprocess(data.x[:8].to(self.device))
+        search_model, logits_from = logits_for_search(model, check.output_kind, probe)
         num_classes = int(getattr(model, "num_classes", 0) or data.num_classes)
         todo = list(range(num_classes)) if labels is None else sorted({int(v) for v in labels})
         if any(not 0 <= l < num_classes for l in todo):
@@ -87,7 +91,7 @@ class NeuralCleanse:
         # The engine freezes the weights for speed; the caller's model must come back trainable.
         trainable = [p for p in model.parameters() if p.requires_grad]
         try:
-            engine = TriggerReverseEngineer(model, pool.x, pool.y, num_classes, self.plan.config,
+            engine = TriggerReverseEngineer(search_model, pool.x, pool.y, num_classes, self.plan.config,
                                             device=self.device, block_size=block_size, seed=self.seed,
                                             precision=self.precision, sync_every=self.sync_every)
             if snap is not None:
@@ -101,7 +105,8 @@ class NeuralCleanse:
                 save = lambda: save_scan_state(checkpoint, engine, fingerprint)  # noqa: E731
                 save()  # even before the first label, so --resume finds the settings to check
             result = self._scan(engine, model, pool, todo, on_label_done, start, save)
-            result.settings.update(clean_accuracy=check.clean_accuracy, output_kind=check.output_kind)
+            result.settings.update(clean_accuracy=check.clean_accuracy, output_kind=check.output_kind,
+                                   logits_from=logits_from)
             return result
         finally:
             for p in trainable:
