@@ -9,6 +9,7 @@ import torch
 
 from neuralcleanse.data.dataset import DatasetSplits, ImageDataset
 from neuralcleanse.detection.result import ScanResult
+from neuralcleanse.detection.rules import DEFAULT_RULE
 from neuralcleanse.detection.scanner import NeuralCleanse
 from neuralcleanse.files import resolve_inside, run_folder_lock
 from neuralcleanse.metrics import predict
@@ -59,12 +60,13 @@ def check_scan_folder(out: str | Path, *, resume: bool = False, force: bool = Fa
 
 def run_scan(model: Classifier, data: ImageDataset, out: str | Path, *, preset: str = "fast",
              samples: int | None = None, labels: Sequence[int] | None = None, loss: str | None = None,
-             max_steps: int | None = None, threshold: float = 2.0, seed: int = 0, block_size: int | None = None,
+             max_steps: int | None = None, rule: str = DEFAULT_RULE, threshold: float | None = None, seed: int = 0,
+             block_size: int | None = None,
              device: torch.device | str = "cpu", precision: str = "fp32", progress: bool = True, resume: bool = False,
              model_desc: dict[str, Any] | None = None, data_desc: dict[str, Any] | None = None) -> ScanResult:
     """Scans and writes the report into `out`. The scan's state is saved in `out` as labels finish
     and removed once the report is written; `resume=True` goes on from it."""
-    scanner = NeuralCleanse(preset, samples=samples, threshold=threshold, device=device, seed=seed,
+    scanner = NeuralCleanse(preset, samples=samples, rule=rule, threshold=threshold, device=device, seed=seed,
                             block_size=block_size, precision=precision, progress=progress, loss=loss,
                             max_steps=max_steps)
     state = Path(out) / STATE_NAME

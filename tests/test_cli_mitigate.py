@@ -159,7 +159,8 @@ def test_clean_verdict_has_nothing_to_mitigate(model, scan_dir, dataset, tmp_pat
     quiet.mkdir()
     report = json.loads((scan_dir / "report.json").read_text())
     # The same scan judged with a threshold no label reaches (all three fields, or the scan reads as edited).
-    report.update(threshold=1e9, flagged=[], infected=False)
+    report.update(threshold=1e9, flagged=[], infected=False, verdict="clean")
+    report["rule"]["threshold"] = 1e9
     (quiet / "report.json").write_text(json.dumps(report))
     (quiet / "triggers.npz").write_bytes((scan_dir / "triggers.npz").read_bytes())
     result = invoke("mitigate", str(model), "--scan", str(quiet), "--data", str(dataset), "--method", "unlearn",

@@ -55,10 +55,10 @@ class Injector:
 
     def strings(self, obj: Any, where: str = "") -> Any:
         """Every string value replaced, and one injected key (with an injected value) added to every
-        object; except the method, which must name one (a case of its own below), and the objects of
+        object; except the method and the verdict, which must name one (cases of their own below), and the objects of
         `baselines`, whose values must be measurements (one is added by `hostile_mitigation`)."""
         if isinstance(obj, str):
-            return obj if where == "method" else self.text(where or "value")
+            return obj if where in ("method", "verdict") else self.text(where or "value")
         if isinstance(obj, list):
             return [self.strings(v, f"{where}[{i}]") for i, v in enumerate(obj)]
         if isinstance(obj, dict):
@@ -219,7 +219,8 @@ TYPED_FIELDS = [
     ("mitigation.json", "pruning.pruned_fraction"), ("mitigation.json", "pruning.pruned_units"),
     ("mitigation.json", "pruning.curve.0.fraction"), ("mitigation.json", "pruning.curve"),
     ("mitigation.json", "files.checkpoint"), ("mitigation.json", "files"), ("mitigation.json", "settings"),
-    ("mitigation.json", "baselines"),
+    ("mitigation.json", "baselines"), ("report.json", "verdict"), ("report.json", "rule"),
+    ("report.json", "rule.threshold"),
 ]
 
 

@@ -1,6 +1,6 @@
 """The command group, logging, and how every outcome becomes an exit code.
 
-Exit codes: 0 clean verdict (or success), 3 infected verdict, 2 bad input, 1 crash.
+Exit codes: 0 clean verdict (or success), 3 infected verdict, 4 inconclusive verdict, 2 bad input, 1 crash.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ EXIT_CLEAN = 0
 EXIT_CRASH = 1
 EXIT_BAD_INPUT = 2
 EXIT_INFECTED = 3
+EXIT_INCONCLUSIVE = 4
 
 
 def guard(flags: Mapping[str, str] | None = None) -> Callable[[Callable[..., int | None]], Callable[..., None]]:

@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
-from neuralcleanse.cli.app import EXIT_CLEAN, EXIT_INFECTED, guard, main
+from neuralcleanse.cli.app import EXIT_CLEAN, EXIT_INCONCLUSIVE, EXIT_INFECTED, guard, main
+from neuralcleanse.detection.rules import DEFAULT_RULE, RULES
 from neuralcleanse.cli.options import (PREPROCESSING_FLAGS, load_model_and_data_from_flags, parse_device, parse_ints,
                                        preprocessing_options, with_options)
 from neuralcleanse.cli.report import write_page
@@ -27,8 +29,10 @@ from neuralcleanse.files import run_folder_lock
               help="original = the published code's swapped cross-entropy.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,
               help="Override the preset's step budget per label.")
-@click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
-              help="Anomaly index that flags a label.")
+@click.option("--rule", type=click.Choice(sorted(RULES)), default=DEFAULT_RULE, show_default=True,
+              help="How the norms become a verdict (docs/results.md compares them); published = the paper's.")
+@click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Anomaly index that flags a label (default: the rule's).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--block-size", type=click.IntRange(min=1), default=None,
               help="Labels optimised per pass (default: chosen from the hardware). Fix it for bit-for-bit repeats.")
@@ -42,12 +46,13 @@ from neuralcleanse.files import run_folder_lock
 @click.pass_context
 @guard(PREPROCESSING_FLAGS)
 def scan(ctx: click.Context, model_path: str, data_source: str, out: str, preset: str, samples: int | None,
-         labels: str | None, loss: str | None, max_steps: int | None, threshold: float, seed: int,
+         labels: str | None, loss: str | None, max_steps: int | None, rule: str, threshold: float | None, seed: int,
          block_size: int | None, resume: bool, force: bool, as_json: bool, device: str, precision: str,
          **model_flags: Any) -> int:
     """Reverse-engineer a trigger for every label and flag the outliers.
 
-    Exit code 0: no label flagged; 3: infected (at least one label flagged); 2: bad input; 1: crash.
+    Exit code 0: no label flagged; 3: infected (at least one label flagged); 4: inconclusive (every
+    label is easy to reach, so mask size cannot single out a backdoor); 2: bad input; 1: crash.
     """
     from neuralcleanse.pipeline import check_scan_folder, run_scan
     from neuralcleanse.report.html_report import read_run_folder
@@ -61,7 +66,7 @@ def scan(ctx: click.Context, model_path: str, data_source: str, out: str, preset
             read_run_folder(Path(out))  # what the page shows, checked before anything is printed
             click.echo(f"{Path(out) / REPORT_NAME} is a finished scan: nothing to resume", err=True)
             _print_verdict(result, out, as_json, report)
-        return EXIT_INFECTED if result.infected else EXIT_CLEAN
+        return _exit_code(result)
     model, data = load_model_and_data_from_flags(model_path, data_source, **model_flags)
     label_list = parse_ints(labels) if labels else None
     # Taken once the inputs are known good, so a typo creates no folder; everything that reads or
@@ -71,19 +76,27 @@ def scan(ctx: click.Context, model_path: str, data_source: str, out: str, preset
         if force:  # only once the inputs are known good: a typo must not cost the finished scan
             (Path(out) / REPORT_NAME).unlink(missing_ok=True)
         result = run_scan(model, data.test, out, resume=resume, preset=preset, samples=samples, labels=label_list,
-                          loss=loss, max_steps=max_steps, threshold=threshold, seed=seed, block_size=block_size,
+                          loss=loss, max_steps=max_steps, rule=rule, threshold=threshold, seed=seed, block_size=block_size,
                           device=parse_device(device), precision=precision,
                           progress=ctx.obj["progress"], model_desc={"path": str(model_path)},
                           data_desc={"source": data_source})
     _print_verdict(result, out, as_json)
-    return EXIT_INFECTED if result.infected else EXIT_CLEAN
+    return _exit_code(result)
+
+
+def _exit_code(result: Any) -> int:
+    return {"infected": EXIT_INFECTED, "inconclusive": EXIT_INCONCLUSIVE}.get(result.verdict, EXIT_CLEAN)
 
 
 def _print_verdict(result: Any, out: str, as_json: bool = False, report: dict | None = None) -> None:
     """The verdict for people; with --json they go to stderr and stdout carries report.json."""
     idx = result.anomaly_index
     idx_text = "inf" if idx == float("inf") else f"{idx:.2f}"
-    if result.infected:
+    if result.verdict == "inconclusive":
+        click.echo(f"verdict: INCONCLUSIVE — every label's reversed trigger is small (median L1 norm "
+                   f"{float(np.median(result.l1_norms)):.1f}), so trigger size cannot single out a backdoor "
+                   f"(smallest-norm anomaly index {idx_text}, rule {result.rule.name})", err=as_json)
+    elif result.infected:
         click.echo(f"verdict: INFECTED — flagged label(s) {result.flagged}, anomaly index {idx_text}", err=as_json)
     else:
         click.echo(f"verdict: clean — no label flagged (anomaly index of the smallest norm {idx_text})", err=as_json)

@@ -4,10 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from neuralcleanse.attacks.trigger import Trigger
-from neuralcleanse.detection.outlier import OutlierResult, label_outliers
+from neuralcleanse.detection.outlier import OutlierResult
+from neuralcleanse.detection.rules import Rule, get_rule
 
 
 @dataclass
@@ -26,10 +28,21 @@ class ScanResult:
     settings: dict[str, Any] = field(default_factory=dict)
     wall_time: float = 0.0
     passes: int = 0
+    rule: Rule = field(default_factory=lambda: get_rule("published"))
+    verdict: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.verdict:
+            self.verdict = self.rule.verdict(self.outliers, self.l1_norms, int(self.masks[0].numel()))
 
     @property
     def infected(self) -> bool:
-        return self.outliers.infected
+        return self.verdict == "infected"
+
+    @classmethod
+    def judged(cls, rule: Rule, labels: list[int], l1_norms: list[float], **fields: Any) -> "ScanResult":
+        """A result whose outliers and verdict follow from `rule` applied to the norms."""
+        return cls(labels=labels, l1_norms=l1_norms, outliers=rule.outliers(l1_norms, labels), rule=rule, **fields)
 
     @property
     def flagged(self) -> list[int]:
@@ -52,24 +65,30 @@ class ScanResult:
         """Rebuilds a result from `to_dict()`'s output and the exact masks and patterns."""
         labels = [int(v) for v in d["labels"]]
         norms = [float(v) for v in d["l1_norms"]]
-        return cls(labels=labels, masks=masks, patterns=patterns, l1_norms=norms,
-                   success_rates=[float(v) for v in d["success_rates"]],
-                   reached_threshold=[bool(v) for v in d["reached_threshold"]], steps=[int(v) for v in d["steps"]],
-                   outliers=label_outliers(norms, labels, float(d.get("threshold", 2.0))),
-                   settings=dict(d.get("settings", {})), wall_time=float(d.get("wall_time_s", 0.0)),
-                   passes=int(d.get("image_passes", 0)))
+        # Reports from before rules were recorded used the published rule with their threshold.
+        rule = Rule.from_dict(d["rule"]) if "rule" in d else get_rule("published", float(d.get("threshold", 2.0)))
+        return cls.judged(rule, labels, norms, masks=masks, patterns=patterns,
+                          success_rates=[float(v) for v in d["success_rates"]],
+                          reached_threshold=[bool(v) for v in d["reached_threshold"]],
+                          steps=[int(v) for v in d["steps"]], settings=dict(d.get("settings", {})),
+                          wall_time=float(d.get("wall_time_s", 0.0)), passes=int(d.get("image_passes", 0)))
 
     def to_dict(self) -> dict[str, Any]:
         o = self.outliers
+        norms = [float(v) for v in self.l1_norms]
         return {
+            "verdict": self.verdict,
             "infected": self.infected,
+            "rule": self.rule.to_dict(),
             "labels": [int(v) for v in self.labels],
             "flagged": self.flagged,
             "anomaly_index": _finite_or_none(o.anomaly_index),
-            "median_l1": o.median,
+            "median_l1": float(np.median(norms)),
             "mad": o.mad,
             "mad_x_1_4826": o.consistent_mad,
-            "min_l1": o.min_norm,
+            "mad_of": "log L1 norms" if self.rule.log_norms else "L1 norms",
+            "min_l1": min(norms),
+            "flag_below_l1": self.rule.cut(o),
             "threshold": o.threshold,
             "l1_norms": [float(v) for v in self.l1_norms],
             "label_anomaly_index": [_finite_or_none(v) for v in o.label_indices],

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from neuralcleanse.attacks.trigger import Trigger
 from neuralcleanse.data.dataset import ImageDataset
-from neuralcleanse.detection.outlier import label_outliers
+from neuralcleanse.detection.rules import DEFAULT_RULE, Rule, get_rule
 from neuralcleanse.detection.presets import ScanPlan, get_preset
 from neuralcleanse.detection.result import ScanResult
 from neuralcleanse.detection.reverse_engineer import TriggerReverseEngineer, check_precision
@@ -39,7 +39,8 @@ class NeuralCleanse:
         preset: str | ScanPlan = "fast",
         *,
         samples: int | None = None,
-        threshold: float = 2.0,
+        rule: str | Rule = DEFAULT_RULE,
+        threshold: float | None = None,
         device: str | torch.device = "cpu",
         seed: int = 0,
         block_size: int | None = None,
@@ -54,7 +55,11 @@ class NeuralCleanse:
         self.preset_name = preset if isinstance(preset, str) else "custom"
         self.plan = replace(plan, config=plan.config.with_overrides(**config_overrides),
                             samples=samples or plan.samples)
-        self.threshold = threshold
+        try:
+            self.rule = get_rule(rule, threshold)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        self.threshold = self.rule.threshold
         self.device = torch.device(device)
         self.seed = seed
         self.block_size = block_size
@@ -132,10 +137,6 @@ class NeuralCleanse:
         found = {k: v[todo] for k, v in engine.results().items()}
         rates = self._success_rates(model, pool, found, todo)
         norms = [float(v) for v in found["l1"]]
-        try:
-            outliers = label_outliers(norms, todo, self.threshold)
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
         settings = {
             "preset": self.preset_name,
             "config": self.plan.config.to_dict(),
@@ -145,12 +146,15 @@ class NeuralCleanse:
             "seed": self.seed,
             "precision": self.precision,
             "threshold": self.threshold,
+            "rule": self.rule.name,
         }
-        return ScanResult(
-            labels=todo, masks=found["mask"], patterns=found["pattern"], l1_norms=norms, success_rates=rates,
-            reached_threshold=[bool(v) for v in found["reached"]], steps=[int(v) for v in found["steps"]],
-            outliers=outliers, settings=settings, wall_time=time.perf_counter() - start, passes=engine.passes,
-        )
+        try:
+            return ScanResult.judged(
+                self.rule, todo, norms, masks=found["mask"], patterns=found["pattern"], success_rates=rates,
+                reached_threshold=[bool(v) for v in found["reached"]], steps=[int(v) for v in found["steps"]],
+                settings=settings, wall_time=time.perf_counter() - start, passes=engine.passes)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
 
     def select_samples(self, data: ImageDataset, num_classes: int) -> ImageDataset:
         """A class-balanced draw of the clean samples the optimisation sees."""

@@ -252,7 +252,8 @@ class _Page:
         if scan is None:
             title = "no scan"
         else:
-            title = "INFECTED" if scan.get("infected") else "Clean"
+            title = {"inconclusive": "Inconclusive"}.get(scan.get("verdict"), "INFECTED" if scan.get("infected")
+                                                         else "Clean")
         return "\n".join([
             "<!DOCTYPE html>",
             '<html lang="en">',
@@ -289,7 +290,14 @@ class _Page:
         infected = bool(scan.get("infected"))
         flagged = scan.get("flagged") or []
         threshold = scan.get("threshold")
-        if infected:
+        verdict = scan.get("verdict") or ("infected" if infected else "clean")
+        rule = scan.get("rule") if isinstance(scan.get("rule"), dict) else {"name": "published"}
+        if verdict == "inconclusive":
+            head = "Inconclusive: trigger size cannot decide"
+            text = (f"Every label's reversed trigger is small (median L1 norm {_e(_num(scan.get('median_l1')))}): "
+                    "any label is easy to reach with a small patch, so a backdoor's trigger would not stand out. "
+                    "This is not a clean verdict. Look at the reversed triggers below, or test with another method.")
+        elif infected:
             head = "INFECTED: backdoor suspected"
             text = (f"The reversed trigger of label(s) {_e(_labels(flagged))} is abnormally small compared with the "
                     f"other labels' (anomaly index above {_e(_num(threshold))}). An input carrying such a small "
@@ -302,12 +310,13 @@ class _Page:
             _fact(_labels(flagged), "flagged label(s)"),
             _fact(_num(scan.get("anomaly_index")), "anomaly index"),
             _fact(_num(threshold), "threshold"),
+            _fact(str(rule.get("name")), "rule"),
             _fact(_num(scan.get("median_l1")), "median L1 norm"),
             _fact(_num(scan.get("mad")), "MAD of L1 norms"),
             _fact(str(len(scan.get("labels") or [])), "labels scanned"),
             _fact(_duration(scan.get("wall_time_s")), "wall time"),
         ]
-        cls = "infected" if infected else "clean"
+        cls = {"infected": "infected", "inconclusive": "none"}.get(verdict, "clean")
         return (f'<section class="verdict {cls}" id="verdict"><h2>{_e(head)}</h2><p>{text}</p>'
                 f'<div class="facts">{"".join(facts)}</div></section>')
 

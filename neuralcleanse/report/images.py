@@ -8,7 +8,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from neuralcleanse.detection.outlier import CONSISTENCY
 from neuralcleanse.files import write_atomic
 
 MIN_SIDE = 112  # small masks (28 px) are upscaled so a person can see them
@@ -62,7 +61,8 @@ def save_figure(fig, path: str | Path) -> Path:
 
 
 def save_norms_chart(labels: Sequence[int], norms: Sequence[float], flagged: Sequence[int], median: float,
-                     mad: float, threshold: float, path: str | Path, title: str = "") -> Path:
+                     cut: float, threshold: float, path: str | Path, title: str = "") -> Path:
+    """Bars of the norms, the median, and `cut`: the norm under which the rule flags a label."""
     plt = pyplot()
     flagged_set = set(flagged)
     positions = np.arange(len(norms))
@@ -72,7 +72,6 @@ def save_norms_chart(labels: Sequence[int], norms: Sequence[float], flagged: Seq
     if len(labels) <= 50:
         ax.set_xticks(positions, [str(v) for v in labels], fontsize=7)
     ax.axhline(median, color="black", lw=1, label=f"median {median:.1f}")
-    cut = median - threshold * CONSISTENCY * mad
     if cut > 0:
         ax.axhline(cut, color="#d62728", lw=1, ls="--", label=f"anomaly index {threshold:g}")
     for pos, label in enumerate(labels):

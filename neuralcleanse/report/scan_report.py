@@ -42,8 +42,8 @@ def write_scan_report(result: ScanResult, out_dir: str | Path, *, model: dict[st
     for i, label in enumerate(result.labels):
         files[str(label)] = {k: f"triggers/{v}" for k, v in
                              save_trigger_images(result.masks[i], result.patterns[i], images, label).items()}
-    save_norms_chart(result.labels, result.l1_norms, result.flagged, result.outliers.median, result.outliers.mad,
-                     result.outliers.threshold, out / "norms.png")
+    save_norms_chart(result.labels, result.l1_norms, result.flagged, float(np.median(result.l1_norms)),
+                     result.rule.cut(result.outliers), result.rule.threshold, out / "norms.png")
     write_atomic(out / TRIGGERS_NAME, lambda tmp: _save_triggers(result, tmp))
     report = {
         **report_header(),
@@ -86,6 +86,9 @@ def load_scan(scan_dir: str | Path) -> tuple[ScanResult, dict[str, Any]]:
                          f"{REPORT_NAME}'s); run the scan again")
     check_trigger_values(masks, patterns, triggers_path)
     result = ScanResult.from_dict(report, torch.from_numpy(masks).float(), torch.from_numpy(patterns).float())
+    if "verdict" in report and report["verdict"] != result.verdict:
+        raise InputError(f"{report_path} was edited: its verdict {report['verdict']!r} does not follow from its "
+                         f"norms and rule (which give {result.verdict!r}); run the scan again")
     if "flagged" in report and sorted(result.flagged) != sorted(report["flagged"]):
         raise InputError(f"{report_path} was edited: its flagged labels {report['flagged']} do not follow from "
                          f"its norms (which flag {result.flagged}); run the scan again")

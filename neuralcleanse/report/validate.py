@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from neuralcleanse.detection.rules import VERDICTS, Rule
 from neuralcleanse.errors import InputError
 
 MAX_JSON_BYTES = 64 * 2**20
@@ -82,6 +83,13 @@ def check_scan_report(report: dict[str, Any], path: Path, partial: bool = False)
             raise _Bad("'image_passes' is not a whole number of at least 0")
         if "infected" in report and not isinstance(report["infected"], bool):
             raise _Bad("'infected' is not true or false")
+        if "verdict" in report and report["verdict"] not in VERDICTS:
+            raise _Bad(f"'verdict' is {str(report['verdict'])[:30]!r}, not one of {', '.join(VERDICTS)}")
+        if "rule" in report:
+            try:
+                Rule.from_dict(report["rule"])
+            except ValueError as exc:
+                raise _Bad(f"'rule': {exc}") from None
         for key in ("settings", "images", "model", "data", "tool"):
             if key in report and not isinstance(report[key], dict):
                 raise _Bad(f"'{key}' is not an object")

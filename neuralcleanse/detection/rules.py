@@ -1,0 +1,88 @@
+"""Decision rules: how the per-label mask norms of a scan become a verdict.
+
+`published` is the paper's: MAD outlier test on the raw L1 norms, anomaly index over 2 for a
+label below the median. Other rules change the statistic or add an "inconclusive" verdict; each is
+measured on the model populations of benchmarks/population.py (docs/results.md says which won and
+by how much), and the published one stays a flag away (`--rule published`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from neuralcleanse.detection.outlier import OutlierResult, label_outliers
+
+VERDICTS = ("clean", "infected", "inconclusive")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """log_norms: run the MAD test on log(L1 norm), so a label counts as an outlier by the factor
+    its mask is smaller by, not by the difference (norms spread multiplicatively across labels).
+    easy_fraction: when the median label's mask covers less than this share of the image, every
+    label is easy to reach and mask size cannot single out a backdoor: the verdict is
+    "inconclusive" (None: never)."""
+
+    name: str
+    log_norms: bool = False
+    threshold: float = 2.0
+    easy_fraction: float | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.threshold) and self.threshold > 0):
+            raise ValueError(f"threshold must be a positive number, got {self.threshold}")
+        if self.easy_fraction is not None and not 0 < self.easy_fraction < 1:
+            raise ValueError(f"easy_fraction must lie in (0, 1), got {self.easy_fraction}")
+
+    def outliers(self, norms: Sequence[float], labels: Sequence[int]) -> OutlierResult:
+        values = np.log(np.maximum(np.asarray(norms, dtype=np.float64), 1e-6)) if self.log_norms else norms
+        return label_outliers(values, labels, self.threshold)
+
+    def verdict(self, outliers: OutlierResult, norms: Sequence[float], image_area: int) -> str:
+        if self.easy_fraction is not None and float(np.median(norms)) < self.easy_fraction * image_area:
+            return "inconclusive"
+        return "infected" if outliers.flagged else "clean"
+
+    def cut(self, outliers: OutlierResult) -> float:
+        """The L1 norm under which a label is flagged (may be negative: nothing can be)."""
+        edge = outliers.median - self.threshold * outliers.consistent_mad
+        return float(math.exp(edge)) if self.log_norms else float(edge)
+
+    def with_threshold(self, threshold: float) -> "Rule":
+        return Rule(self.name, self.log_norms, threshold, self.easy_fraction, self.description)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "Rule":
+        """A rule as report.json records it; unknown or damaged records raise ValueError."""
+        if not isinstance(d, dict) or not isinstance(d.get("name"), str):
+            raise ValueError("the rule is not recorded as an object with a name")
+        easy = d.get("easy_fraction")
+        fields = (d.get("log_norms", False), d.get("threshold", 2.0), easy)
+        if not isinstance(fields[0], bool) or not isinstance(fields[1], (int, float)) or isinstance(fields[1], bool) \
+                or not (easy is None or (isinstance(easy, (int, float)) and not isinstance(easy, bool))):
+            raise ValueError("the rule's settings have the wrong types")
+        return cls(d["name"], fields[0], float(fields[1]), None if easy is None else float(easy),
+                   str(d.get("description", "")))
+
+
+RULES: dict[str, Rule] = {
+    "published": Rule("published", description="MAD of the raw L1 norms, anomaly index over 2 (the paper's rule)"),
+}
+DEFAULT_RULE = "published"
+
+
+def get_rule(rule: str | Rule, threshold: float | None = None) -> Rule:
+    """A rule by name (or as given), with `threshold` replacing its own when given."""
+    if isinstance(rule, str):
+        try:
+            rule = RULES[rule]
+        except KeyError:
+            raise ValueError(f"unknown rule {rule!r}; known: {', '.join(RULES)}") from None
+    return rule if threshold is None else rule.with_threshold(threshold)
