@@ -74,6 +74,7 @@ class Rule:
 
 RULES: dict[str, Rule] = {
     "published": Rule("published", description="MAD of the raw L1 norms, anomaly index over 2 (the paper's rule)"),
+    "log-mad": Rule("log-mad", log_norms=True, description="MAD of the log L1 norms, anomaly index over 2"),
 }
 DEFAULT_RULE = "published"
 
