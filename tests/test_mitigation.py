@@ -315,3 +315,23 @@ def test_mitigations_share_one_shape(infected, data, reversed_, held_out) -> Non
         assert result.after.worst_attack_success < result.before.worst_attack_success, cls
         with pytest.raises(TypeError, match=rf"{cls.__name__}\(\.\.\.\)\.fit\(model"):
             cls(model)
+
+
+def test_verdict_comes_from_a_rescan_of_the_patched_model(infected, data, scan) -> None:
+    """"Backdoor removed" only when a fresh scan of the patched model no longer flags the label;
+    a repair that barely touches the model says the backdoor may persist, with the figures."""
+    from neuralcleanse.mitigation.verify import PERSISTS, REMOVED
+
+    model, _ = infected
+    real = known_backdoors(model.info.metadata)
+    weak = mitigate(model, scan, data, "prune", labels=[TARGET], real=real, prune_step=0.03, max_fraction=0.03)
+    assert weak.rescan is not None and TARGET in weak.rescan.flagged_after
+    assert weak.verdict == PERSISTS and weak.to_dict()["rescan"]["backdoor_removed"] is False
+    assert weak.rescan.norms_before[TARGET] == pytest.approx(scan.l1_norms[scan.labels.index(TARGET)])
+    strong = mitigate(model, scan, data, "unlearn", labels=[TARGET], real=real, epochs=2, data_fraction=1.0,
+                      baselines=False)
+    assert strong.after.worst_attack_success < 0.2  # the real trigger, held-out data
+    assert strong.verdict == REMOVED, strong.rescan.to_dict()
+    assert strong.rescan.norms_after[TARGET] > strong.rescan.norms_before[TARGET]
+    assert set(strong.rescan.labels) == set(scan.labels)  # few labels: all rescanned
+    assert mitigate(model, scan, data, "filter", labels=[TARGET]).rescan is None

@@ -52,6 +52,9 @@ REAL_TRIGGER_FLAGS = {
 @click.option("--real-colour", default="1.0", show_default=True, help="...in this colour.")
 @click.option("--real-mask", type=click.Path(dir_okay=False), default=None, help="Real trigger's mask image.")
 @click.option("--real-pattern", type=click.Path(dir_okay=False), default=None, help="Real trigger's pattern image.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Scan the patched model's treated labels again (beside 10 others) and say whether the backdoor "
+                   "is gone by that scan, not by the reversed trigger's figures.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace a finished mitigation already in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print mitigation.json on stdout (messages go to stderr).")
@@ -63,7 +66,7 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
              labels: str | None, layer: str | None, top_fraction: float, fpr: float, step: float,
              stop_success: float, max_fraction: float, epochs: int, trigger_share: float, data_fraction: float,
              lr: float | None, baselines: bool, real_target: int | None, real_size: int | None, real_position: str,
-             real_colour: str, real_mask: str | None, real_pattern: str | None, seed: int, force: bool,
+             real_colour: str, real_mask: str | None, real_pattern: str | None, verify: bool, seed: int, force: bool,
              as_json: bool, device: str, **model_flags: Any) -> int:
     """Remove or block a backdoor found by `scan`: input filter, neuron pruning or unlearning.
 
@@ -104,7 +107,8 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
                 model, scan_result, data, method, labels=parse_ints(labels) if labels else None, real=real,
                 layer=layer, top_fraction=top_fraction, false_positive_rate=fpr, prune_step=step,
                 stop_success=stop_success, max_fraction=max_fraction, epochs=epochs, trigger_share=trigger_share,
-                data_fraction=data_fraction, lr=lr, baselines=baselines, seed=seed, device=parse_device(device),
+                data_fraction=data_fraction, lr=lr, baselines=baselines, seed=seed, verify=verify,
+                device=parse_device(device),
                 progress=ctx.obj["progress"])
         except ValueError as exc:
             raise InputError(str(exc)) from None
@@ -133,4 +137,10 @@ def _print_mitigation(outcome: Any, path: Path, as_json: bool = False) -> None:
         echo(f"pruned {outcome.pruning.fraction:.0%} of layer {outcome.pruning.layer.name}")
     for name, m in outcome.baselines.items():
         echo(f"baseline {name}: clean accuracy {m.clean_accuracy:.2%}, attack success {m.worst_attack_success:.2%}")
+    if outcome.rescan is not None:
+        r = outcome.rescan
+        changes = ", ".join(f"label {l}: L1 norm {r.norms_before[l]:.1f} -> {r.norms_after[l]:.1f}, anomaly index "
+                            f"{r.index_before[l]:.2f} -> {r.index_after[l]:.2f}" for l in r.treated)
+        echo(f"rescan of the patched model ({len(r.labels)} labels, rule {r.rule}): {changes}")
+    echo(f"verdict: {outcome.verdict}")
     echo(f"results: {path}")

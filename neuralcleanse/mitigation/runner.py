@@ -17,6 +17,7 @@ from neuralcleanse.mitigation.backdoors import Backdoor, Measurement, reversed_b
 from neuralcleanse.mitigation.input_filter import FilterRates, InputFilter
 from neuralcleanse.mitigation.pruning import NeuronPruner, PruningResult
 from neuralcleanse.mitigation.unlearning import Unlearner, training_lr
+from neuralcleanse.mitigation.verify import FILTERED, Rescan, rescan
 
 METHODS = ("filter", "prune", "unlearn")
 
@@ -44,6 +45,16 @@ class MitigationOutcome:
     pruning: PruningResult | None = field(default=None, repr=False)
     baselines: dict[str, Measurement] = field(default_factory=dict)
     wall_time: float = 0.0
+    rescan: Rescan | None = None
+
+    @property
+    def verdict(self) -> str:
+        """What the repair achieved, by a fresh scan of the patched model (not by the reversed
+        trigger's figures): "backdoor removed", "backdoor may persist", or for the filter, which
+        leaves the model as it was, that inputs are filtered."""
+        if self.method == "filter":
+            return FILTERED
+        return self.rescan.verdict if self.rescan is not None else "not verified (no rescan)"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +64,8 @@ class MitigationOutcome:
             "reversed_trigger": {"before": self.reversed_before.to_dict(), "after": self.reversed_after.to_dict()},
             **self.details,
             "baselines": {k: v.to_dict() for k, v in self.baselines.items()},
+            "verdict": self.verdict,
+            **({"rescan": self.rescan.to_dict()} if self.rescan is not None else {}),
             "wall_time_s": round(self.wall_time, 3),
         }
 
@@ -74,10 +87,13 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
              prune_step: float = 0.02, stop_success: float = 0.05, max_fraction: float = 1.0,
              epochs: int = 1, trigger_share: float = 0.2, data_fraction: float = 0.1, lr: float | None = None,
              baselines: bool = True, tune_samples: int = 2000, curve_samples: int = 2000, seed: int = 0,
+             verify: bool = True, verify_others: int = 10,
              device: torch.device | str = "cpu", progress: bool = False) -> MitigationOutcome:
     """Runs `method` with the reversed triggers of the scan's flagged labels (or `labels`).
 
-    `real` (the true triggers, when known) is used only to measure. Raises NothingToMitigate
+    `real` (the true triggers, when known) is used only to measure. `verify`: scan the patched
+    model's treated labels again, beside `verify_others` more, and say "backdoor removed" only when
+    none of them is flagged any more (neuralcleanse.mitigation.verify). Raises NothingToMitigate
     when the scan flagged nothing and no labels were named: nothing is changed then.
     """
     if method not in METHODS:
@@ -139,6 +155,9 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
             if real:
                 extra["baselines"]["unlearn_real_trigger"] = unlearner().fit(model, real, tune).measure_after(held_out, real)
     result = mitigation.evaluate(held_out, real)
+    if verify and method != "filter":
+        # On data no tuning step saw, with the scan's own settings and rule.
+        extra["rescan"] = rescan(patched, scan, [b.target for b in backdoors], held_out, device, verify_others)
     return MitigationOutcome(method, [b.target for b in backdoors], result.attack_trigger, settings, result.before,
                              result.after, result.reversed_before, result.reversed_after, details, patched,
                              wall_time=time.perf_counter() - start, **extra)

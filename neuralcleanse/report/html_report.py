@@ -441,13 +441,35 @@ class _Page:
                 f"<h2>Mitigation: {_e(METHOD_NAMES.get(method, method))}</h2>"
                 f'<p class="sub">folder {_e(where)} · label(s) {_e(_labels(m.get("labels")))} · '
                 f"{_e(trigger)} trigger · {_e(_duration(m.get('wall_time_s')))}</p>"
-                f"{table}{rev_line}{facts}{notes}"
+                f"{self.rescan_block(m)}{table}{rev_line}{facts}{notes}"
                 f'<div style="margin-top:12px">{chart}</div>'
                 f"<details><summary>settings, details and files</summary><div class=\"two\">"
                 f'<div><h3>Settings</h3>{_kv_table(m.get("settings") or {})}</div>'
                 f'<div><h3>Details</h3>{_kv_table(extra, skip=("pruning.curve",))}{curve}'
                 f"<h3>Files</h3>{_kv_table(files)}</div>"
                 "</div></details></section>")
+
+    @staticmethod
+    def rescan_block(m: dict[str, Any]) -> str:
+        """The repair's verdict, by a fresh scan of the patched model, with the treated labels' figures."""
+        verdict = m.get("verdict")
+        if not isinstance(verdict, str):
+            return ""
+        r = m.get("rescan") if isinstance(m.get("rescan"), dict) else {}
+        good = r.get("backdoor_removed") is True
+        rows = []
+        for key in r.get("treated_labels") or [] if isinstance(r.get("treated_labels"), list) else []:
+            cells = [(r.get(f) or {}).get(str(key)) if isinstance(r.get(f), dict) else None
+                     for f in ("l1_norms_before", "l1_norms_after", "anomaly_index_before", "anomaly_index_after")]
+            rows.append(f"<tr><td>{_e(key)}</td>" + "".join(f'<td class="num">{_e(_num(c))}</td>' for c in cells)
+                        + "</tr>")
+        table = ('<div class="scroll"><table class="results"><tr><th>label</th><th class="num">L1 norm before</th>'
+                 '<th class="num">after</th><th class="num">anomaly index before</th><th class="num">after</th></tr>'
+                 f'{"".join(rows)}</table></div>') if rows else ""
+        how = (f"A new scan of the patched model ({_e(len(r.get('labels_rescanned') or []))} labels, rule "
+               f"{_e(r.get('rule'))}) decides, not the reversed trigger's figures." if r else "")
+        return (f'<p class="note" data-verdict="{_e(verdict)}"><b>{"✔" if good else "⚠"} {_e(verdict)}</b>. '
+                f"{how}</p>{table}")
 
     @staticmethod
     def curve_table(curve: Any) -> str:

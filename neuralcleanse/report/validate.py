@@ -114,8 +114,10 @@ def check_mitigation_report(report: dict[str, Any], path: Path) -> None:
             raise _Bad("'baselines' is not an object")
         for name, value in baselines.items():
             _measurement(value, f"baselines.{name}")
+        if "verdict" in report and not isinstance(report["verdict"], str):
+            raise _Bad("'verdict' is not text")
         for key in ("settings", "files", "model", "data", "tool", "filter", "pruning", "unlearning",
-                    "reversed_trigger"):
+                    "reversed_trigger", "rescan"):
             if key in report and not isinstance(report[key], dict):
                 raise _Bad(f"'{key}' is not an object")
         if not all(isinstance(v, str) for v in report.get("files", {}).values()):

@@ -1,0 +1,97 @@
+"""Is the backdoor gone? A fresh scan of the patched model says, not the reversed trigger's own figures.
+
+Unlearning or pruning against the scan's reversed trigger can make *that* pattern fail while the
+real backdoor survives (a different trigger still reaches the label). So after every repair the
+treated labels are reverse-engineered again on the patched model, beside enough other labels for
+the median and MAD, and judged by the scan's own rule. "Backdoor removed" is said only when no
+treated label stands out any more.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from neuralcleanse.data.dataset import ImageDataset
+from neuralcleanse.detection.config import ReverseConfig
+from neuralcleanse.detection.presets import PRESETS, ScanPlan
+from neuralcleanse.detection.result import ScanResult
+from neuralcleanse.detection.scanner import NeuralCleanse
+
+REMOVED = "backdoor removed"
+PERSISTS = "backdoor may persist"
+FILTERED = "backdoor still in the model; triggered inputs are filtered"
+
+
+@dataclass
+class Rescan:
+    """The treated labels' norms and anomaly indices before (the scan) and after (a scan of the
+    patched model), and whether any of them is still flagged."""
+
+    treated: list[int]
+    labels: list[int]
+    norms_before: dict[int, float]
+    norms_after: dict[int, float]
+    index_before: dict[int, float]
+    index_after: dict[int, float]
+    flagged_after: list[int]
+    rule: str
+    wall_time: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def removed(self) -> bool:
+        return not set(self.flagged_after) & set(self.treated)
+
+    @property
+    def verdict(self) -> str:
+        return REMOVED if self.removed else PERSISTS
+
+    def to_dict(self) -> dict[str, Any]:
+        def table(d: dict[int, float]) -> dict[str, float | None]:
+            return {str(k): (float(v) if v == v and abs(v) != float("inf") else None) for k, v in d.items()}
+
+        return {"verdict": self.verdict, "backdoor_removed": self.removed, "rule": self.rule,
+                "treated_labels": self.treated, "labels_rescanned": self.labels,
+                "l1_norms_before": table(self.norms_before), "l1_norms_after": table(self.norms_after),
+                "anomaly_index_before": table(self.index_before), "anomaly_index_after": table(self.index_after),
+                "flagged_after": self.flagged_after, "wall_time_s": round(self.wall_time, 3), **self.extra}
+
+
+def labels_to_rescan(scan: ScanResult, treated: Sequence[int], others: int = 10) -> list[int]:
+    """The treated labels plus up to `others` more, spread evenly over the scan's norms (sorted),
+    so the rescanned set has the original's median and spread; all labels when there are few."""
+    rest = sorted((l for l in scan.labels if l not in treated), key=lambda l: scan.l1_norms[scan.labels.index(l)])
+    if len(rest) > others:
+        step = len(rest) / others
+        rest = [rest[int(i * step + step / 2)] for i in range(others)]
+    return sorted(set(treated) | set(rest))
+
+
+def scanner_like(scan: ScanResult, device: torch.device | str = "cpu") -> NeuralCleanse:
+    """A scanner with the settings the scan recorded (its preset's when they cannot be read)."""
+    settings = scan.settings or {}
+    try:
+        config = dict(settings["config"])
+        config["betas"] = tuple(config.get("betas", (0.5, 0.9)))
+        plan = ScanPlan(config=ReverseConfig(**config), samples=int(settings.get("samples", 1000)))
+    except (KeyError, TypeError, ValueError):
+        plan = PRESETS.get(str(settings.get("preset")), PRESETS["fast"])
+    seed = settings.get("seed", 0)
+    return NeuralCleanse(plan, rule=scan.rule, seed=seed if isinstance(seed, int) else 0, device=device,
+                         progress=False)
+
+
+def rescan(patched: nn.Module, scan: ScanResult, treated: Sequence[int], data: ImageDataset,
+           device: torch.device | str = "cpu", others: int = 10) -> Rescan:
+    labels = labels_to_rescan(scan, treated, others)
+    after = scanner_like(scan, device).scan(patched, data, labels=labels)
+    return Rescan(
+        treated=list(treated), labels=labels,
+        norms_before={l: scan.l1_norms[scan.labels.index(l)] for l in treated},
+        norms_after={l: after.l1_norms[after.labels.index(l)] for l in treated},
+        index_before={l: scan.outliers.label_indices[scan.labels.index(l)] for l in treated},
+        index_after={l: after.outliers.label_indices[labels.index(l)] for l in treated},
+        flagged_after=after.flagged, rule=scan.rule.name, wall_time=after.wall_time)
