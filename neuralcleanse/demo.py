@@ -33,7 +33,7 @@ def run_demo(out: str | Path, *, device: torch.device | str = "cpu", epochs: int
     echo("[2/4] scanning every label for a backdoor (preset fast)")
     result = run_scan(model, data.test, out / "scan", device=device, progress=progress,
                       model_desc={"path": str(ckpt)}, data_desc={"source": "mnist"})
-    verdict = "INFECTED" if result.infected else "clean"
+    verdict = result.verdict.upper() if result.infected else result.verdict
     echo(f"      verdict: {verdict}; flagged {result.flagged}; anomaly index {result.anomaly_index:.2f}; "
          f"{result.wall_time:.1f}s")
     echo("      reversed trigger norms: " + ", ".join(f"{l}:{v:.0f}" for l, v in zip(result.labels, result.l1_norms)))
@@ -47,6 +47,11 @@ def run_demo(out: str | Path, *, device: torch.device | str = "cpu", epochs: int
         echo(f"      clean accuracy {b.clean_accuracy:.2%} -> {a.clean_accuracy:.2%}; attack success (real trigger) "
              f"{b.worst_attack_success:.2%} -> {a.worst_attack_success:.2%}; patched model "
              f"{out / 'scan' / 'unlearn' / 'model.pt'}")
+        if outcome.rescan is not None:
+            r = outcome.rescan
+            echo(f"      rescan of the patched model: label {TARGET} L1 norm {r.norms_before[TARGET]:.1f} -> "
+                 f"{r.norms_after[TARGET]:.1f}, anomaly index {r.index_before[TARGET]:.2f} -> "
+                 f"{r.index_after[TARGET]:.2f}: {outcome.verdict}")
         summary["mitigation"] = outcome.to_dict()
     else:
         echo("[3/4] nothing flagged, nothing to mitigate")
