@@ -52,15 +52,17 @@ class _NHWC(nn.Module):
 
 def test_api_scan_checks_the_model_like_the_cli(infected, data, caplog) -> None:
     """A plain nn.Module taking NHWC input and ending in a softmax: the API detects the layout (the
-    scan would fail otherwise) and warns that the outputs are probabilities, as the CLI does."""
+    scan would fail otherwise), sees that the outputs are probabilities and searches on the logits
+    before the softmax, as the CLI does."""
     model, _ = infected
     foreign = _NHWC(model)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         result = NeuralCleanse("fast", samples=120, max_steps=4, progress=False).scan(foreign, data.test)
     assert result.num_labels == K
     assert result.settings["output_kind"] == "probabilities"
     assert result.settings["clean_accuracy"] > 0.9
-    assert any("probabilities, not logits" in r.getMessage() for r in caplog.records)
+    assert result.settings["logits_from"] == "cut before softmax"
+    assert any("uses the logits before its final softmax" in r.getMessage() for r in caplog.records)
 
 
 def test_api_scan_refuses_too_little_data(infected, data) -> None:

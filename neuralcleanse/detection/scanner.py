@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,8 @@ from neuralcleanse.errors import InputError, refuse_model_argument
 from neuralcleanse.metrics import attack_success_rate
 from neuralcleanse.models.checks import as_classifier, check_model
 from neuralcleanse.models.outputs import logits_for_search
+
+log = logging.getLogger(__name__)
 
 
 class NeuralCleanse:
@@ -82,6 +85,14 @@ class NeuralCleanse:
         with torch.no_grad():
             probe = model.preprocess(data.x[:8].to(self.device))
         search_model, logits_from = logits_for_search(model, check.output_kind, probe)
+        if logits_from == "cut before softmax":
+            log.info("the model outputs %s; the trigger search uses the logits before its final softmax",
+                     check.output_kind)
+        elif check.output_kind != "logits":
+            log.warning("the model's outputs look like %s, not logits, and its softmax could not be cut off: the "
+                        "trigger search has little gradient where they saturate, so trigger sizes (and the verdict) "
+                        "are less reliable; scan the network without its final softmax when you can",
+                        check.output_kind)
         num_classes = int(getattr(model, "num_classes", 0) or data.num_classes)
         todo = list(range(num_classes)) if labels is None else sorted({int(v) for v in labels})
         if any(not 0 <= l < num_classes for l in todo):

@@ -73,10 +73,6 @@ def check_model(model: Classifier, data: ImageDataset, device: torch.device | st
     model.train(was_training)
     check_finite(outputs, "the clean samples")
     kind = output_kind(outputs)
-    if kind != "logits":
-        log.warning("the model's outputs look like %s, not logits: the trigger search has little gradient where they "
-                    "saturate, so trigger sizes (and the verdict) are less reliable; scan the network without its "
-                    "final softmax when you can", kind)
     acc = clean_accuracy(model, probe, device=device)
     chance = 1.0 / max(model.num_classes, 1)
     if acc < max(0.5, 3 * chance):
