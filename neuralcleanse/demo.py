@@ -48,10 +48,7 @@ def run_demo(out: str | Path, *, device: torch.device | str = "cpu", epochs: int
              f"{b.worst_attack_success:.2%} -> {a.worst_attack_success:.2%}; patched model "
              f"{out / 'scan' / 'unlearn' / 'model.pt'}")
         if outcome.rescan is not None:
-            r = outcome.rescan
-            echo(f"      rescan of the patched model: label {TARGET} L1 norm {r.norms_before[TARGET]:.1f} -> "
-                 f"{r.norms_after[TARGET]:.1f}, anomaly index {r.index_before[TARGET]:.2f} -> "
-                 f"{r.index_after[TARGET]:.2f}: {outcome.verdict}")
+            echo(f"      rescan of the patched model: {outcome.rescan.summary()}: {outcome.verdict}")
         summary["mitigation"] = outcome.to_dict()
     else:
         echo("[3/4] nothing flagged, nothing to mitigate")

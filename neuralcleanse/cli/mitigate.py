@@ -139,8 +139,6 @@ def _print_mitigation(outcome: Any, path: Path, as_json: bool = False) -> None:
         echo(f"baseline {name}: clean accuracy {m.clean_accuracy:.2%}, attack success {m.worst_attack_success:.2%}")
     if outcome.rescan is not None:
         r = outcome.rescan
-        changes = ", ".join(f"label {l}: L1 norm {r.norms_before[l]:.1f} -> {r.norms_after[l]:.1f}, anomaly index "
-                            f"{r.index_before[l]:.2f} -> {r.index_after[l]:.2f}" for l in r.treated)
-        echo(f"rescan of the patched model ({len(r.labels)} labels, rule {r.rule}): {changes}")
+        echo(f"rescan of the patched model ({len(r.labels)} labels, rule {r.rule}): {r.summary()}")
     echo(f"verdict: {outcome.verdict}")
     echo(f"results: {path}")

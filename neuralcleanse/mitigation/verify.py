@@ -49,6 +49,11 @@ class Rescan:
     def verdict(self) -> str:
         return REMOVED if self.removed else PERSISTS
 
+    def summary(self) -> str:
+        """Each treated label's norm and anomaly index, before -> after, in one line."""
+        return "; ".join(f"label {l}: L1 norm {self.norms_before[l]:.1f} -> {self.norms_after[l]:.1f}, anomaly index "
+                         f"{self.index_before[l]:.2f} -> {self.index_after[l]:.2f}" for l in self.treated)
+
     def to_dict(self) -> dict[str, Any]:
         def table(d: dict[int, float]) -> dict[str, float | None]:
             return {str(k): (float(v) if v == v and abs(v) != float("inf") else None) for k, v in d.items()}
