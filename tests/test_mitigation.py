@@ -125,20 +125,27 @@ def test_unlearning_lowers_attack_success(infected, data, reversed_, held_out, t
     result = unlearner.unlearning_
     after = measure(unlearner.apply(), held_out, real)
     assert unlearner.evaluate(held_out, real).after == after
-    assert result.stamped == pytest.approx(0.2 * len(data.train), abs=1)
+    # Jittered stamping draws a 20% share of every batch: about 0.2 x images seen (2 epochs).
+    assert result.stamped == pytest.approx(0.2 * 2 * len(data.train), rel=0.15)
+    paper = Unlearner.paper(model, epochs=2, data_fraction=1.0).fit(model, reversed_, data.train).unlearning_
+    assert paper.stamped == pytest.approx(0.2 * len(data.train), abs=1) and paper.lr == 5e-3
     assert after.attack_success[0] < 0.5 * before.attack_success[0], (before, after)
     assert after.clean_accuracy > before.clean_accuracy - 0.05
     assert attack_success_rate(model, held_out, trigger, TARGET) == pytest.approx(before.attack_success[0])
 
 
-def test_unlearning_rate_defaults_to_the_models_training_rate(infected, data, reversed_) -> None:
+def test_unlearning_rate_paper_uses_training_rate_sized_searches(infected, data, reversed_) -> None:
     model, _ = infected
     assert model.info.metadata["training"]["lr"] == 5e-3  # conftest trains the tiny model at 5e-3
-    assert Unlearner(data_fraction=0.2).fit(model, reversed_, data.train).unlearning_.lr == 5e-3
+    assert Unlearner.paper(model, data_fraction=0.2).fit(model, reversed_, data.train).unlearning_.lr == 5e-3
     assert Unlearner(data_fraction=0.2, lr=1e-4).fit(model, reversed_, data.train).unlearning_.lr == 1e-4
     foreign = copy.deepcopy(model)
     del foreign.info.metadata["training"]
-    assert Unlearner(data_fraction=0.2).fit(foreign, reversed_, data.train).unlearning_.lr == 1e-3
+    assert Unlearner.paper(foreign, data_fraction=0.2).fit(foreign, reversed_, data.train).unlearning_.lr == 1e-3
+    # The sized recipe does not need the training rate: it tries each candidate on held-back data.
+    searched = Unlearner(steps=40, search_steps=20).fit(foreign, reversed_, data.train).unlearning_
+    assert [r["lr"] for r in searched.lr_search] == [1e-4, 3e-4, 1e-3, 3e-3] and searched.lr in (1e-4, 3e-4, 1e-3, 3e-3)
+    assert all(0 <= r["reversed_success"] <= 1 and 0 <= r["clean_accuracy"] <= 1 for r in searched.lr_search)
 
 
 def test_mitigate_runner_measures_before_and_after(infected, data, scan) -> None:
@@ -328,8 +335,7 @@ def test_verdict_comes_from_a_rescan_of_the_patched_model(infected, data, scan) 
     assert weak.rescan is not None and TARGET in weak.rescan.flagged_after
     assert weak.verdict == PERSISTS and weak.to_dict()["rescan"]["backdoor_removed"] is False
     assert weak.rescan.norms_before[TARGET] == pytest.approx(scan.l1_norms[scan.labels.index(TARGET)])
-    strong = mitigate(model, scan, data, "unlearn", labels=[TARGET], real=real, epochs=2, data_fraction=1.0,
-                      baselines=False)
+    strong = mitigate(model, scan, data, "unlearn", labels=[TARGET], real=real, baselines=False)  # sized recipe
     assert strong.after.worst_attack_success < 0.2  # the real trigger, held-out data
     assert strong.verdict == REMOVED, strong.rescan.to_dict()
     assert strong.rescan.norms_after[TARGET] > strong.rescan.norms_before[TARGET]

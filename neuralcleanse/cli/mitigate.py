@@ -37,13 +37,19 @@ REAL_TRIGGER_FLAGS = {
 @click.option("--stop-success", type=float, default=0.05, show_default=True,
               help="prune: stop once the reversed trigger succeeds less often than this.")
 @click.option("--max-fraction", type=float, default=1.0, show_default=True, help="prune: never prune more.")
-@click.option("--epochs", type=int, default=1, show_default=True, help="unlearn: fine-tuning epochs.")
+@click.option("--recipe", type=click.Choice(["sized", "paper"]), default="sized", show_default=True,
+              help="unlearn: sized = all the clean data, a budget of steps, jittered trigger, searched rate; "
+                   "paper = one epoch on 10% of it at the model's training rate (docs/mitigation.md).")
+@click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True,
+              help="unlearn (sized): optimiser steps of 64 images.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="unlearn: fine-tuning epochs instead of a step budget (paper: 1).")
 @click.option("--trigger-share", type=float, default=0.2, show_default=True,
-              help="unlearn: share of the fine-tuning set that carries the reversed trigger.")
-@click.option("--data-fraction", type=float, default=0.1, show_default=True,
-              help="unlearn: share of the training split fine-tuned on.")
+              help="unlearn: share of the fine-tuning images that carry the reversed trigger.")
+@click.option("--data-fraction", type=float, default=None,
+              help="unlearn: share of the tuning data fine-tuned on (default: all; paper: 0.1).")
 @click.option("--lr", type=float, default=None,
-              help="unlearn: Adam learning rate (default: the model's own training rate if recorded, else 1e-3).")
+              help="unlearn: Adam learning rate (default: searched (sized); the model's training rate or 1e-3 (paper)).")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="unlearn: also fine-tune with no trigger and with the real trigger (when known).")
 @click.option("--real-target", type=int, default=None, help="Label of the real backdoor, to measure against.")
@@ -64,7 +70,8 @@ REAL_TRIGGER_FLAGS = {
 @guard(PREPROCESSING_FLAGS | REAL_TRIGGER_FLAGS)
 def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: str, method: str, out: str,
              labels: str | None, layer: str | None, top_fraction: float, fpr: float, step: float,
-             stop_success: float, max_fraction: float, epochs: int, trigger_share: float, data_fraction: float,
+             stop_success: float, max_fraction: float, recipe: str, steps: int, epochs: int | None,
+             trigger_share: float, data_fraction: float | None,
              lr: float | None, baselines: bool, real_target: int | None, real_size: int | None, real_position: str,
              real_colour: str, real_mask: str | None, real_pattern: str | None, verify: bool, seed: int, force: bool,
              as_json: bool, device: str, **model_flags: Any) -> int:
@@ -106,8 +113,8 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
             outcome = run_mitigation(
                 model, scan_result, data, method, labels=parse_ints(labels) if labels else None, real=real,
                 layer=layer, top_fraction=top_fraction, false_positive_rate=fpr, prune_step=step,
-                stop_success=stop_success, max_fraction=max_fraction, epochs=epochs, trigger_share=trigger_share,
-                data_fraction=data_fraction, lr=lr, baselines=baselines, seed=seed, verify=verify,
+                stop_success=stop_success, max_fraction=max_fraction, recipe=recipe, steps=steps, epochs=epochs,
+                trigger_share=trigger_share, data_fraction=data_fraction or (0.1 if recipe == "paper" else 1.0), lr=lr, baselines=baselines, seed=seed, verify=verify,
                 device=parse_device(device),
                 progress=ctx.obj["progress"])
         except ValueError as exc:

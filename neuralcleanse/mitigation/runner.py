@@ -16,7 +16,7 @@ from neuralcleanse.models.classifier import clone_model
 from neuralcleanse.mitigation.backdoors import Backdoor, Measurement, reversed_backdoors
 from neuralcleanse.mitigation.input_filter import FilterRates, InputFilter
 from neuralcleanse.mitigation.pruning import NeuronPruner, PruningResult
-from neuralcleanse.mitigation.unlearning import Unlearner, training_lr
+from neuralcleanse.mitigation.unlearning import RECIPES, Unlearner, training_lr
 from neuralcleanse.mitigation.verify import FILTERED, Rescan, rescan
 
 METHODS = ("filter", "prune", "unlearn")
@@ -85,7 +85,8 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
              labels: Sequence[int] | None = None, real: Sequence[Backdoor] = (), layer: str | None = None,
              top_fraction: float = 0.01, false_positive_rate: float = 0.05,
              prune_step: float = 0.02, stop_success: float = 0.05, max_fraction: float = 1.0,
-             epochs: int = 1, trigger_share: float = 0.2, data_fraction: float = 0.1, lr: float | None = None,
+             steps: int = 300, epochs: int | None = None, trigger_share: float = 0.2, data_fraction: float = 1.0,
+             lr: float | None = None, jitter: int | None = None, recipe: str = "sized",
              baselines: bool = True, tune_samples: int = 2000, curve_samples: int = 2000, seed: int = 0,
              verify: bool = True, verify_others: int = 10,
              device: torch.device | str = "cpu", progress: bool = False) -> MitigationOutcome:
@@ -141,13 +142,22 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
             details["pruning"]["note"] = (f"the reversed trigger still succeeds above {stop_success:.0%} with "
                                           f"{max_fraction:.0%} of the layer pruned")
     else:
+        if recipe not in RECIPES:
+            raise InputError(f"unknown unlearning recipe {recipe!r}; use one of {', '.join(RECIPES)}")
+
         def unlearner() -> Unlearner:
-            return Unlearner(epochs, trigger_share, data_fraction, lr, seed=seed, device=device, progress=progress)
+            common = dict(trigger_share=trigger_share, seed=seed, device=device, progress=progress)
+            if recipe == "paper":
+                return Unlearner.paper(model, lr=lr, epochs=epochs or 1, data_fraction=data_fraction, **common)
+            return Unlearner(steps, data_fraction=data_fraction, lr=lr, jitter=jitter, epochs=epochs, **common)
 
         mitigation = unlearner().fit(model, backdoors, tune)
-        settings.update(epochs=epochs, trigger_share=trigger_share, data_fraction=data_fraction,
+        settings.update(recipe=recipe, steps=steps if recipe == "sized" and epochs is None else None,
+                        epochs=mitigation.unlearning_.epochs, jitter=jitter if recipe == "sized" else 0,
+                        trigger_share=trigger_share, data_fraction=data_fraction,
                         lr=mitigation.unlearning_.lr,
-                        lr_source="given" if lr else ("model's training" if training_lr(model) else "fallback"))
+                        lr_source="given" if lr else ("searched" if recipe == "sized" else
+                                                      "model's training" if training_lr(model) else "fallback"))
         patched = mitigation.apply().to(device)
         details = {"unlearning": mitigation.unlearning_.to_dict()}
         if baselines:
