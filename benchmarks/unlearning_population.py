@@ -1,0 +1,114 @@
+"""Unlearning judged by the real trigger, on the infected models of the population (population.py).
+
+A user has a few hundred to a few thousand clean images and no training data. For each kept infected
+model, and each size N of that clean set (drawn from the MNIST/GTSRB test split), this scans the model
+on the N images, unlearns the true target's reversed trigger with each recipe ("sized", the default,
+and "paper", the published one) through `neuralcleanse.mitigation.mitigate` exactly as the CLI runs it
+(half the N images tune, half are held out), and records the REAL trigger's attack success and the
+clean accuracy before and after on the held-out half, and the rescan's verdict. One JSON line per
+(model, N, recipe) in benchmarks/results/unlearning_population_<dataset>.jsonl, written as it goes;
+a restart skips what is there. The models come from population.py's cache (rebuilt when missing).
+
+    .venv/bin/python benchmarks/unlearning_population.py --dataset mnist --split test --sizes 1000
+    .venv/bin/python benchmarks/unlearning_population.py --dataset mnist --sizes 250,500,1000,2000 --summary
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from population import classifier  # noqa: E402
+from population_recipes import build_net, trigger_of  # noqa: E402
+
+from neuralcleanse import NeuralCleanse, load_dataset  # noqa: E402
+from neuralcleanse.data.dataset import DatasetSplits  # noqa: E402
+from neuralcleanse.mitigation import Backdoor, mitigate  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ("sized", "paper")
+
+
+def population(dataset: str, split: str) -> list[dict]:
+    rows = [json.loads(l) for l in (ROOT / "benchmarks" / "results" / f"population_{dataset}.jsonl").open()]
+    return [r for r in rows if r["kept"] and r["true_target"] is not None and split in (r["split"], "all")]
+
+
+def model_of(row: dict, dataset: str):
+    entry = torch.load(ROOT / "benchmarks" / "models" / "population" / dataset / f"{row['id']}.pt", map_location="cpu",
+                       weights_only=True)
+    net = build_net(entry["recipe"])
+    net.load_state_dict(entry["state_dict"])
+    return classifier(net, entry["recipe"]).eval(), entry["recipe"]
+
+
+def run_one(row: dict, dataset: str, size: int, recipe_name: str, test) -> dict:
+    model, recipe = model_of(row, dataset)
+    user = test.random_sample(size, seed=1000 + size)
+    real = [Backdoor(recipe["attack"]["target"], trigger_of(recipe))]
+    start = time.perf_counter()
+    scan = NeuralCleanse("fast", progress=False, seed=0).scan(model, user)
+    out = mitigate(model, scan, DatasetSplits(user, user), "unlearn", labels=[real[0].target], real=real,
+                   recipe=recipe_name, baselines=False)
+    return {"id": row["id"], "split": row["split"], "arch": recipe["arch"], "output": recipe["output"],
+            "size": size, "recipe": recipe_name, "target_flagged_by_scan": real[0].target in scan.flagged,
+            "real_before": out.before.worst_attack_success, "real_after": out.after.worst_attack_success,
+            "clean_before": out.before.clean_accuracy, "clean_after": out.after.clean_accuracy,
+            "reversed_after": out.reversed_after.worst_attack_success, "lr": out.settings.get("lr"),
+            "verdict": out.verdict, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def summarise(path: Path) -> str:
+    rows = [json.loads(l) for l in path.open()] if path.exists() else []
+    lines = ["| recipe | N | models | real attack after (median) | real ≤ 5% | clean accuracy drop (median) | "
+             "said removed | said removed while real > 5% |", "|---|---|---|---|---|---|---|---|"]
+    for recipe in RECIPES:
+        for size in sorted({r["size"] for r in rows}):
+            sel = [r for r in rows if r["recipe"] == recipe and r["size"] == size]
+            if not sel:
+                continue
+            removed = [r for r in sel if r["verdict"] == "backdoor removed"]
+            lines.append(
+                f"| {recipe} | {size} | {len(sel)} | {statistics.median(r['real_after'] for r in sel):.1%} | "
+                f"{sum(r['real_after'] <= 0.05 for r in sel)}/{len(sel)} | "
+                f"{statistics.median(r['clean_before'] - r['clean_after'] for r in sel):.1%} | "
+                f"{len(removed)}/{len(sel)} | {sum(r['real_after'] > 0.05 for r in removed)}/{len(removed)} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="mnist")
+    ap.add_argument("--split", default="test", choices=("tune", "test", "all"))
+    ap.add_argument("--sizes", default="1000")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--summary", action="store_true", help="only print the table of what is recorded")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    path = ROOT / "benchmarks" / "results" / f"unlearning_population_{args.dataset}.jsonl"
+    if not args.summary:
+        done = {(r["id"], r["size"], r["recipe"]) for r in map(json.loads, path.open())} if path.exists() else set()
+        test = load_dataset(args.dataset).test
+        for row in population(args.dataset, args.split)[: args.limit]:
+            for size in (int(v) for v in args.sizes.split(",")):
+                for recipe in RECIPES:
+                    if (row["id"], size, recipe) in done:
+                        continue
+                    line = run_one(row, args.dataset, size, recipe, test)
+                    with path.open("a") as f:
+                        f.write(json.dumps(line) + "\n")
+                    print(f"{line['id']} N={size} {recipe:5s} real {line['real_before']:.0%} -> {line['real_after']:.0%}"
+                          f" clean {line['clean_before']:.1%} -> {line['clean_after']:.1%} lr {line['lr']:g} "
+                          f"{line['verdict']} ({line['seconds']} s)", flush=True)
+    print(summarise(path))
+
+
+if __name__ == "__main__":
+    main()
