@@ -110,10 +110,12 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
     # Disjoint draws from the tuning split: units are ranked and the threshold set on `fit_set`; the
     # pruning curve, which picks the model kept, is measured on `curve_set`; before/after on held_out.
     order = torch.randperm(len(tune), generator=torch.Generator().manual_seed(seed))
-    fit_set = tune.subset(order[:tune_samples])
-    curve_set = tune.subset(order[tune_samples : tune_samples + curve_samples])
-    if len(curve_set) == 0:
-        curve_set = fit_set
+    # A user's small set is shared in proportion (half each), so the curve that picks the pruned model
+    # is never measured on the images that ranked the units.
+    n_fit = tune_samples if len(tune) >= tune_samples + curve_samples else max(1, len(tune) * tune_samples // (
+        tune_samples + curve_samples))
+    fit_set = tune.subset(order[:n_fit])
+    curve_set = tune.subset(order[n_fit : n_fit + curve_samples])
     details: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     if method == "filter":
