@@ -61,7 +61,11 @@ def run_one(row: dict, dataset: str, size: int, recipe_name: str, test) -> dict:
             "real_before": out.before.worst_attack_success, "real_after": out.after.worst_attack_success,
             "clean_before": out.before.clean_accuracy, "clean_after": out.after.clean_accuracy,
             "reversed_after": out.reversed_after.worst_attack_success, "lr": out.settings.get("lr"),
-            "verdict": out.verdict, "seconds": round(time.perf_counter() - start, 1)}
+            "verdict": out.verdict, "seconds": round(time.perf_counter() - start, 1),
+            **({"rescan_index_after": out.rescan.index_after[real[0].target],
+                "rescan_norm_ratio_after": out.rescan.norms_after[real[0].target] / float(statistics.median(
+                    scan.l1_norms)),
+                "rescan_flagged_after": out.rescan.flagged_after} if out.rescan is not None else {})}
 
 
 def summarise(path: Path) -> str:
@@ -89,16 +93,18 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--recipes", default=",".join(RECIPES))
+    ap.add_argument("--tag", default="", help="suffix of the results file, e.g. for a run recording more fields")
     ap.add_argument("--summary", action="store_true", help="only print the table of what is recorded")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    path = ROOT / "benchmarks" / "results" / f"unlearning_population_{args.dataset}.jsonl"
+    path = ROOT / "benchmarks" / "results" / f"unlearning_population_{args.dataset}{args.tag}.jsonl"
     if not args.summary:
         done = {(r["id"], r["size"], r["recipe"]) for r in map(json.loads, path.open())} if path.exists() else set()
         test = load_dataset(args.dataset).test
         for row in population(args.dataset, args.split)[: args.limit]:
             for size in (int(v) for v in args.sizes.split(",")):
-                for recipe in RECIPES:
+                for recipe in args.recipes.split(","):
                     if (row["id"], size, recipe) in done:
                         continue
                     line = run_one(row, args.dataset, size, recipe, test)
