@@ -50,7 +50,7 @@ class MitigationOutcome:
     @property
     def verdict(self) -> str:
         """What the repair achieved, by a fresh scan of the patched model (not by the reversed
-        trigger's figures): "backdoor removed", "backdoor may persist", or for the filter, which
+        trigger's figures): "no backdoor found by a rescan", "backdoor may persist", or for the filter, which
         leaves the model as it was, that inputs are filtered."""
         if self.method == "filter":
             return FILTERED
@@ -93,7 +93,7 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
     """Runs `method` with the reversed triggers of the scan's flagged labels (or `labels`).
 
     `real` (the true triggers, when known) is used only to measure. `verify`: scan the patched
-    model's treated labels again, beside `verify_others` more, and say "backdoor removed" only when
+    model's treated labels again, beside `verify_others` more, and say no backdoor is found only when
     none of them is flagged any more (neuralcleanse.mitigation.verify). Raises NothingToMitigate
     when the scan flagged nothing and no labels were named: nothing is changed then.
     """

@@ -3,8 +3,8 @@
 Unlearning or pruning against the scan's reversed trigger can make *that* pattern fail while the
 real backdoor survives (a different trigger still reaches the label). So after every repair the
 treated labels are reverse-engineered again on the patched model, beside enough other labels for
-the median and MAD, and judged by the scan's own rule. "Backdoor removed" is said only when no
-treated label stands out any more.
+the median and MAD, and judged by the scan's own rule. Only when no treated label stands out any
+more does the verdict say so ("no backdoor found by a rescan"); that is necessary, not sufficient.
 """
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ from neuralcleanse.detection.presets import PRESETS, ScanPlan
 from neuralcleanse.detection.result import ScanResult
 from neuralcleanse.detection.scanner import NeuralCleanse
 
-REMOVED = "backdoor removed"
+# Not "backdoor removed": on the population, a label no longer flagged still carried a working real
+# trigger (over 5% success) in 11 of 18 repaired models (docs/results.md). The rescan can only fail to find it.
+REMOVED = "no backdoor found by a rescan"
 PERSISTS = "backdoor may persist"
 FILTERED = "backdoor still in the model; triggered inputs are filtered"
 
