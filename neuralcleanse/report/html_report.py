@@ -468,8 +468,10 @@ class _Page:
                  f'{"".join(rows)}</table></div>') if rows else ""
         how = (f"A new scan of the patched model ({_e(len(r.get('labels_rescanned') or []))} labels, rule "
                f"{_e(r.get('rule'))}) decides, not the reversed trigger's figures." if r else "")
-        return (f'<p class="note" data-verdict="{_e(verdict)}"><b>{"✔" if good else "⚠"} {_e(verdict)}</b>. '
-                f"{how}</p>{table}")
+        # No tick for "not found": measured, a working real trigger often survives an unflagged rescan.
+        caveat = " That is necessary, not proof: the real trigger may still work." if good else ""
+        return (f'<p class="note" data-verdict="{_e(verdict)}"><b>{"" if good else "⚠ "}{_e(verdict)}</b>. '
+                f'{how}{caveat}</p><div style="margin-bottom:14px">{table}</div>')
 
     @staticmethod
     def curve_table(curve: Any) -> str:
