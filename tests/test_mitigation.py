@@ -327,7 +327,7 @@ def test_mitigations_share_one_shape(infected, data, reversed_, held_out) -> Non
 def test_verdict_comes_from_a_rescan_of_the_patched_model(infected, data, scan) -> None:
     """"Backdoor removed" only when a fresh scan of the patched model no longer flags the label;
     a repair that barely touches the model says the backdoor may persist, with the figures."""
-    from neuralcleanse.mitigation.verify import PERSISTS, REMOVED
+    from neuralcleanse.mitigation.verify import PERSISTS, PRUNED_UNSEEN, REMOVED
 
     model, _ = infected
     real = known_backdoors(model.info.metadata)
@@ -341,3 +341,6 @@ def test_verdict_comes_from_a_rescan_of_the_patched_model(infected, data, scan) 
     assert strong.rescan.norms_after[TARGET] > strong.rescan.norms_before[TARGET]
     assert set(strong.rescan.labels) == set(scan.labels)  # few labels: all rescanned
     assert mitigate(model, scan, data, "filter", labels=[TARGET]).rescan is None
+    # Pruning hides the label from its own rescan (measured on the population): never "not found".
+    pruned = mitigate(model, scan, data, "prune", labels=[TARGET], real=real)
+    assert pruned.verdict != REMOVED and pruned.verdict in (PERSISTS, PRUNED_UNSEEN)

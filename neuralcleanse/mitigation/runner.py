@@ -17,7 +17,7 @@ from neuralcleanse.mitigation.backdoors import Backdoor, Measurement, reversed_b
 from neuralcleanse.mitigation.input_filter import FilterRates, InputFilter
 from neuralcleanse.mitigation.pruning import NeuronPruner, PruningResult
 from neuralcleanse.mitigation.unlearning import RECIPES, Unlearner, training_lr
-from neuralcleanse.mitigation.verify import FILTERED, Rescan, rescan
+from neuralcleanse.mitigation.verify import FILTERED, PRUNED_UNSEEN, Rescan, rescan
 
 METHODS = ("filter", "prune", "unlearn")
 
@@ -54,7 +54,11 @@ class MitigationOutcome:
         leaves the model as it was, that inputs are filtered."""
         if self.method == "filter":
             return FILTERED
-        return self.rescan.verdict if self.rescan is not None else "not verified (no rescan)"
+        if self.rescan is None:
+            return "not verified (no rescan)"
+        if self.method == "prune" and self.rescan.removed:
+            return PRUNED_UNSEEN
+        return self.rescan.verdict
 
     def to_dict(self) -> dict[str, Any]:
         return {

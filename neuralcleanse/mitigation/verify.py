@@ -25,6 +25,9 @@ from neuralcleanse.detection.scanner import NeuralCleanse
 REMOVED = "no backdoor found by a rescan"
 PERSISTS = "backdoor may persist"
 FILTERED = "backdoor still in the model; triggered inputs are filtered"
+# Measured: pruning the units the reversed trigger excites hides the label from the rescan too, while
+# the real trigger still worked on 18 of 20 population models (docs/results.md).
+PRUNED_UNSEEN = "backdoor may persist: pruning also hides it from the rescan"
 
 
 @dataclass
