@@ -1,12 +1,15 @@
 """What the command-line tests share: a tiny .npz task and ways to run the CLI and check errors."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from click.testing import CliRunner, Result
 
 from neuralcleanse.cli import EXIT_BAD_INPUT, main
+from neuralcleanse.detection import NeuralCleanse
 
 NUM_CLASSES = 4
 SIDE = 8
@@ -57,3 +60,24 @@ def train_tiny(npz: Path, out: Path) -> Path:
     result = invoke(*train_args(npz, out))
     assert result.exit_code == 0, result.output
     return out
+
+
+@contextmanager
+def scans_interrupted_after(n: int) -> Iterator[None]:
+    """Inside the block every scan stops as a Ctrl-C would, once `n` labels are done."""
+    original = NeuralCleanse.scan
+
+    def interrupted(self, *args, **kwargs):
+        done: list[int] = []
+
+        def hook(label: int) -> None:
+            done.append(label)
+            if len(done) == n:
+                raise KeyboardInterrupt
+        return original(self, *args, on_label_done=hook, **kwargs)
+
+    NeuralCleanse.scan = interrupted
+    try:
+        yield
+    finally:
+        NeuralCleanse.scan = original

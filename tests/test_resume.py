@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli_helpers import assert_bad_input, invoke, train_tiny, write_npz
+from cli_helpers import assert_bad_input, invoke, scans_interrupted_after, train_tiny, write_npz
 from neuralcleanse.cli import EXIT_CLEAN, EXIT_INFECTED
 from neuralcleanse.detection import NeuralCleanse
 from neuralcleanse.errors import InputError
@@ -126,27 +126,15 @@ def test_finished_scan_is_not_overwritten(cli_model, tmp_path) -> None:
                      "contradict")
 
 
-def test_ctrl_c_then_resume(cli_model, tmp_path, monkeypatch) -> None:
+def test_ctrl_c_then_resume(cli_model, tmp_path) -> None:
     model, npz = cli_model
     reference = tmp_path / "reference"
     invoke("scan", str(model), "--data", str(npz), "--out", str(reference), *SCAN_ARGS)
     out = tmp_path / "scan"
-    original_scan = NeuralCleanse.scan
-
-    def interrupted(self, *args, **kwargs):  # Ctrl-C once three labels are done
-        done: list[int] = []
-
-        def hook(label: int) -> None:
-            done.append(label)
-            if len(done) == 3:
-                raise KeyboardInterrupt
-        return original_scan(self, *args, on_label_done=hook, **kwargs)
-
-    monkeypatch.setattr(NeuralCleanse, "scan", interrupted)
-    result = invoke("scan", str(model), "--data", str(npz), "--out", str(out), *SCAN_ARGS)
+    with scans_interrupted_after(3):  # Ctrl-C once three labels are done
+        result = invoke("scan", str(model), "--data", str(npz), "--out", str(out), *SCAN_ARGS)
     assert result.exit_code == 130, result.output
     assert not (out / "report.json").exists() and (out / ".scan-state.pt").exists()
-    monkeypatch.setattr(NeuralCleanse, "scan", original_scan)
     assert_bad_input(invoke("scan", str(model), "--data", str(npz), "--out", str(out), *SCAN_ARGS),
                      "interrupted scan", "--resume")
     assert_bad_input(invoke("scan", str(model), "--data", str(npz), "--out", str(out), "--resume", "--seed", "9",

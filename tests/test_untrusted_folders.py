@@ -19,15 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from cli_helpers import assert_bad_input, invoke, train_tiny, write_npz
+from cli_helpers import assert_bad_input, invoke, scans_interrupted_after, train_tiny, write_npz
 from neuralcleanse.cli import EXIT_CLEAN, EXIT_INFECTED
-from neuralcleanse.detection import NeuralCleanse
 
 SCAN_ARGS = ("--samples", "200", "--block-size", "1")
-
-
-class _Stop(KeyboardInterrupt):
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -43,22 +38,8 @@ def pristine(tmp_path_factory) -> dict[str, Path]:
                        "--labels", "1", "--out", str(finished / "filter"))
     assert mitigated.exit_code == 0, mitigated.output
     interrupted = work / "interrupted"
-    original = NeuralCleanse.scan
-
-    def stop_after_two(self, *args, **kwargs):
-        done: list[int] = []
-
-        def hook(label: int) -> None:
-            done.append(label)
-            if len(done) == 2:
-                raise _Stop
-        return original(self, *args, on_label_done=hook, **kwargs)
-
-    NeuralCleanse.scan = stop_after_two
-    try:
+    with scans_interrupted_after(2):
         stopped = invoke("scan", str(model), "--data", str(npz), "--out", str(interrupted), *SCAN_ARGS)
-    finally:
-        NeuralCleanse.scan = original
     assert stopped.exit_code == 130 and (interrupted / ".scan-state.pt").is_file()
     return {"model": model, "npz": npz, "finished": finished, "interrupted": interrupted, "work": work}
 
