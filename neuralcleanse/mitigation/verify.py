@@ -8,7 +8,7 @@ more does the verdict say so ("no backdoor found by a rescan"); that is necessar
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -44,7 +44,6 @@ class Rescan:
     flagged_after: list[int]
     rule: str
     wall_time: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def removed(self) -> bool:
@@ -67,7 +66,7 @@ class Rescan:
                 "treated_labels": self.treated, "labels_rescanned": self.labels,
                 "l1_norms_before": table(self.norms_before), "l1_norms_after": table(self.norms_after),
                 "anomaly_index_before": table(self.index_before), "anomaly_index_after": table(self.index_after),
-                "flagged_after": self.flagged_after, "wall_time_s": round(self.wall_time, 3), **self.extra}
+                "flagged_after": self.flagged_after, "wall_time_s": round(self.wall_time, 3)}
 
 
 def labels_to_rescan(scan: ScanResult, treated: Sequence[int], others: int = 10) -> list[int]:

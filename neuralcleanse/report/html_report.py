@@ -457,10 +457,12 @@ class _Page:
             return ""
         r = m.get("rescan") if isinstance(m.get("rescan"), dict) else {}
         good = r.get("backdoor_removed") is True
+        treated = r.get("treated_labels") if isinstance(r.get("treated_labels"), list) else []
+        columns = [r.get(f) if isinstance(r.get(f), dict) else {}
+                   for f in ("l1_norms_before", "l1_norms_after", "anomaly_index_before", "anomaly_index_after")]
         rows = []
-        for key in r.get("treated_labels") or [] if isinstance(r.get("treated_labels"), list) else []:
-            cells = [(r.get(f) or {}).get(str(key)) if isinstance(r.get(f), dict) else None
-                     for f in ("l1_norms_before", "l1_norms_after", "anomaly_index_before", "anomaly_index_after")]
+        for key in treated:
+            cells = [column.get(str(key)) for column in columns]
             rows.append(f"<tr><td>{_e(key)}</td>" + "".join(f'<td class="num">{_e(_num(c))}</td>' for c in cells)
                         + "</tr>")
         table = ('<div class="scroll"><table class="results"><tr><th>label</th><th class="num">L1 norm before</th>'
