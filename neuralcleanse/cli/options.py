@@ -32,7 +32,8 @@ preprocessing_options = [
                       "or .safetensors) belong to."),
     click.option("--factory-kwargs", default=None, help="JSON object of keyword arguments for --factory."),
     click.option("--trust-pickle", is_flag=True,
-                 help="Allow MODEL to be a whole pickled nn.Module (loading it runs code from the file)."),
+                 help="Allow MODEL to be a whole pickled nn.Module or a torch.export .pt2 program (loading "
+                      "either can run code from the file; docs/security.md)."),
     click.option("--input-layout", type=click.Choice(["auto", "nchw", "nhwc"]), default="auto", show_default=True,
                  help="How a model from elsewhere takes images; auto tries both on a probe."),
     click.option("--labels-from-model", is_flag=True,
