@@ -21,6 +21,7 @@ import torch
 
 from cli_helpers import assert_bad_input, invoke, scans_interrupted_after, train_tiny, write_npz
 from neuralcleanse.cli import EXIT_CLEAN, EXIT_INFECTED
+from neuralcleanse.detection.scan_state import MAGIC, read_records, write_records
 
 SCAN_ARGS = ("--samples", "200", "--block-size", "1")
 
@@ -108,13 +109,14 @@ def _object_masks(folder: Path) -> None:
         np.savez(f, **arrays)
 
 
-def _state_edit(edit: Callable[[dict], None]) -> Callable[[Path], None]:
-    """Edits the saved state but keeps its fingerprint, so only the checks on its contents can refuse it."""
+def _state_edit(edit: Callable[[list], None]) -> Callable[[Path], None]:
+    """Edits the saved state's journal records (0: the header, 1: the first finished label) but keeps
+    its fingerprint and checksums, so only the checks on its contents can refuse it."""
     def mutate(folder: Path) -> None:
         path = folder / ".scan-state.pt"
-        snap = torch.load(path, weights_only=True)
-        edit(snap)
-        torch.save(snap, path)
+        records, _ = read_records(path)
+        edit(records)
+        write_records(path, records)
     return mutate
 
 
@@ -124,11 +126,12 @@ class _Pickled:
 
 
 def _pickled_state(folder: Path) -> None:
+    """A well-formed journal (magic, length, checksum) whose header would run code if unpickled."""
+    write_records(folder / ".scan-state.pt", [{"format": "neuralcleanse-scan-state", "payload": _Pickled()}])
+
+
+def _plain_pickle_state(folder: Path) -> None:
     torch.save({"format": "neuralcleanse-scan-state", "payload": _Pickled()}, folder / ".scan-state.pt")
-
-
-def _first_label_stream(snap: dict):
-    return next(iter(snap["streams"]))
 
 
 REPORT, MITIGATION = "report.json", "filter/mitigation.json"
@@ -185,27 +188,25 @@ MUTATIONS: list[tuple[str, str, Callable[[Path], None]]] = [
      _json_edit(MITIGATION, lambda d: d["after"]["attack_success"][0].__setitem__("rate", 5))),
     ("mitigation files a list", "finished", _set(MITIGATION, "files", ["../../etc/passwd"])),
     ("mitigation baselines a string", "finished", _set(MITIGATION, "baselines", "none")),
-    ("scan state truncated", "interrupted", _raw(".scan-state.pt", lambda b: b[: len(b) // 2])),
+    ("scan state cut inside its header", "interrupted", _raw(".scan-state.pt", lambda b: b[: len(MAGIC) + 20])),
     ("scan state garbage", "interrupted", _raw(".scan-state.pt", lambda b: os.urandom(256))),
     ("scan state a pickle that runs code", "interrupted", _pickled_state),
-    ("scan state of another format", "interrupted", _state_edit(lambda s: s.__setitem__("format", "other"))),
+    ("scan state a plain pickle that runs code", "interrupted", _plain_pickle_state),
+    ("scan state of another format", "interrupted", _state_edit(lambda r: r[0].__setitem__("format", "other"))),
     ("scan state tensor reshaped", "interrupted",
-     _state_edit(lambda s: s["state"].__setitem__("mask_p", s["state"]["mask_p"][:1]))),
-    ("scan state tensor NaN", "interrupted", _state_edit(lambda s: s["state"]["mask_p"].fill_(math.nan))),
-    ("scan state cost negative", "interrupted", _state_edit(lambda s: s["state"]["cost"].fill_(-1.0))),
-    ("scan state best mask above 1", "interrupted", _state_edit(lambda s: s["state"]["best_mask"].fill_(3.0))),
+     _state_edit(lambda r: r[1]["state"].__setitem__("mask_p", r[1]["state"]["mask_p"][..., :1]))),
+    ("scan state tensor NaN", "interrupted", _state_edit(lambda r: r[1]["state"]["mask_p"].fill_(math.nan))),
+    ("scan state cost negative", "interrupted", _state_edit(lambda r: r[1]["state"]["cost"].fill_(-1.0))),
+    ("scan state best mask above 1", "interrupted", _state_edit(lambda r: r[1]["state"]["best_mask"].fill_(3.0))),
     ("scan state tensor of another type", "interrupted",
-     _state_edit(lambda s: s["state"].__setitem__("steps", s["state"]["steps"].float()))),
-    ("scan state key missing", "interrupted", _state_edit(lambda s: s["state"].pop("cost"))),
-    ("scan state stream of an unknown label", "interrupted",
-     _state_edit(lambda s: s["streams"].__setitem__(999, s["streams"][_first_label_stream(s)]))),
-    ("scan state stream indices out of range", "interrupted",
-     _state_edit(lambda s: s["streams"][_first_label_stream(s)][1].fill_(10**9))),
+     _state_edit(lambda r: r[1]["state"].__setitem__("steps", r[1]["state"]["steps"].float()))),
+    ("scan state key missing", "interrupted", _state_edit(lambda r: r[1]["state"].pop("cost"))),
+    ("scan state record of an unknown label", "interrupted", _state_edit(lambda r: r[1].__setitem__("label", 999))),
+    ("scan state stream indices out of range", "interrupted", _state_edit(lambda r: r[1]["stream"][1].fill_(10**9))),
     ("scan state random state damaged", "interrupted",
-     _state_edit(lambda s: s["streams"].__setitem__(_first_label_stream(s), (torch.zeros(3, dtype=torch.uint8),
-                                                                             s["streams"][_first_label_stream(s)][1])))),
-    ("scan state block size a string", "interrupted", _state_edit(lambda s: s.__setitem__("block_size", "8"))),
-    ("scan state pass count negative", "interrupted", _state_edit(lambda s: s.__setitem__("passes", -1))),
+     _state_edit(lambda r: r[1].__setitem__("stream", (torch.zeros(3, dtype=torch.uint8), r[1]["stream"][1])))),
+    ("scan state block size a string", "interrupted", _state_edit(lambda r: r[0].__setitem__("block_size", "8"))),
+    ("scan state pass count negative", "interrupted", _state_edit(lambda r: r[1].__setitem__("passes", -1))),
 ]
 
 

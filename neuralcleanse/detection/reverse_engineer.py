@@ -368,6 +368,33 @@ class TriggerReverseEngineer:
         self._label_gens, self._label_buffers, self._stream_at_scatter = gens, buffers, at_scatter
         self.passes = passes
 
+    def label_record(self, label: int) -> dict[str, Any]:
+        """One label's state as last written back, with its batch stream: what the scan's journal
+        appends when the label finishes."""
+        return {"label": int(label), "state": {k: v[label].detach().cpu().clone() for k, v in self.state.tensors.items()},
+                "stream": self._stream_at_scatter.get(int(label)), "passes": self.passes}
+
+    def restore_labels(self, records: Sequence[dict[str, Any]]) -> None:
+        """Takes back `label_record()`s (later ones win) over this engine's fresh state; checked
+        like `restore`, and ValueError says what is wrong."""
+        fresh = self.snapshot()
+        state = {k: v.clone() for k, v in fresh["state"].items()}
+        streams, passes = dict(fresh["streams"]), fresh["passes"]
+        for record in records:
+            label, tensors = record.get("label"), record.get("state")
+            if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < self.num_classes:
+                raise ValueError(f"a saved label record names label {str(label)[:20]}, not one of this model's")
+            if not isinstance(tensors, dict) or set(tensors) != set(state):
+                raise ValueError(f"the saved record of label {label} does not fit this model and configuration")
+            for k, v in tensors.items():
+                if not isinstance(v, torch.Tensor) or v.shape != state[k][label].shape or v.dtype != state[k].dtype:
+                    raise ValueError(f"the saved record of label {label} has a {k!r} that does not fit")
+                state[k][label] = v
+            if record.get("stream") is not None:
+                streams[label] = record["stream"]
+            passes = record.get("passes", passes)
+        self.restore({"state": state, "streams": streams, "passes": passes})
+
     # ---- results -----------------------------------------------------------------------
     def results(self) -> dict[str, torch.Tensor]:
         """Best mask and pattern per label (the last ones where the threshold was never reached)."""

@@ -8,7 +8,8 @@ by how much), and the published one stays a flag away (`--rule published`).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from statistics import NormalDist
 from typing import Any, Sequence
 
 import numpy as np
@@ -24,23 +25,39 @@ class Rule:
     its mask is smaller by, not by the difference (norms spread multiplicatively across labels).
     easy_fraction: when the median label's mask covers less than this share of the image, every
     label is easy to reach and mask size cannot single out a backdoor: the verdict is
-    "inconclusive" (None: never)."""
+    "inconclusive" (None: never).
+    alpha: when set, the threshold grows with the number of labels n tested: the z-score that
+    the smallest of n normal draws passes with probability about `alpha` (Bonferroni,
+    Φ⁻¹(1 − alpha/n)), never below `threshold`. At 1,000 labels an index of 2 is the tail of the
+    natural spread, not an outlier (docs/results.md, "Many labels")."""
 
     name: str
     log_norms: bool = False
     threshold: float = 2.0
     easy_fraction: float | None = None
     description: str = ""
+    alpha: float | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.threshold) and self.threshold > 0):
             raise ValueError(f"threshold must be a positive number, got {self.threshold}")
         if self.easy_fraction is not None and not 0 < self.easy_fraction < 1:
             raise ValueError(f"easy_fraction must lie in (0, 1), got {self.easy_fraction}")
+        if self.alpha is not None and not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must lie in (0, 1), got {self.alpha}")
 
-    def outliers(self, norms: Sequence[float], labels: Sequence[int]) -> OutlierResult:
+    def threshold_for(self, tested: int) -> float:
+        """The anomaly index that flags a label when `tested` labels were scanned."""
+        if self.alpha is None or tested < 1:
+            return self.threshold
+        return max(self.threshold, NormalDist().inv_cdf(1 - self.alpha / tested))
+
+    def outliers(self, norms: Sequence[float], labels: Sequence[int], reference: Sequence[int] | None = None,
+                 tested: int | None = None) -> OutlierResult:
+        """`reference`: the labels whose norms estimate the median and MAD (default all);
+        `tested`: how many labels the scan looked at (default: as many as norms)."""
         values = np.log(np.maximum(np.asarray(norms, dtype=np.float64), 1e-6)) if self.log_norms else norms
-        return label_outliers(values, labels, self.threshold)
+        return label_outliers(values, labels, self.threshold_for(tested or len(norms)), reference)
 
     def verdict(self, outliers: OutlierResult, norms: Sequence[float], image_area: int) -> str:
         if self.easy_fraction is not None and float(np.median(norms)) < self.easy_fraction * image_area:
@@ -49,11 +66,12 @@ class Rule:
 
     def cut(self, outliers: OutlierResult) -> float:
         """The L1 norm under which a label is flagged (may be negative: nothing can be)."""
-        edge = outliers.median - self.threshold * outliers.consistent_mad
+        edge = outliers.median - outliers.threshold * outliers.consistent_mad
         return float(math.exp(edge)) if self.log_norms else float(edge)
 
     def with_threshold(self, threshold: float) -> "Rule":
-        return Rule(self.name, self.log_norms, threshold, self.easy_fraction, self.description)
+        """This rule with a fixed threshold (a count-aware one becomes fixed)."""
+        return replace(self, threshold=threshold, alpha=None)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,13 +81,14 @@ class Rule:
         """A rule as report.json records it; unknown or damaged records raise ValueError."""
         if not isinstance(d, dict) or not isinstance(d.get("name"), str):
             raise ValueError("the rule is not recorded as an object with a name")
-        easy = d.get("easy_fraction")
+        easy, alpha = d.get("easy_fraction"), d.get("alpha")
         fields = (d.get("log_norms", False), d.get("threshold", 2.0), easy)
-        if not isinstance(fields[0], bool) or not isinstance(fields[1], (int, float)) or isinstance(fields[1], bool) \
-                or not (easy is None or (isinstance(easy, (int, float)) and not isinstance(easy, bool))):
+        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+        if not isinstance(fields[0], bool) or not number(fields[1]) or not (easy is None or number(easy)) \
+                or not (alpha is None or number(alpha)):
             raise ValueError("the rule's settings have the wrong types")
         return cls(d["name"], fields[0], float(fields[1]), None if easy is None else float(easy),
-                   str(d.get("description", "")))
+                   str(d.get("description", "")), None if alpha is None else float(alpha))
 
 
 RULES: dict[str, Rule] = {

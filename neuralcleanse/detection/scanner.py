@@ -19,6 +19,8 @@ from neuralcleanse.detection.rules import DEFAULT_RULE, Rule, get_rule
 from neuralcleanse.detection.presets import ScanPlan, get_preset
 from neuralcleanse.detection.result import ScanResult
 from neuralcleanse.detection.reverse_engineer import TriggerReverseEngineer, check_precision
+from neuralcleanse.detection.scan_state import ScanJournal, load_journal
+from neuralcleanse.detection.schedule import SCHEDULES, CoarseToFine
 from neuralcleanse.errors import InputError, refuse_model_argument
 from neuralcleanse.metrics import attack_success_rate
 from neuralcleanse.models.checks import as_classifier, check_model
@@ -35,6 +37,9 @@ class NeuralCleanse:
 
     `precision="bf16"` runs the model under autocast (meant for GPUs); `sync_every` sets how many
     steps the engine runs between looks at which labels finished (default: 8 on CUDA, 1 on CPU).
+    `schedule`: "full" gives every label the preset's budget; "coarse-to-fine" a short pass to all,
+    then the full budget to the smallest and to a random reference sample (detection/schedule.py);
+    "auto" (default) picks coarse-to-fine from 200 labels on.
     """
 
     def __init__(
@@ -51,6 +56,8 @@ class NeuralCleanse:
         precision: str = "fp32",
         sync_every: int | None = None,
         progress: bool = True,
+        schedule: str = "auto",
+        coarse_to_fine: CoarseToFine | None = None,
         **config_overrides: Any,
     ) -> None:
         refuse_model_argument("NeuralCleanse", preset, "NeuralCleanse(preset=...).scan(model, data)")
@@ -71,6 +78,10 @@ class NeuralCleanse:
         self.precision = precision
         self.sync_every = sync_every
         self.progress = progress
+        if schedule not in SCHEDULES:
+            raise InputError(f"unknown `schedule` {schedule!r}; known: {', '.join(SCHEDULES)}")
+        self.schedule = schedule
+        self.coarse_to_fine = coarse_to_fine or CoarseToFine()
 
     def scan(self, model: nn.Module, data: ImageDataset, labels: Sequence[int] | None = None,
              on_label_done: Callable[[int], None] | None = None, checkpoint: str | Path | None = None,
@@ -101,26 +112,30 @@ class NeuralCleanse:
             raise InputError("outlier analysis needs at least 3 labels")
         pool = self.select_samples(data, num_classes)
         start = time.perf_counter()
-        fingerprint = self._fingerprint(model, pool, todo) if checkpoint is not None else ""
-        snap = load_scan_state(checkpoint, fingerprint) if resume and checkpoint is not None else None
-        block_size = self.block_size or (snap.get("block_size") if snap else None)
+        coarse = self.coarse_to_fine.applies(self.schedule, len(todo))
+        fingerprint = self._fingerprint(model, pool, todo, coarse) if checkpoint is not None else ""
+        journal = ScanJournal(checkpoint) if checkpoint is not None else None
+        saved = load_journal(checkpoint, fingerprint) if resume and checkpoint is not None else None
+        block_size = self.block_size or (saved[0].get("block_size") if saved else None)
         # The engine freezes the weights for speed; the caller's model must come back trainable.
         trainable = [p for p in model.parameters() if p.requires_grad]
         try:
             engine = TriggerReverseEngineer(search_model, pool.x, pool.y, num_classes, self.plan.config,
                                             device=self.device, block_size=block_size, seed=self.seed,
                                             precision=self.precision, sync_every=self.sync_every)
-            if snap is not None:
+            choice = None
+            if saved is not None:
+                _, records, valid = saved
                 try:
-                    engine.restore(snap)
+                    engine.restore_labels([r for r in records if "label" in r])
+                    choice = _saved_choice(records, todo)
                 except ValueError as exc:
                     raise InputError(f"the saved scan state {checkpoint} is damaged ({exc}); start afresh "
                                      "without `resume` (add `force`)") from None
-            save = None
-            if checkpoint is not None:
-                save = lambda: save_scan_state(checkpoint, engine, fingerprint)  # noqa: E731
-                save()  # even before the first label, so --resume finds the settings to check
-            result = self._scan(engine, model, pool, todo, on_label_done, start, save)
+                journal.reopen(valid)
+            elif journal is not None:
+                journal.start(fingerprint, engine.block_size)  # at once, so --resume finds the settings to check
+            result = self._scan(engine, model, pool, todo, on_label_done, start, journal, coarse, choice)
             result.settings.update(clean_accuracy=check.clean_accuracy, output_kind=check.output_kind,
                                    logits_from=logits_from)
             return result
@@ -128,25 +143,46 @@ class NeuralCleanse:
             for p in trainable:
                 p.requires_grad_(True)
 
-    def _fingerprint(self, model: nn.Module, pool: ImageDataset, labels: list[int]) -> str:
+    def _fingerprint(self, model: nn.Module, pool: ImageDataset, labels: list[int], coarse: bool) -> str:
         """What must not change between an interrupted scan and its resumption."""
         h = hashlib.sha256()
-        # "rounds" (always empty since they were removed) stays, so scans interrupted before still resume.
-        h.update(json.dumps({"config": self.plan.config.to_dict(), "rounds": [],
-                             "seed": self.seed, "labels": labels,
-                             # only when set, so scans interrupted before the option existed still resume
-                             **({"precision": self.precision} if self.precision != "fp32" else {})},
+        h.update(json.dumps({"config": self.plan.config.to_dict(), "seed": self.seed, "labels": labels,
+                             "precision": self.precision,
+                             "coarse_to_fine": self.coarse_to_fine.to_dict() if coarse else None},
                             sort_keys=True, default=str).encode())
         for t in (pool.x, pool.y, *model.state_dict().values()):
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()
 
     def _scan(self, engine: TriggerReverseEngineer, model: nn.Module, pool: ImageDataset, todo: list[int],
-              on_label_done: Callable[[int], None] | None, start: float,
-              save: Callable[[], None] | None = None) -> ScanResult:
-        self._run_plan(engine, todo, on_label_done, save)
-        found = {k: v[todo] for k, v in engine.results().items()}
-        rates = self._success_rates(model, pool, found, todo)
+              on_label_done: Callable[[int], None] | None, start: float, journal: ScanJournal | None,
+              coarse: bool, choice: dict[str, Any] | None) -> ScanResult:
+        def done(label: int) -> None:
+            if journal is not None:
+                journal.append(engine.label_record(label))
+            if on_label_done is not None:
+                on_label_done(label)
+
+        reference = None
+        if coarse:
+            ctf = self.coarse_to_fine
+            if choice is None:
+                self._run_labels(engine, todo, done, ctf.coarse_steps, "short pass")
+                short = engine.results()
+                norms = [float(short["l1"][l]) for l in todo]
+                reached = [bool(short["reached"][l]) for l in todo]
+                candidates, reference = ctf.choose(todo, norms, reached, self.seed)
+                choice = {"labels": todo, "l1_norms": norms, "reached": reached, "candidates": candidates,
+                          "reference": reference, "steps": ctf.coarse_steps}
+                if journal is not None:
+                    journal.append({"coarse": choice})
+            reference = list(choice["reference"])
+            scanned = sorted(set(choice["candidates"]) | set(reference))
+        else:
+            scanned = todo
+        self._run_labels(engine, scanned, done, None, "labels")
+        found = {k: v[scanned] for k, v in engine.results().items()}
+        rates = self._success_rates(model, pool, found, scanned)
         norms = [float(v) for v in found["l1"]]
         settings = {
             "preset": self.preset_name,
@@ -156,16 +192,20 @@ class NeuralCleanse:
             "device": str(self.device),
             "seed": self.seed,
             "precision": self.precision,
-            "threshold": self.threshold,
             "rule": self.rule.name,
+            "schedule": "coarse-to-fine" if coarse else "full",
+            **({"coarse": {**choice, "settings": self.coarse_to_fine.to_dict()}} if coarse else {}),
         }
         try:
-            return ScanResult.judged(
-                self.rule, todo, norms, masks=found["mask"], patterns=found["pattern"], success_rates=rates,
+            result = ScanResult.judged(
+                self.rule, scanned, norms, reference_labels=reference, tested_labels=len(todo) if coarse else None,
+                masks=found["mask"], patterns=found["pattern"], success_rates=rates,
                 reached_threshold=[bool(v) for v in found["reached"]], steps=[int(v) for v in found["steps"]],
                 settings=settings, wall_time=time.perf_counter() - start, passes=engine.passes)
         except ValueError as exc:
             raise InputError(str(exc)) from None
+        result.settings["threshold"] = result.outliers.threshold
+        return result
 
     def select_samples(self, data: ImageDataset, num_classes: int) -> ImageDataset:
         """A class-balanced draw of the clean samples the optimisation sees."""
@@ -182,20 +222,18 @@ class NeuralCleanse:
             raise InputError("the scan needs clean samples of at least 2 labels")
         return pool
 
-    def _run_plan(self, engine: TriggerReverseEngineer, labels: list[int],
-                  on_label_done: Callable[[int], None] | None, save: Callable[[], None] | None = None) -> None:
-        with tqdm(total=len(labels), desc="labels", unit="label", disable=None if self.progress else True,
+    def _run_labels(self, engine: TriggerReverseEngineer, labels: list[int], done: Callable[[int], None],
+                    step_limit: int | None, desc: str) -> None:
+        limit = self.plan.config.max_steps if step_limit is None else step_limit
+        with tqdm(total=len(labels), desc=desc, unit="label", disable=None if self.progress else True,
                   leave=False) as bar:
             steps, stopped = engine.state.tensors["steps"].cpu(), engine.state.tensors["done"].cpu()
-            bar.update(sum(1 for l in labels if bool(stopped[l]) or int(steps[l]) >= self.plan.config.max_steps))
+            bar.update(sum(1 for l in labels if bool(stopped[l]) or int(steps[l]) >= limit))
 
-            def done(label: int) -> None:
-                if save is not None:
-                    save()
+            def finished(label: int) -> None:
+                done(label)
                 bar.update(1)
-                if on_label_done is not None:
-                    on_label_done(label)
-            engine.run(labels, on_label_done=done)
+            engine.run(labels, step_limit=step_limit, on_label_done=finished)
 
     def _success_rates(self, model: nn.Module, pool: ImageDataset, found: dict[str, torch.Tensor],
                        labels: list[int]) -> list[float]:
@@ -207,33 +245,16 @@ class NeuralCleanse:
         ]
 
 
-STATE_FORMAT = "neuralcleanse-scan-state"
-
-
-def save_scan_state(path: str | Path, engine: TriggerReverseEngineer, fingerprint: str) -> None:
-    from neuralcleanse.files import write_atomic
-
-    payload = {"format": STATE_FORMAT, "fingerprint": fingerprint, **engine.snapshot()}
-    write_atomic(path, lambda tmp: torch.save(payload, tmp))
-
-
-def load_scan_state(path: str | Path, fingerprint: str) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"there is no interrupted scan to resume in {path.parent} (no {path.name}); "
-                         "run the scan without `resume`")
-    try:
-        snap = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise InputError(f"the saved scan state {path} is damaged ({str(exc).splitlines()[0][:100]}); "
-                         "run the scan again without `resume` (add `force`)") from None
-    if not isinstance(snap, dict) or snap.get("format") != STATE_FORMAT:
-        raise InputError(f"{path} is not a saved scan state")
-    block = snap.get("block_size")
-    if block is not None and (not isinstance(block, int) or isinstance(block, bool) or not 1 <= block <= 1_000_000):
-        raise InputError(f"the saved scan state {path} is damaged (block size {str(block)[:20]}); "
-                         "start afresh without `resume` (add `force`)")
-    if snap.get("fingerprint") != fingerprint:
-        raise InputError(f"the interrupted scan in {path.parent} was made with another model, other data or "
-                         "other settings; resume with exactly the same command, or start afresh with `force`")
-    return snap
+def _saved_choice(records: list[dict[str, Any]], todo: list[int]) -> dict[str, Any] | None:
+    """The coarse-to-fine choice an interrupted scan made, checked (ValueError when damaged)."""
+    saved = [r["coarse"] for r in records if "coarse" in r]
+    if not saved:
+        return None
+    choice = saved[-1]
+    ok = (isinstance(choice, dict) and choice.get("labels") == todo
+          and all(isinstance(choice.get(k), list) and set(choice[k]) <= set(todo) for k in ("candidates", "reference"))
+          and len(choice["reference"]) >= 3 and isinstance(choice.get("l1_norms"), list)
+          and len(choice["l1_norms"]) == len(todo))
+    if not ok:
+        raise ValueError("its coarse-to-fine choice of labels does not fit this scan")
+    return choice

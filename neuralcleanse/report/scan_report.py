@@ -43,7 +43,7 @@ def write_scan_report(result: ScanResult, out_dir: str | Path, *, model: dict[st
         files[str(label)] = {k: f"triggers/{v}" for k, v in
                              save_trigger_images(result.masks[i], result.patterns[i], images, label).items()}
     save_norms_chart(result.labels, result.l1_norms, result.flagged, float(np.median(result.l1_norms)),
-                     result.rule.cut(result.outliers), result.rule.threshold, out / "norms.png")
+                     result.rule.cut(result.outliers), result.outliers.threshold, out / "norms.png")
     write_atomic(out / TRIGGERS_NAME, lambda tmp: _save_triggers(result, tmp))
     report = {
         **report_header(),

@@ -76,6 +76,13 @@ def check_scan_report(report: dict[str, Any], path: Path, partial: bool = False)
             flagged = _int_list(report, "flagged", minimum=0)
             if not set(flagged) <= set(labels):
                 raise _Bad("'flagged' names labels that were not scanned")
+        if report.get("reference_labels") is not None:
+            reference = _int_list(report, "reference_labels", minimum=0)
+            if len(reference) < 3 or not set(reference) <= set(labels):
+                raise _Bad("'reference_labels' must name at least 3 of the scanned labels")
+        tested = report.get("tested_labels", n)
+        if not isinstance(tested, int) or isinstance(tested, bool) or not n <= tested <= MAX_LABELS:
+            raise _Bad(f"'tested_labels' is not a whole number in {n}..{MAX_LABELS}")
         _number(report, "threshold", low=0.0, optional=True, open_low=True)
         _number(report, "wall_time_s", low=0.0, optional=True)
         passes = report.get("image_passes", 0)
