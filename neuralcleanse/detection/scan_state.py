@@ -72,7 +72,7 @@ class ScanJournal:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
-    def start(self, fingerprint: str, block_size: int) -> None:
+    def start(self, fingerprint: str, block_size: int | None) -> None:
         write_records(self.path, [{"format": STATE_FORMAT, "fingerprint": fingerprint, "block_size": block_size}])
 
     def reopen(self, valid_bytes: int) -> None:

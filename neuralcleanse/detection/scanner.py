@@ -5,7 +5,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -40,6 +40,8 @@ class NeuralCleanse:
     `schedule`: "full" gives every label the preset's budget; "coarse-to-fine" a short pass to all,
     then the full budget to the smallest and to a random reference sample (detection/schedule.py);
     "auto" (default) picks coarse-to-fine from 200 labels on.
+    `workers` > 1 splits the labels across that many local processes, `ray="auto"|ADDRESS` across
+    Ray tasks; the outlier test runs on the merged norms (detection/split.py).
     """
 
     def __init__(
@@ -58,6 +60,8 @@ class NeuralCleanse:
         progress: bool = True,
         schedule: str = "auto",
         coarse_to_fine: CoarseToFine | None = None,
+        workers: int = 1,
+        ray: str | None = None,
         **config_overrides: Any,
     ) -> None:
         refuse_model_argument("NeuralCleanse", preset, "NeuralCleanse(preset=...).scan(model, data)")
@@ -82,6 +86,10 @@ class NeuralCleanse:
             raise InputError(f"unknown `schedule` {schedule!r}; known: {', '.join(SCHEDULES)}")
         self.schedule = schedule
         self.coarse_to_fine = coarse_to_fine or CoarseToFine()
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise InputError(f"`workers` must be a whole number of at least 1, got {workers!r}")
+        self.workers = workers
+        self.ray = ray
 
     def scan(self, model: nn.Module, data: ImageDataset, labels: Sequence[int] | None = None,
              on_label_done: Callable[[int], None] | None = None, checkpoint: str | Path | None = None,
@@ -91,11 +99,64 @@ class NeuralCleanse:
         accuracy on `data`). `checkpoint`: a file where the scan's state is saved each time a label
         finishes, so an interrupted scan can go on with `resume=True` (same model, data and
         settings, checked) and end with the result an uninterrupted one gives."""
+        prep = self._prepare(model, data)
+        todo = list(range(prep.num_classes)) if labels is None else sorted({int(v) for v in labels})
+        if any(not 0 <= l < prep.num_classes for l in todo):
+            raise InputError(f"labels to scan must lie in 0..{prep.num_classes - 1}")
+        if len(todo) < 3:
+            raise InputError("outlier analysis needs at least 3 labels")
+        start = time.perf_counter()
+        coarse = self.coarse_to_fine.applies(self.schedule, len(todo))
+        split = self.workers > 1 or self.ray is not None
+        fingerprint = self._fingerprint(prep.model, prep.pool, todo, coarse)
+        journal = ScanJournal(checkpoint) if checkpoint is not None else None
+        saved = load_journal(checkpoint, fingerprint) if resume and checkpoint is not None else None
+        block_size = self.block_size or (saved[0].get("block_size") if saved else None)
+        # The engine freezes the weights for speed; the caller's model must come back trainable.
+        trainable = [p for p in prep.model.parameters() if p.requires_grad]
+        run = None
+        try:
+            if split:
+                from neuralcleanse.detection.split import run_split
+                run = run_split(self, prep, todo, checkpoint, fingerprint, on_label_done, resume)
+                engine = None
+            else:
+                engine = TriggerReverseEngineer(prep.search_model(), prep.pool.x, prep.pool.y, prep.num_classes,
+                                                self.plan.config, device=self.device, block_size=block_size,
+                                                seed=self.seed, precision=self.precision, sync_every=self.sync_every)
+            choice = None
+            if saved is not None:
+                _, records, valid = saved
+                try:
+                    if engine is not None:
+                        engine.restore_labels([r for r in records if "label" in r])
+                    choice = _saved_choice(records, todo)
+                except ValueError as exc:
+                    raise InputError(f"the saved scan state {checkpoint} is damaged ({exc}); start afresh "
+                                     "without `resume` (add `force`)") from None
+                journal.reopen(valid)
+            elif journal is not None:  # at once, so --resume finds the settings to check
+                journal.start(fingerprint, engine.block_size if engine is not None else None)
+            if engine is not None:
+                run = self._runner(engine, journal, on_label_done)
+            result = self._scan(run, prep, todo, start, journal, coarse, choice)
+            result.settings.update(clean_accuracy=prep.check.clean_accuracy, output_kind=prep.check.output_kind,
+                                   logits_from=prep.logits_from, workers=self.workers if split else 1)
+            if split:
+                run.discard()
+            return result
+        finally:
+            if run is not None and hasattr(run, "close"):
+                run.close()
+            for p in trainable:
+                p.requires_grad_(True)
+
+    def _prepare(self, model: nn.Module, data: ImageDataset) -> "Prepared":
         model = as_classifier(model, data).to(self.device)
         check = check_model(model, data, self.device)
         with torch.no_grad():
             probe = model.preprocess(data.x[:8].to(self.device))
-        search_model, logits_from = logits_for_search(model, check.output_kind, probe)
+        _, logits_from = logits_for_search(model, check.output_kind, probe)
         if logits_from == "cut before softmax":
             log.info("the model outputs %s; the trigger search uses the logits before its final softmax",
                      check.output_kind)
@@ -105,43 +166,22 @@ class NeuralCleanse:
                         "are less reliable; scan the network without its final softmax when you can",
                         check.output_kind)
         num_classes = int(getattr(model, "num_classes", 0) or data.num_classes)
-        todo = list(range(num_classes)) if labels is None else sorted({int(v) for v in labels})
-        if any(not 0 <= l < num_classes for l in todo):
-            raise InputError(f"labels to scan must lie in 0..{num_classes - 1}")
-        if len(todo) < 3:
-            raise InputError("outlier analysis needs at least 3 labels")
-        pool = self.select_samples(data, num_classes)
-        start = time.perf_counter()
-        coarse = self.coarse_to_fine.applies(self.schedule, len(todo))
-        fingerprint = self._fingerprint(model, pool, todo, coarse) if checkpoint is not None else ""
-        journal = ScanJournal(checkpoint) if checkpoint is not None else None
-        saved = load_journal(checkpoint, fingerprint) if resume and checkpoint is not None else None
-        block_size = self.block_size or (saved[0].get("block_size") if saved else None)
-        # The engine freezes the weights for speed; the caller's model must come back trainable.
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        try:
-            engine = TriggerReverseEngineer(search_model, pool.x, pool.y, num_classes, self.plan.config,
-                                            device=self.device, block_size=block_size, seed=self.seed,
-                                            precision=self.precision, sync_every=self.sync_every)
-            choice = None
-            if saved is not None:
-                _, records, valid = saved
-                try:
-                    engine.restore_labels([r for r in records if "label" in r])
-                    choice = _saved_choice(records, todo)
-                except ValueError as exc:
-                    raise InputError(f"the saved scan state {checkpoint} is damaged ({exc}); start afresh "
-                                     "without `resume` (add `force`)") from None
-                journal.reopen(valid)
-            elif journal is not None:
-                journal.start(fingerprint, engine.block_size)  # at once, so --resume finds the settings to check
-            result = self._scan(engine, model, pool, todo, on_label_done, start, journal, coarse, choice)
-            result.settings.update(clean_accuracy=check.clean_accuracy, output_kind=check.output_kind,
-                                   logits_from=logits_from)
-            return result
-        finally:
-            for p in trainable:
-                p.requires_grad_(True)
+        return Prepared(model, check, self.select_samples(data, num_classes), num_classes, logits_from, probe.cpu())
+
+    def _runner(self, engine: TriggerReverseEngineer, journal: ScanJournal | None,
+                on_label_done: Callable[[int], None] | None) -> Callable[[list[int], int | None], dict[str, Any]]:
+        def done(label: int) -> None:
+            if journal is not None:
+                journal.append(engine.label_record(label))
+            if on_label_done is not None:
+                on_label_done(label)
+
+        def run(labels: list[int], step_limit: int | None) -> dict[str, Any]:
+            self._run_labels(engine, labels, done, step_limit, "labels" if step_limit is None else "short pass")
+            found = engine.results()
+            return {**{k: v[labels] for k, v in found.items()}, "passes": engine.passes,
+                    "block_size": engine.block_size}
+        return run
 
     def _fingerprint(self, model: nn.Module, pool: ImageDataset, labels: list[int], coarse: bool) -> str:
         """What must not change between an interrupted scan and its resumption."""
@@ -154,23 +194,15 @@ class NeuralCleanse:
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()
 
-    def _scan(self, engine: TriggerReverseEngineer, model: nn.Module, pool: ImageDataset, todo: list[int],
-              on_label_done: Callable[[int], None] | None, start: float, journal: ScanJournal | None,
-              coarse: bool, choice: dict[str, Any] | None) -> ScanResult:
-        def done(label: int) -> None:
-            if journal is not None:
-                journal.append(engine.label_record(label))
-            if on_label_done is not None:
-                on_label_done(label)
-
+    def _scan(self, run: Callable[[list[int], int | None], dict[str, Any]], prep: "Prepared", todo: list[int],
+              start: float, journal: ScanJournal | None, coarse: bool, choice: dict[str, Any] | None) -> ScanResult:
         reference = None
         if coarse:
             ctf = self.coarse_to_fine
             if choice is None:
-                self._run_labels(engine, todo, done, ctf.coarse_steps, "short pass")
-                short = engine.results()
-                norms = [float(short["l1"][l]) for l in todo]
-                reached = [bool(short["reached"][l]) for l in todo]
+                short = run(todo, ctf.coarse_steps)
+                norms = [float(v) for v in short["l1"]]
+                reached = [bool(v) for v in short["reached"]]
                 candidates, reference = ctf.choose(todo, norms, reached, self.seed)
                 choice = {"labels": todo, "l1_norms": norms, "reached": reached, "candidates": candidates,
                           "reference": reference, "steps": ctf.coarse_steps}
@@ -180,15 +212,14 @@ class NeuralCleanse:
             scanned = sorted(set(choice["candidates"]) | set(reference))
         else:
             scanned = todo
-        self._run_labels(engine, scanned, done, None, "labels")
-        found = {k: v[scanned] for k, v in engine.results().items()}
-        rates = self._success_rates(model, pool, found, scanned)
+        found = run(scanned, None)
+        rates = self._success_rates(prep.model, prep.pool, found, scanned)
         norms = [float(v) for v in found["l1"]]
         settings = {
             "preset": self.preset_name,
             "config": self.plan.config.to_dict(),
-            "samples": len(pool),
-            "block_size": engine.block_size,
+            "samples": len(prep.pool),
+            "block_size": found["block_size"],
             "device": str(self.device),
             "seed": self.seed,
             "precision": self.precision,
@@ -201,7 +232,7 @@ class NeuralCleanse:
                 self.rule, scanned, norms, reference_labels=reference, tested_labels=len(todo) if coarse else None,
                 masks=found["mask"], patterns=found["pattern"], success_rates=rates,
                 reached_threshold=[bool(v) for v in found["reached"]], steps=[int(v) for v in found["steps"]],
-                settings=settings, wall_time=time.perf_counter() - start, passes=engine.passes)
+                settings=settings, wall_time=time.perf_counter() - start, passes=found["passes"])
         except ValueError as exc:
             raise InputError(str(exc)) from None
         result.settings["threshold"] = result.outliers.threshold
@@ -243,6 +274,28 @@ class NeuralCleanse:
             attack_success_rate(model, sub, Trigger(found["mask"][i], found["pattern"][i]), label, device=self.device)
             for i, label in enumerate(labels)
         ]
+
+
+@dataclass
+class Prepared:
+    """A model checked for scanning and the clean samples drawn for it: what every worker of a
+    split scan starts from."""
+
+    model: nn.Module
+    check: Any
+    pool: ImageDataset
+    num_classes: int
+    logits_from: str
+    probe: torch.Tensor
+
+    def search_model(self) -> nn.Module:
+        """The network the trigger search differentiates: cut before a final softmax when it can be."""
+        return logits_for_search(self.model, self.check.output_kind, self.probe.to(next(self._devices())))[0]
+
+    def _devices(self):
+        for p in self.model.parameters():
+            yield p.device
+        yield torch.device("cpu")
 
 
 def _saved_choice(records: list[dict[str, Any]], todo: list[int]) -> dict[str, Any] | None:
