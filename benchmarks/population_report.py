@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT.parent))
 import numpy as np  # noqa: E402
 
 from neuralcleanse.detection.outlier import CONSISTENCY, mad_outliers  # noqa: E402
+from neuralcleanse.detection.rules import DEFAULT_RULE, get_rule  # noqa: E402
 
 FACETS = {
     "architecture": lambda r: r["recipe"]["arch"],
@@ -86,6 +87,7 @@ def _loo(values: np.ndarray) -> np.ndarray:
 
 
 SCORES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "default": lambda n: _mad_index(np.log(n)),
     "published": _published,
     "published_tuned": _published,
     "log_mad": lambda n: _mad_index(np.log(n)),
@@ -95,6 +97,7 @@ SCORES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 FIXED = {"published": 2.0}
 DESCRIPTION = {
+    "default": f"the scan's default rule, `{DEFAULT_RULE}`: log_mad at the threshold for this many labels",
     "published": "MAD anomaly index of the raw L1 norms, threshold 2 (what the scan reports)",
     "published_tuned": "the same index, threshold chosen on tune",
     "log_mad": "MAD anomaly index of log(L1 norms)",
@@ -203,7 +206,9 @@ def report(dataset: str, rows_all: list[dict], out_md: Path, docs: Path, max_fa:
     by_split = {s: [r for r in scanned if r["split"] == s] for s in ("tune", "test")}
     thresholds = {}
     for name in SCORES:
-        if name in FIXED:
+        if name == "default" and scanned:  # the rule as shipped: fixed by the label count, not tuned here
+            thresholds[name] = get_rule(DEFAULT_RULE).threshold_for(len(scanned[0]["scan"]["l1_norms"]))
+        elif name in FIXED:
             thresholds[name] = FIXED[name]
         else:
             clean_tune = [scored[r["id"]][name]["score"] for r in by_split["tune"] if r["true_target"] is None]
@@ -239,7 +244,8 @@ def report(dataset: str, rows_all: list[dict], out_md: Path, docs: Path, max_fa:
           f"Thresholds other than `published` are the smallest that flag at most {max_fa:.0%} of the tune split's clean "
           "models; they are then applied unchanged to the test split.", "",
           "| score | what | threshold |", "|---|---|---|"]
-    L += [f"| {n} | {DESCRIPTION[n]} | {fmt_t(thresholds[n])}{' (fixed)' if n in FIXED else ' (tune)'} |" for n in SCORES]
+    L += [f"| {n} | {DESCRIPTION[n]} | {fmt_t(thresholds[n])}{' (fixed)' if n in FIXED or n == 'default' else ' (tune)'} |"
+          for n in SCORES]
 
     L += ["", "## Overall", "",
           "AUROC: infected against clean by the model's score. Detection: infected models whose true target is "
@@ -260,7 +266,7 @@ def report(dataset: str, rows_all: list[dict], out_md: Path, docs: Path, max_fa:
           "Each cell: AUROC · target flagged · false alarms, at the thresholds above. Trigger facets compare "
           "those infected models with all clean models of the split.", ""]
     facet_summary: dict[str, Any] = {}
-    show = ["published", "log_mad", "log_mad_floor", "loo_log_mad", "ratio"]
+    show = ["default", "published", "log_mad", "loo_log_mad", "ratio"]
     for facet, fn in {**FACETS, **TRIGGER_FACETS}.items():
         L += [f"### {facet}", "", "| value | split | clean | infected | " + " | ".join(show) + " |",
               "|---|---|---|---|" + "---|" * len(show)]
@@ -363,12 +369,12 @@ def plots(dataset: str, scanned: list[dict], scored: dict, thresholds: dict, doc
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="lower right", fontsize=8)
     axes[0].set_ylabel("infected models flagged")
-    fig.suptitle("ROC of the model scores; dots: each rule's threshold (published 2, others chosen on tune)")
+    fig.suptitle("ROC of the model scores; dots: each rule's threshold (published 2, default by label count, others chosen on tune)")
     fig.tight_layout()
     fig.savefig(docs / f"population_{dataset}_roc.png", dpi=110)
     plt.close(fig)
 
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
+    fig, axes = plt.subplots(2, 4, figsize=(16, 7.5))
     axes = axes.flatten()
     for ax, n in zip(axes, names):
         clean = [scored[r["id"]][n]["score"] for r in scanned if r["true_target"] is None]

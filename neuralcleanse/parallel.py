@@ -14,10 +14,11 @@ Done = Callable[[int, Any], None]
 
 
 def run_calls(fn: Callable[..., Any], calls: Sequence[tuple[tuple, dict]], *, workers: int = 1, ray: Any = None,
-              on_done: Done | None = None, on_error: Callable[[int, BaseException], Any] | None = None) -> list[Any]:
+              cpus_per_call: int = 1, on_done: Done | None = None,
+              on_error: Callable[[int, BaseException], Any] | None = None) -> list[Any]:
     """fn(*args, **kwargs) for each (args, kwargs) in `calls`; returns the results in `calls` order.
 
-    `ray`: a connected ray module (see `connect_ray`): each call is a Ray task of one CPU. Otherwise
+    `ray`: a connected ray module (see `connect_ray`): each call is a Ray task of `cpus_per_call` CPUs. Otherwise
     `workers` > 1 runs them in that many spawned processes, and 1 in this process. `on_done(i,
     result)` is called as each finishes; `on_error(i, exc)` turns a call that raised (or whose
     worker died) into a result, and without it the error propagates."""
@@ -34,7 +35,7 @@ def run_calls(fn: Callable[..., Any], calls: Sequence[tuple[tuple, dict]], *, wo
         finish(i, on_error(i, exc))
 
     if ray is not None:
-        _on_ray(ray, fn, calls, finish, failed)
+        _on_ray(ray, fn, calls, cpus_per_call, finish, failed)
     elif workers > 1 and len(calls) > 1:
         _in_pool(fn, calls, workers, finish, failed)
     else:  # no process to start, and no second copy of torch in memory
@@ -71,9 +72,9 @@ def _in_pool(fn: Callable[..., Any], calls: Sequence[tuple[tuple, dict]], worker
     pool.shutdown()
 
 
-def _on_ray(ray: Any, fn: Callable[..., Any], calls: Sequence[tuple[tuple, dict]], finish: Done,
+def _on_ray(ray: Any, fn: Callable[..., Any], calls: Sequence[tuple[tuple, dict]], cpus: int, finish: Done,
             failed: Callable[[int, BaseException], None]) -> None:
-    remote = ray.remote(num_cpus=1, max_retries=0)(fn)
+    remote = ray.remote(num_cpus=cpus, max_retries=0)(fn)
     pending = {remote.remote(*args, **kwargs): i for i, (args, kwargs) in enumerate(calls)}
     try:
         while pending:
@@ -101,8 +102,10 @@ def connect_ray(address: str) -> tuple[Any, bool]:
     if ray.is_initialized():
         return ray, False
     try:
-        ray.init(address=None if address == "local" else address, include_dashboard=False,
-                 log_to_driver=False)
+        if address == "local":  # a Ray of this machine's cores, started here and ended with the run
+            ray.init(include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().split(". ")[0].splitlines()
         raise InputError(f"cannot connect to Ray at {address!r}: {first[0] if first else type(exc).__name__}; "

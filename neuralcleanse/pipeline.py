@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -63,12 +63,13 @@ def run_scan(model: Classifier, data: ImageDataset, out: str | Path, *, preset: 
              max_steps: int | None = None, rule: str = DEFAULT_RULE, threshold: float | None = None, seed: int = 0,
              block_size: int | None = None,
              device: torch.device | str = "cpu", precision: str = "fp32", progress: bool = True, resume: bool = False,
+             schedule: str = "auto", workers: int = 1, ray: str | None = None,
              model_desc: dict[str, Any] | None = None, data_desc: dict[str, Any] | None = None) -> ScanResult:
     """Scans and writes the report into `out`. The scan's state is saved in `out` as labels finish
     and removed once the report is written; `resume=True` goes on from it."""
     scanner = NeuralCleanse(preset, samples=samples, rule=rule, threshold=threshold, device=device, seed=seed,
                             block_size=block_size, precision=precision, progress=progress, loss=loss,
-                            max_steps=max_steps)
+                            max_steps=max_steps, schedule=schedule, workers=workers, ray=ray)
     state = Path(out) / STATE_NAME
     with run_folder_lock(out):
         if not resume and state.exists():
@@ -77,6 +78,31 @@ def run_scan(model: Classifier, data: ImageDataset, out: str | Path, *, preset: 
         _write(result, model, data, out, model_desc, data_desc)
         state.unlink(missing_ok=True)
     return result
+
+
+def scan_folder(out: str | Path, load: Callable[[], tuple[Classifier, DatasetSplits]], *, resume: bool = False,
+                force: bool = False, resume_if_interrupted: bool = False,
+                **scan_options: Any) -> tuple[ScanResult, dict[str, Any] | None]:
+    """What `scan` does with its `out` folder, for the command and for each model of `scan-many`.
+
+    A finished scan that `resume` asks to continue is only read back (its report is returned too);
+    otherwise `load()` gives the model and data, checked before the folder is touched (a typo must
+    not cost a finished scan), and the folder check is repeated under the folder's lock, since
+    another run may have finished meanwhile. `resume_if_interrupted`: resume only where an
+    interrupted scan lies, else start (a batch's --resume covers models never started)."""
+    from neuralcleanse.report.scan_report import load_scan
+
+    if resume_if_interrupted:
+        resume = (Path(out) / STATE_NAME).exists() or (Path(out) / REPORT_NAME).exists()
+    if check_scan_folder(out, resume=resume, force=force):
+        with run_folder_lock(out):  # a --force scan running there would be replacing what is read
+            return load_scan(out)
+    model, data = load()
+    with run_folder_lock(out):
+        check_scan_folder(out, resume=resume, force=force)
+        if force:
+            (Path(out) / REPORT_NAME).unlink(missing_ok=True)
+        return run_scan(model, data.test, out, resume=resume, **scan_options), None
 
 
 def _write(result: ScanResult, model: Classifier, data: ImageDataset, out: str | Path,

@@ -14,7 +14,6 @@ from neuralcleanse.cli.options import (PREPROCESSING_FLAGS, load_model_and_data_
                                        preprocessing_options, with_options)
 from neuralcleanse.cli.report import write_page
 from neuralcleanse.errors import InputError
-from neuralcleanse.files import run_folder_lock
 
 
 @main.command()
@@ -36,6 +35,13 @@ from neuralcleanse.files import run_folder_lock
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--block-size", type=click.IntRange(min=1), default=None,
               help="Labels optimised per pass (default: chosen from the hardware). Fix it for bit-for-bit repeats.")
+@click.option("--schedule", type=click.Choice(["auto", "full", "coarse-to-fine"]), default="auto", show_default=True,
+              help="coarse-to-fine: a short pass over every label, the full budget for the smallest and a random "
+                   "reference; auto picks it from 200 labels on (docs/scale.md).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Split the labels across this many local processes (one model, merged into one result).")
+@click.option("--ray", "ray_address", default=None, metavar="auto|ADDRESS",
+              help="Split the labels across Ray tasks on this cluster (needs neuralcleanse[ray]; docs/scale.md).")
 @click.option("--resume", is_flag=True, help="Go on with an interrupted scan in --out (same command otherwise).")
 @click.option("--force", is_flag=True, help="Replace a finished or interrupted scan in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout (messages go to stderr).")
@@ -47,40 +53,29 @@ from neuralcleanse.files import run_folder_lock
 @guard(PREPROCESSING_FLAGS)
 def scan(ctx: click.Context, model_path: str, data_source: str, out: str, preset: str, samples: int | None,
          labels: str | None, loss: str | None, max_steps: int | None, rule: str, threshold: float | None, seed: int,
-         block_size: int | None, resume: bool, force: bool, as_json: bool, device: str, precision: str,
-         **model_flags: Any) -> int:
+         block_size: int | None, schedule: str, workers: int, ray_address: str | None, resume: bool, force: bool,
+         as_json: bool, device: str, precision: str, **model_flags: Any) -> int:
     """Reverse-engineer a trigger for every label and flag the outliers.
 
     Exit code 0: no label flagged; 3: infected (at least one label flagged); 4: inconclusive (every
     label is easy to reach, so mask size cannot single out a backdoor); 2: bad input; 1: crash.
     """
-    from neuralcleanse.pipeline import check_scan_folder, run_scan
+    from neuralcleanse.pipeline import scan_folder
     from neuralcleanse.report.html_report import read_run_folder
-    from neuralcleanse.report.scan_report import REPORT_NAME, load_scan
 
     if resume and force:
         raise InputError("--resume and --force contradict each other: resume keeps the run in --out, force replaces it")
-    if check_scan_folder(out, resume=resume, force=force):
-        with run_folder_lock(out):  # a --force scan running there would be replacing what is read
-            result, report = load_scan(out)
-            read_run_folder(Path(out))  # what the page shows, checked before anything is printed
-            click.echo(f"{Path(out) / REPORT_NAME} is a finished scan: nothing to resume", err=True)
-            _print_verdict(result, out, as_json, report)
-        return _exit_code(result)
-    model, data = load_model_and_data_from_flags(model_path, data_source, **model_flags)
     label_list = parse_ints(labels) if labels else None
-    # Taken once the inputs are known good, so a typo creates no folder; everything that reads or
-    # replaces what is in `out` happens under it, so a second run there is refused, not interleaved.
-    with run_folder_lock(out):
-        check_scan_folder(out, resume=resume, force=force)  # again: another run may have finished meanwhile
-        if force:  # only once the inputs are known good: a typo must not cost the finished scan
-            (Path(out) / REPORT_NAME).unlink(missing_ok=True)
-        result = run_scan(model, data.test, out, resume=resume, preset=preset, samples=samples, labels=label_list,
-                          loss=loss, max_steps=max_steps, rule=rule, threshold=threshold, seed=seed, block_size=block_size,
-                          device=parse_device(device), precision=precision,
-                          progress=ctx.obj["progress"], model_desc={"path": str(model_path)},
-                          data_desc={"source": data_source})
-    _print_verdict(result, out, as_json)
+    result, finished = scan_folder(
+        out, lambda: load_model_and_data_from_flags(model_path, data_source, **model_flags), resume=resume, force=force,
+        preset=preset, samples=samples, labels=label_list, loss=loss, max_steps=max_steps, rule=rule,
+        threshold=threshold, seed=seed, block_size=block_size, device=parse_device(device), precision=precision,
+        schedule=schedule, workers=max(workers, 2) if ray_address and workers == 1 else workers, ray=ray_address,
+        progress=ctx.obj["progress"], model_desc={"path": str(model_path)}, data_desc={"source": data_source})
+    if finished is not None:
+        read_run_folder(Path(out))  # what the page shows, checked before anything is printed
+        click.echo(f"{Path(out) / 'report.json'} is a finished scan: nothing to resume", err=True)
+    _print_verdict(result, out, as_json, finished)
     return _exit_code(result)
 
 
