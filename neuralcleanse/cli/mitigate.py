@@ -50,6 +50,9 @@ REAL_TRIGGER_FLAGS = {
               help="unlearn: share of the tuning data fine-tuned on (default: all; paper: 0.1).")
 @click.option("--lr", type=float, default=None,
               help="unlearn: Adam learning rate (default: searched (sized); the model's training rate or 1e-3 (paper)).")
+@click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="unlearn: up to this many rounds; between rounds the treated labels are reverse-engineered afresh "
+                   "and unlearned again while they stand out (docs/mitigation.md).")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="unlearn: also fine-tune with no trigger and with the real trigger (when known).")
 @click.option("--real-target", type=int, default=None, help="Label of the real backdoor, to measure against.")
@@ -72,7 +75,7 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
              labels: str | None, layer: str | None, top_fraction: float, fpr: float, step: float,
              stop_success: float, max_fraction: float, recipe: str, steps: int, epochs: int | None,
              trigger_share: float, data_fraction: float | None,
-             lr: float | None, baselines: bool, real_target: int | None, real_size: int | None, real_position: str,
+             lr: float | None, rounds: int, baselines: bool, real_target: int | None, real_size: int | None, real_position: str,
              real_colour: str, real_mask: str | None, real_pattern: str | None, verify: bool, seed: int, force: bool,
              as_json: bool, device: str, **model_flags: Any) -> int:
     """Remove or block a backdoor found by `scan`: input filter, neuron pruning or unlearning.
@@ -114,8 +117,8 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
                 model, scan_result, data, method, labels=parse_ints(labels) if labels else None, real=real,
                 layer=layer, top_fraction=top_fraction, false_positive_rate=fpr, prune_step=step,
                 stop_success=stop_success, max_fraction=max_fraction, recipe=recipe, steps=steps, epochs=epochs,
-                trigger_share=trigger_share, data_fraction=data_fraction or (0.1 if recipe == "paper" else 1.0), lr=lr, baselines=baselines, seed=seed, verify=verify,
-                device=parse_device(device),
+                trigger_share=trigger_share, data_fraction=data_fraction or (0.1 if recipe == "paper" else 1.0), lr=lr,
+                rounds=rounds, baselines=baselines, seed=seed, verify=verify, device=parse_device(device),
                 progress=ctx.obj["progress"])
         except ValueError as exc:
             raise InputError(str(exc)) from None

@@ -92,7 +92,7 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
              steps: int = 300, epochs: int | None = None, trigger_share: float = 0.2, data_fraction: float = 1.0,
              lr: float | None = None, jitter: int | None = None, recipe: str = "sized",
              baselines: bool = True, tune_samples: int = 2000, curve_samples: int = 2000, seed: int = 0,
-             verify: bool = True, verify_others: int = 10,
+             verify: bool = True, verify_others: int = 10, rounds: int = 1,
              device: torch.device | str = "cpu", progress: bool = False) -> MitigationOutcome:
     """Runs `method` with the reversed triggers of the scan's flagged labels (or `labels`).
 
@@ -155,13 +155,20 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
             common = dict(trigger_share=trigger_share, seed=seed, device=device, progress=progress)
             if recipe == "paper":
                 return Unlearner.paper(model, lr=lr, epochs=epochs or 1, data_fraction=data_fraction, **common)
-            return Unlearner(steps, data_fraction=data_fraction, lr=lr, jitter=jitter, epochs=epochs, **common)
+            return Unlearner(steps, data_fraction=data_fraction, lr=lr, jitter=jitter, epochs=epochs, rounds=rounds,
+                             **common)
 
-        mitigation = unlearner().fit(model, backdoors, tune)
+        def recheck(patched: torch.nn.Module) -> tuple[list, dict]:
+            # On the tuning data: the held-out part stays unseen for the measurements and the final rescan.
+            again = rescan(patched, scan, [b.target for b in backdoors], tune, device, verify_others)
+            return again.still_standing(), again.to_dict()
+
+        mitigation = unlearner().fit(model, backdoors, tune, recheck=recheck if rounds > 1 else None)
         settings.update(recipe=recipe, steps=steps if recipe == "sized" and epochs is None else None,
                         epochs=mitigation.unlearning_.epochs, jitter=jitter if recipe == "sized" else 0,
                         trigger_share=trigger_share, data_fraction=data_fraction,
-                        lr=mitigation.unlearning_.lr,
+                        lr=mitigation.unlearning_.lr, rounds=1 + sum(bool(r["triggers_added"])
+                                                                      for r in mitigation.unlearning_.rounds),
                         lr_source="given" if lr else ("searched" if recipe == "sized" else
                                                       "model's training" if training_lr(model) else "fallback"))
         patched = mitigation.apply().to(device)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import math
 
@@ -43,10 +43,16 @@ class UnlearningResult:
     model: nn.Module = field(repr=False)
     epochs: int = 1
     lr_search: list[dict[str, float]] = field(default_factory=list)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"samples": self.samples, "stamped": self.stamped, "lr": self.lr, "epochs": self.epochs,
-                "losses": self.losses, "lr_search": self.lr_search}
+                "losses": self.losses, "lr_search": self.lr_search, "rounds": self.rounds}
+
+
+# Given the model after a round of unlearning, the backdoors a fresh reverse-engineering still finds
+# (triggers of treated labels that still stand out), with a record of what it saw; none: stop.
+Recheck = Callable[[nn.Module], tuple[list[Backdoor], dict[str, Any]]]
 
 
 class JitteredStamp:
@@ -91,13 +97,17 @@ class Unlearner(Mitigation):
     `Unlearner.paper()` is the published recipe: one epoch on 10% of the data, 20% stamped exactly,
     the model's own training rate (else 1e-3). docs/mitigation.md has the measurements.
 
+    `rounds` > 1 with a `recheck` given to `fit`: after each round the treated labels are reverse-
+    engineered afresh on the patched model, and while one still stands out its new trigger joins
+    the others for another round (the real trigger is seldom the first reversed one).
+
     >>> patched = Unlearner().fit(model, backdoors, clean).apply()
     """
 
     def __init__(self, steps: int | None = 300, trigger_share: float = 0.2, data_fraction: float = 1.0,
                  lr: float | None = None, batch_size: int = 64, jitter: int | None = None, epochs: int | None = None,
                  search_steps: int = 60, seed: int = 0, device: torch.device | str = "cpu",
-                 progress: bool = False) -> None:
+                 progress: bool = False, rounds: int = 1) -> None:
         refuse_model_argument("Unlearner", steps, "Unlearner(...).fit(model, backdoors, clean_data)")
         if epochs is not None and epochs < 1:
             raise InputError(f"epochs must be at least 1, got {epochs}")
@@ -108,6 +118,9 @@ class Unlearner(Mitigation):
             raise InputError(f"lr must be positive, got {lr}")
         if jitter is not None and jitter < 0:
             raise InputError(f"jitter must be 0 or more pixels, got {jitter}")
+        if not isinstance(rounds, int) or rounds < 1:
+            raise InputError(f"rounds must be a whole number of at least 1, got {rounds!r}")
+        self.rounds = rounds
         self.steps = steps
         self.epochs = epochs
         self.trigger_share = trigger_share
@@ -129,15 +142,27 @@ class Unlearner(Mitigation):
         return cls(steps=None, epochs=kwargs.pop("epochs", 1), data_fraction=kwargs.pop("data_fraction", 0.1),
                    jitter=0, lr=lr, **kwargs)
 
-    def fit(self, model: nn.Module, backdoors: Sequence[Backdoor] | None, data: ImageDataset) -> "Unlearner":
-        """Fine-tunes a copy of `model`; `backdoors=None` fine-tunes with no trigger (the baseline)."""
+    def fit(self, model: nn.Module, backdoors: Sequence[Backdoor] | None, data: ImageDataset,
+            recheck: Recheck | None = None) -> "Unlearner":
+        """Fine-tunes a copy of `model`; `backdoors=None` fine-tunes with no trigger (the baseline).
+        `recheck`: see the class; used for rounds after the first."""
         self._remember(model, backdoors)
         subset = data if self.data_fraction >= 1.0 else data.random_sample(
             max(1, int(round(self.data_fraction * len(data)))), seed=self.seed)
         search: list[dict[str, float]] = []
         lr = self.lr if self.lr is not None else self._search_lr(model, backdoors, subset, search)
         patched, losses, stamped, epochs = self._train(model, backdoors, subset, lr, self.steps)
-        self.unlearning_ = UnlearningResult(len(subset), stamped, lr, losses, patched, epochs, search)
+        rounds: list[dict[str, Any]] = []
+        current = list(backdoors or [])
+        while backdoors and recheck is not None and len(rounds) + 1 < self.rounds:
+            found, seen = recheck(patched)
+            rounds.append({**seen, "triggers_added": [b.target for b in found]})
+            if not found:
+                break
+            current += found  # the earlier triggers stay: unlearning the new one must not bring them back
+            patched, more, added, _ = self._train(patched, current, subset, lr, self.steps)
+            losses, stamped = losses + more, stamped + added
+        self.unlearning_ = UnlearningResult(len(subset), stamped, lr, losses, patched, epochs, search, rounds)
         return self
 
     def apply(self) -> nn.Module:

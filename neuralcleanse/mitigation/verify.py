@@ -8,7 +8,7 @@ more does the verdict say so ("no backdoor found by a rescan"); that is necessar
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -19,6 +19,7 @@ from neuralcleanse.detection.config import ReverseConfig
 from neuralcleanse.detection.presets import PRESETS, ScanPlan
 from neuralcleanse.detection.result import ScanResult
 from neuralcleanse.detection.scanner import NeuralCleanse
+from neuralcleanse.mitigation.backdoors import Backdoor
 
 # Not "backdoor removed": on the population, a label no longer flagged still carried a working real
 # trigger (over 5% success) in 11 of 18 repaired models (docs/results.md). The rescan can only fail to find it.
@@ -44,6 +45,13 @@ class Rescan:
     flagged_after: list[int]
     rule: str
     wall_time: float = 0.0
+    scan: ScanResult | None = field(default=None, repr=False, compare=False)
+
+    def still_standing(self) -> list[Backdoor]:
+        """The fresh reversed triggers of the treated labels the rescan still flags."""
+        if self.scan is None:
+            return []
+        return [Backdoor(l, self.scan.trigger(l)) for l in self.treated if l in self.flagged_after]
 
     @property
     def removed(self) -> bool:
@@ -103,4 +111,4 @@ def rescan(patched: nn.Module, scan: ScanResult, treated: Sequence[int], data: I
         norms_after={l: after.l1_norms[after.labels.index(l)] for l in treated},
         index_before={l: scan.outliers.label_indices[scan.labels.index(l)] for l in treated},
         index_after={l: after.outliers.label_indices[labels.index(l)] for l in treated},
-        flagged_after=after.flagged, rule=scan.rule.name, wall_time=after.wall_time)
+        flagged_after=after.flagged, rule=scan.rule.name, wall_time=after.wall_time, scan=after)

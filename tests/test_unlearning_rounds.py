@@ -1,0 +1,66 @@
+"""Unlearning in rounds: while a fresh reverse-engineering still finds the treated label, its new
+trigger joins the earlier ones for another round."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neuralcleanse.attacks import patch_trigger
+from neuralcleanse.errors import InputError
+from neuralcleanse.mitigation import Backdoor
+from neuralcleanse.mitigation.unlearning import Unlearner
+from tiny_task import SIDE, TARGET
+
+
+def _other_trigger() -> Backdoor:
+    return Backdoor(TARGET, patch_trigger((1, SIDE, SIDE), size=2, position="top-left", margin=1))
+
+
+def test_rounds_go_on_while_the_recheck_finds_the_label(infected, data, trigger) -> None:
+    model, _ = infected
+    seen_models, calls = [], []
+
+    def recheck(patched):
+        seen_models.append(patched)
+        calls.append(len(calls))
+        return ([_other_trigger()] if len(calls) == 1 else []), {"round": len(calls)}
+
+    u = Unlearner(steps=20, lr=1e-3, rounds=4).fit(model, [Backdoor(TARGET, trigger)], data.train, recheck=recheck)
+    rounds = u.unlearning_.rounds
+    # Round 1 trains, the recheck finds a trigger, round 2 trains with both, the recheck finds none: stop.
+    assert [r["triggers_added"] for r in rounds] == [[TARGET], []] and len(calls) == 2
+    assert len(u.unlearning_.losses) == 2 * len(Unlearner(steps=20, lr=1e-3).fit(
+        model, [Backdoor(TARGET, trigger)], data.train).unlearning_.losses)
+    # Each recheck saw the model its round made; the last one saw the model returned.
+    assert seen_models[0] is not seen_models[1] and u.apply() is seen_models[1]
+
+
+def test_one_round_never_rechecks(infected, data, trigger) -> None:
+    model, _ = infected
+
+    def recheck(patched):
+        raise AssertionError("called with rounds=1")
+
+    u = Unlearner(steps=10, lr=1e-3).fit(model, [Backdoor(TARGET, trigger)], data.train, recheck=recheck)
+    assert u.unlearning_.rounds == []
+
+
+def test_rounds_stop_at_the_limit(infected, data, trigger) -> None:
+    model, _ = infected
+    u = Unlearner(steps=10, lr=1e-3, rounds=3).fit(
+        model, [Backdoor(TARGET, trigger)], data.train, recheck=lambda m: ([_other_trigger()], {}))
+    assert len(u.unlearning_.rounds) == 2  # two rechecks between three rounds
+    with pytest.raises(InputError, match="rounds"):
+        Unlearner(rounds=0)
+
+
+def test_rounds_through_mitigate_rescan_on_tuning_data(infected, data) -> None:
+    from neuralcleanse.detection import NeuralCleanse
+    from neuralcleanse.mitigation import mitigate
+
+    model, _ = infected
+    scan = NeuralCleanse("fast", samples=240, progress=False).scan(model, data.test)
+    out = mitigate(model, scan, data, "unlearn", labels=[TARGET], steps=30, lr=1e-3, rounds=2, baselines=False)
+    rounds = out.details["unlearning"]["rounds"]
+    assert len(rounds) == 1 and rounds[0]["treated_labels"] == [TARGET]
+    assert out.settings["rounds"] in (1, 2) and out.settings["rounds"] == 1 + bool(rounds[0]["triggers_added"])
