@@ -1,6 +1,8 @@
 """Clean accuracy and attack success: the one implementation every command reports with."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -31,9 +33,15 @@ def clean_accuracy(model: nn.Module, data: ImageDataset, batch_size: int = 512,
 
 
 def attack_success_rate(model: nn.Module, data: ImageDataset, trigger: Trigger, target: int,
-                        batch_size: int = 512, device: str | torch.device = "cpu") -> float:
-    """Share of triggered images, whose true label is not the target, that the model sends to it."""
+                        batch_size: int = 512, device: str | torch.device = "cpu",
+                        labels: Sequence[int] | None = None) -> float:
+    """Share of triggered images, whose true label is not the target, that the model sends to it.
+
+    `labels` limits the images to those true labels: the source labels of a source-specific backdoor
+    (its attack success), or the other labels (how often the trigger alone flips them)."""
     keep = data.y != target
+    if labels is not None:
+        keep &= torch.isin(data.y, torch.as_tensor(list(labels), dtype=data.y.dtype))
     if not bool(keep.any()):
         return float("nan")
     preds = predict(model, data.x[keep], batch_size, device, transform=trigger.apply)

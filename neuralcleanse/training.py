@@ -28,6 +28,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 class TrainingReport:
     clean_accuracy: float
     attack_success: dict[int, float] = field(default_factory=dict)
+    # Source-specific backdoors: per trigger, how often it flips triggered images of the other labels.
+    non_source_attack_success: dict[int, float] = field(default_factory=dict)
     epochs: int = 0
     lr: float = 0.0
     batch_size: int = 0
@@ -37,6 +39,7 @@ class TrainingReport:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["attack_success"] = {str(k): v for k, v in self.attack_success.items()}
+        d["non_source_attack_success"] = {str(k): v for k, v in self.non_source_attack_success.items()}
         return d
 
 
@@ -57,8 +60,9 @@ def train_model(
     """Trains on `data.train` (poisoned by `badnets` if given) and evaluates on `data.test`.
 
     Attack success is measured per infected trigger on test images whose true label is not
-    its target. The real triggers are stored in the model's metadata so mitigation can measure
-    against them later.
+    its target (for a source-specific backdoor: of a source label; the rate on the other labels is
+    `non_source_attack_success`). The real triggers are stored in the model's metadata so
+    mitigation can measure against them later.
     """
     import time
 
@@ -80,14 +84,22 @@ def train_model(
     report = TrainingReport(clean_accuracy=clean_accuracy(model, data.test, device=device), epochs=epochs,
                             lr=lr, batch_size=batch_size, losses=losses)
     if badnets:
+        sources = badnets.source_labels
+        others = None if sources is None else [v for v in range(data.test.num_classes) if v not in sources]
         for i, (trigger, target) in enumerate(zip(badnets.triggers, badnets.targets)):
-            report.attack_success[i] = attack_success_rate(model, data.test, trigger, target, device=device)
+            report.attack_success[i] = attack_success_rate(model, data.test, trigger, target, device=device,
+                                                           labels=sources)
+            if others is not None:
+                report.non_source_attack_success[i] = attack_success_rate(model, data.test, trigger, target,
+                                                                          device=device, labels=others)
         info.metadata["backdoor"] = {
             "attack": "badnets",
             "targets": list(badnets.targets),
             "triggers": [t.to_dict() for t in badnets.triggers],
             "poison_rate": badnets.poison_rate,
         }
+        if sources is not None:
+            info.metadata["backdoor"].update(source_labels=list(sources), cover_rate=badnets.cover_rate)
     report.wall_time_s = time.perf_counter() - start
     info.metadata["training"] = {**report.to_dict(), "augmentation": augment.to_dict() if augment else None}
     model.cpu()

@@ -181,3 +181,22 @@ def test_count_aware_threshold_grows_with_the_labels() -> None:
     norms = [math.exp(5.5 + 0.3 * NormalDist().inv_cdf((i + 0.5) / 1000)) for i in range(1000)]
     assert rule.with_threshold(2.0).outliers(norms, list(range(1000))).flagged
     assert not rule.outliers(norms, list(range(1000))).flagged
+
+
+def test_restarts_near_the_threshold_judge_geometric_means(infected, data) -> None:
+    model, _ = infected
+    kw = dict(samples=240, progress=False, max_steps=30, block_size=2)
+    # A band wide enough that any index counts as near the threshold.
+    result = NeuralCleanse("fast", restarts=2, restart_band=1e9, **kw).scan(model, data.test)
+    runs = [NeuralCleanse("fast", seed=s, restarts=0, **kw).scan(model, data.test).l1_norms for s in (0, 1, 2)]
+    info = result.settings["restarts"]
+    assert info["seeds"] == [0, 1, 2] and np.allclose(info["l1_norms"], runs, atol=1e-5)
+    assert result.l1_norms == pytest.approx(list(np.exp(np.log(np.asarray(runs)).mean(0))))
+    # The verdict follows from the combined norms, and survives the report's round trip.
+    again = ScanResult.from_dict(result.to_dict(), result.masks, result.patterns)
+    assert again.flagged == result.flagged and again.anomaly_index == pytest.approx(result.anomaly_index)
+    # Far from the threshold (band 0) nothing is scanned again.
+    single = NeuralCleanse("fast", restarts=2, restart_band=0.0, **kw).scan(model, data.test)
+    assert "restarts" not in single.settings and single.l1_norms == pytest.approx(runs[0])
+    with pytest.raises(InputError, match="restarts"):
+        NeuralCleanse(restarts=-1)

@@ -15,15 +15,56 @@ if TYPE_CHECKING:
     from neuralcleanse.models.classifier import Classifier
 
 trigger_options = [
-    click.option("--target", type=int, default=None, help="BadNets target label (default 0)."),
-    click.option("--trigger-size", type=int, default=4, show_default=True, help="Side of the square patch."),
-    click.option("--trigger-position", default="bottom-right", show_default=True,
-                 help="bottom-right, bottom-left, top-right, top-left, center, or ROW,COL."),
-    click.option("--trigger-colour", default="1.0", show_default=True,
-                 help="Patch colour in [0,1]: one grey value or R,G,B."),
-    click.option("--trigger-image", type=click.Path(dir_okay=False), default=None,
+    click.option("--target", type=int, multiple=True,
+                 help="Target label (default 0). Repeat for several infected labels, with one trigger each "
+                      "(docs/attacks.md).", ),
+    click.option("--trigger-size", type=int, multiple=True, help="Side of the square patch (default 4)."),
+    click.option("--trigger-position", multiple=True,
+                 help="bottom-right (default), bottom-left, top-right, top-left, center, or ROW,COL."),
+    click.option("--trigger-colour", multiple=True, help="Patch colour in [0,1]: one grey value or R,G,B (default 1.0)."),
+    click.option("--trigger-image", type=click.Path(dir_okay=False), multiple=True,
                  help="An image file used as the patch's content (resized to the patch)."),
+    click.option("--trigger-file", type=click.Path(dir_okay=False), multiple=True,
+                 help="A trigger of any shape: an .npz with mask (1xHxW or HxW) and pattern (CxHxW), or stacked "
+                      "(Kx1xHxW, KxCxHxW), optionally target; or an image file the model's size (its opaque, or "
+                      "else bright, pixels are the mask). Instead of the patch options; repeat for more triggers."),
+    click.option("--source-labels", default=None,
+                 help="Source-specific backdoor: only images of these labels (e.g. 3,4) carrying the trigger go to "
+                      "the target; --cover-rate of the others carry it with their own label."),
+    click.option("--cover-rate", type=float, default=None,
+                 help="With --source-labels: share of the other labels' images stamped and left with their label "
+                      "(default: --poison-rate)."),
 ]
+
+# Each trigger option is given once (shared by every trigger) or once per trigger, in order.
+PATCH_OPTIONS = {"trigger_size": "--trigger-size", "trigger_position": "--trigger-position",
+                 "trigger_colour": "--trigger-colour", "trigger_image": "--trigger-image"}
+
+trojan_options = [
+    click.option("--layer", default=None,
+                 help="Trojan: layer whose neurons the trigger is made for (default: the first dense layer, the "
+                      "paper's FC6); a wrong name lists the layers."),
+    click.option("--neurons", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="Trojan: how many of the layer's neurons (largest summed |weight| first)."),
+    click.option("--neuron-side", type=click.Choice(["incoming", "outgoing"]), default="incoming", show_default=True,
+                 help="Trojan: rank neurons by the weights into them (paper) or the next layer's weights (released code)."),
+    click.option("--mask", "mask_spec", default=None,
+                 help="Trojan trigger's shape: square:SIZE@POS (POS: bottom-right, top-left, ..., center or ROW,COL) "
+                      "or image:FILE (default: a square of 22% of the image side, bottom-right: 6 px on MNIST)."),
+    click.option("--target-activation", type=float, default=100.0, show_default=True,
+                 help="Trojan: the value the trigger drives the neurons to."),
+    click.option("--retrain-data", type=click.Choice(["clean", "reverse"]), default="clean", show_default=True,
+                 help="Trojan: retrain on clean images of the train split (--samples of them) or on images "
+                      "reverse-engineered from the model (the paper's, for an attacker without data)."),
+    click.option("--samples", type=click.IntRange(min=1), default=2000, show_default=True,
+                 help="Trojan, --retrain-data clean: how many images."),
+]
+
+# The arguments of TrojanAttack that trojan_options set (for messages).
+TROJAN_FLAGS = {
+    "layer": "--layer", "neurons": "--neurons", "neuron_side": "--neuron-side", "mask": "--mask",
+    "target_activation": "--target-activation", "data": "--retrain-data", "samples": "--samples", "target": "--target",
+}
 
 preprocessing_options = [
     click.option("--num-classes", type=int, default=None, help="Label count (for models from elsewhere)."),
@@ -56,7 +97,8 @@ PREPROCESSING_FLAGS = {
 # Arguments that several library functions share with one flag each.
 COMMON_FLAGS = {
     "out": "--out", "force": "--force", "resume": "--resume", "labels": "--labels", "layer": "--layer", "lr": "--lr",
-    "method": "--method", "model_path": "MODEL", "data_source": "--data",
+    "method": "--method", "model_path": "MODEL", "data_source": "--data", "workers": "--workers", "ray": "--ray",
+    "schedule": "--schedule",
 }
 
 _ARGUMENT = re.compile(r"`(\w+)`")

@@ -38,6 +38,9 @@ from neuralcleanse.errors import InputError
 @click.option("--schedule", type=click.Choice(["auto", "full", "coarse-to-fine"]), default="auto", show_default=True,
               help="coarse-to-fine: a short pass over every label, the full budget for the smallest and a random "
                    "reference; auto picks it from 200 labels on (docs/scale.md).")
+@click.option("--restarts", type=click.IntRange(min=0), default=2, show_default=True,
+              help="When the anomaly index lies within 1 of the threshold, scan again with this many more seeds "
+                   "and judge the labels' geometric-mean norms (0: never).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Split the labels across this many local processes (one model, merged into one result).")
 @click.option("--ray", "ray_address", default=None, metavar="auto|ADDRESS",
@@ -53,7 +56,7 @@ from neuralcleanse.errors import InputError
 @guard(PREPROCESSING_FLAGS)
 def scan(ctx: click.Context, model_path: str, data_source: str, out: str, preset: str, samples: int | None,
          labels: str | None, loss: str | None, max_steps: int | None, rule: str, threshold: float | None, seed: int,
-         block_size: int | None, schedule: str, workers: int, ray_address: str | None, resume: bool, force: bool,
+         block_size: int | None, schedule: str, restarts: int, workers: int, ray_address: str | None, resume: bool, force: bool,
          as_json: bool, device: str, precision: str, **model_flags: Any) -> int:
     """Reverse-engineer a trigger for every label and flag the outliers.
 
@@ -70,7 +73,7 @@ def scan(ctx: click.Context, model_path: str, data_source: str, out: str, preset
         out, lambda: load_model_and_data_from_flags(model_path, data_source, **model_flags), resume=resume, force=force,
         preset=preset, samples=samples, labels=label_list, loss=loss, max_steps=max_steps, rule=rule,
         threshold=threshold, seed=seed, block_size=block_size, device=parse_device(device), precision=precision,
-        schedule=schedule, workers=max(workers, 2) if ray_address and workers == 1 else workers, ray=ray_address,
+        schedule=schedule, restarts=restarts, workers=max(workers, 2) if ray_address and workers == 1 else workers, ray=ray_address,
         progress=ctx.obj["progress"], model_desc={"path": str(model_path)}, data_desc={"source": data_source})
     if finished is not None:
         read_run_folder(Path(out))  # what the page shows, checked before anything is printed

@@ -393,6 +393,8 @@ class TriggerReverseEngineer:
             if record.get("stream") is not None:
                 streams[label] = record["stream"]
             passes = record.get("passes", passes)
+            if not isinstance(passes, int) or isinstance(passes, bool) or passes < 0:
+                raise ValueError(f"the saved record of label {label} has a damaged pass count")
         self.restore({"state": state, "streams": streams, "passes": passes})
 
     # ---- results -----------------------------------------------------------------------

@@ -190,7 +190,7 @@ class Unlearner(Mitigation):
             # The budget is in steps: a set larger than steps x batch is not all visited, one smaller is cycled.
             data = data.subset(torch.arange(min(len(data) * epochs, steps * self.batch_size)) % len(data))
             epochs = 1
-        patched = clone_model(model)
+        patched = clone_model(model).requires_grad_(True)  # every layer is fine-tuned, whatever froze the source
         losses = train_classifier(patched, data, epochs=epochs, batch_size=self.batch_size, lr=lr, seed=self.seed,
                                   device=self.device, progress=self.progress, desc="unlearn", augment=stamp)
         if not all(math.isfinite(v) for v in losses):

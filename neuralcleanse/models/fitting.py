@@ -1,6 +1,8 @@
 """Supervised training with a progress bar and a seed."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,18 +28,25 @@ def train_classifier(
     progress: bool = True,
     desc: str = "train",
     augment: Augmentation | None = None,
+    keep_eval: Sequence[nn.Module] = (),
+    optimizer: str = "adam",
 ) -> list[float]:
     """Adam on cross-entropy with a cosine learning-rate decay; returns each epoch's mean loss.
 
     `augment`, when given, transforms each batch (after any poisoning, as an attacker's
-    victim would augment the poisoned set)."""
+    victim would augment the poisoned set). Parameters that do not require gradients stay as they
+    are; the modules in `keep_eval` stay in eval mode (frozen layers: no dropout, no batch-norm
+    statistics updates). `optimizer` "sgd" uses SGD with momentum 0.9 instead of Adam."""
     seed_everything(seed)
     # A stream of its own: seeded like BadNets' poison draw, the first epoch would visit all
     # poisoned images first and the model would collapse onto the target label.
     gen = torch.Generator().manual_seed(seed + 104729)
     model.to(device)
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for module in keep_eval:
+        module.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9) if optimizer == "sgd" else torch.optim.Adam(params, lr=lr)
     steps_per_epoch = -(-len(data) // batch_size)
     # Annealing to zero settles the weights; it is worth about half a point of accuracy here.
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))

@@ -19,7 +19,7 @@ from neuralcleanse.zoo.manifest import MODELS_DIR, Job
 LOAD_OPTIONS = ("num_classes", "factory", "factory_kwargs", "trust_pickle", "input_layout", "labels_from_model",
                 "pixel_range", "mean", "std", "channel_order")
 SCAN_OPTIONS = ("preset", "samples", "labels", "loss", "max_steps", "rule", "threshold", "seed", "block_size",
-                "schedule", "device", "precision")
+                "schedule", "restarts", "device", "precision")
 
 
 def check_options(options: dict[str, Any]) -> None:
