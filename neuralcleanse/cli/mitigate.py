@@ -50,9 +50,9 @@ REAL_TRIGGER_FLAGS = {
               help="unlearn: share of the tuning data fine-tuned on (default: all; paper: 0.1).")
 @click.option("--lr", type=float, default=None,
               help="unlearn: Adam learning rate (default: searched (sized); the model's training rate or 1e-3 (paper)).")
-@click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
-              help="unlearn: up to this many rounds; between rounds the treated labels are reverse-engineered afresh "
-                   "and unlearned again while they stand out (docs/mitigation.md).")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="unlearn (sized): up to this many rounds; between rounds the treated labels are reverse-engineered "
+                   "afresh on the tuning data and unlearned again while the rescan still flags them (docs/mitigation.md).")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="unlearn: also fine-tune with no trigger and with the real trigger (when known).")
 @click.option("--real-target", type=int, default=None, help="Label of the real backdoor, to measure against.")

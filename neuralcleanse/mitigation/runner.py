@@ -92,13 +92,14 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
              steps: int = 300, epochs: int | None = None, trigger_share: float = 0.2, data_fraction: float = 1.0,
              lr: float | None = None, jitter: int | None = None, recipe: str = "sized",
              baselines: bool = True, tune_samples: int = 2000, curve_samples: int = 2000, seed: int = 0,
-             verify: bool = True, verify_others: int = 10, rounds: int = 1,
+             verify: bool = True, verify_others: int = 10, rounds: int = 3,
              device: torch.device | str = "cpu", progress: bool = False) -> MitigationOutcome:
     """Runs `method` with the reversed triggers of the scan's flagged labels (or `labels`).
 
     `real` (the true triggers, when known) is used only to measure. `verify`: scan the patched
     model's treated labels again, beside `verify_others` more, and say no backdoor is found only when
-    none of them is flagged any more (neuralcleanse.mitigation.verify). Raises NothingToMitigate
+    none of them is flagged any more (neuralcleanse.mitigation.verify). `rounds` (unlearning, sized
+    recipe): up to this many rounds, rescanning on the tuning data between them (Unlearner). Raises NothingToMitigate
     when the scan flagged nothing and no labels were named: nothing is changed then.
     """
     if method not in METHODS:
