@@ -7,11 +7,8 @@ from statistics import NormalDist
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 from neuralcleanse.data.dataset import ImageDataset
-from neuralcleanse.data.preprocessing import Preprocessing
 from neuralcleanse.detection import NeuralCleanse
 from neuralcleanse.detection.outlier import CONSISTENCY
 from neuralcleanse.detection.result import ScanResult
@@ -19,7 +16,8 @@ from neuralcleanse.detection.rules import Rule
 from neuralcleanse.detection.scan_state import MAGIC, read_records
 from neuralcleanse.detection.schedule import CoarseToFine
 from neuralcleanse.errors import InputError
-from neuralcleanse.models.classifier import Classifier, ModelInfo
+from neuralcleanse.models.classifier import Classifier
+from tiny_task import many_label_task
 
 K = 30
 SMALL = CoarseToFine(coarse_steps=4, min_candidates=3, reference=8)
@@ -31,14 +29,7 @@ class Interrupt(Exception):
 
 @pytest.fixture(scope="module")
 def many_labels() -> tuple[Classifier, ImageDataset]:
-    """A random 30-label net, its own predictions as labels: enough labels for a coarse pass to matter."""
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, K))
-    x = torch.rand(600, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        y = net(x).argmax(1)
-    model = Classifier(net, ModelInfo(num_classes=K, input_shape=(1, 8, 8), preprocessing=Preprocessing()))
-    return model, ImageDataset(x, y, K)
+    return many_label_task(K, 600)
 
 
 def _scanner(schedule: str = "coarse-to-fine") -> NeuralCleanse:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from neuralcleanse.data.dataset import ImageDataset
-from neuralcleanse.data.preprocessing import Preprocessing
 from neuralcleanse.detection import NeuralCleanse
 from neuralcleanse.detection.schedule import CoarseToFine
-from neuralcleanse.models.classifier import Classifier, ModelInfo
+from neuralcleanse.models.classifier import Classifier
+from tiny_task import many_label_task
 
 K = 24
 SMALL = CoarseToFine(coarse_steps=4, min_candidates=3, reference=8)
@@ -22,13 +21,7 @@ class Interrupt(Exception):
 
 @pytest.fixture(scope="module")
 def model_and_data() -> tuple[Classifier, ImageDataset]:
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, K))
-    x = torch.rand(480, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        y = net(x).argmax(1)
-    return Classifier(net, ModelInfo(num_classes=K, input_shape=(1, 8, 8), preprocessing=Preprocessing())), \
-        ImageDataset(x, y, K)
+    return many_label_task(K, 480)
 
 
 def _scanner(schedule: str, **kw) -> NeuralCleanse:

@@ -22,3 +22,20 @@ def synthetic(n_per_class: int, seed: int) -> ImageDataset:
     y = torch.arange(K).repeat_interleave(n_per_class)
     noise = 0.05 * torch.randn(len(y), 1, SIDE, SIDE, generator=torch.Generator().manual_seed(seed))
     return ImageDataset((protos[y] + noise).clamp(0, 1), y, K, "synthetic")
+
+
+def many_label_task(num_labels: int, n: int) -> tuple:
+    """A random untrained net with `num_labels` outputs on 8x8 images, and `n` random images labelled
+    by its own predictions: enough labels for schedules and splits to matter, in seconds."""
+    from torch import nn
+
+    from neuralcleanse.data.preprocessing import Preprocessing
+    from neuralcleanse.models.classifier import Classifier, ModelInfo
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(SIDE * SIDE, 32), nn.ReLU(), nn.Linear(32, num_labels))
+    x = torch.rand(n, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    info = ModelInfo(num_classes=num_labels, input_shape=(1, SIDE, SIDE), preprocessing=Preprocessing())
+    return Classifier(net, info), ImageDataset(x, y, num_labels)

@@ -48,6 +48,16 @@ _CSP = (f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-s
 _CSS = (resources.files("neuralcleanse.report") / "report.css").read_text(encoding="utf-8")
 
 
+def page_head(title: str, style: str, csp: str = _CSP, script: str | None = None) -> list[str]:
+    """A page's opening lines up to </head>: charset, Content-Security-Policy, viewport, the title
+    (escaped here), the style and, when given, the one script the policy allows."""
+    return ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+            f'<meta http-equiv="Content-Security-Policy" content="{_e(csp)}">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{_e(title)}</title>", f"<style>{style}</style>",
+            *([f"<script>{script}</script>"] if script else []), "</head>"]
+
+
 def write_html_report(run_dir: str | Path, out: str | Path | None = None,
                       mitigations: Sequence[str | Path] = ()) -> Path:
     """Writes one self-contained HTML page (default `run_dir/report.html`) for the scan in `run_dir`,
@@ -255,16 +265,7 @@ class _Page:
             title = {"inconclusive": "Inconclusive"}.get(scan.get("verdict"), "INFECTED" if scan.get("infected")
                                                          else "Clean")
         return "\n".join([
-            "<!DOCTYPE html>",
-            '<html lang="en">',
-            "<head>",
-            '<meta charset="utf-8">',
-            f'<meta http-equiv="Content-Security-Policy" content="{_e(_CSP)}">',
-            '<meta name="viewport" content="width=device-width, initial-scale=1">',
-            f"<title>Neural Cleanse report: {_e(title)} ({_e(self.folder.resolve().name)})</title>",
-            f"<style>{_CSS}</style>",
-            f"<script>{_SCRIPT}</script>",
-            "</head>",
+            *page_head(f"Neural Cleanse report: {title} ({self.folder.resolve().name})", _CSS, script=_SCRIPT),
             f'<body data-images-embedded="{self.embedded}">',
             "<main>",
             "<h1>Neural Cleanse backdoor report</h1>",

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 from urllib.parse import quote
 
 from neuralcleanse.files import write_atomic, write_json
-from neuralcleanse.report.html_report import _CSS, _duration, _e, _fact, _num
+from neuralcleanse.report.html_report import _CSS, _duration, _e, _fact, _num, page_head
 from neuralcleanse.report.scan_report import report_header
 
 SUMMARY_CSV, SUMMARY_JSON, INDEX_HTML = "summary.csv", "summary.json", "index.html"
@@ -103,15 +103,7 @@ def _index(rows: Sequence[dict[str, Any]], source: str, tally: dict[str, int]) -
             f'<td class="num">{_e(_duration(row.get("wall_time_s")))}</td><td>{page}</td></tr>')
     facts = [_fact(str(len(rows)), "models")] + [_fact(str(tally[v]), v) for v in VERDICT_ORDER]
     return "\n".join([
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        f'<meta http-equiv="Content-Security-Policy" content="{_e(_CSP)}">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>Neural Cleanse batch: {tally['infected']} infected of {len(rows)}</title>",
-        f"<style>{_CSS}{_INDEX_CSS}</style>",
-        "</head>",
+        *page_head(f"Neural Cleanse batch: {tally['infected']} infected of {len(rows)}", _CSS + _INDEX_CSS, csp=_CSP),
         "<body>",
         "<main>",
         "<h1>Neural Cleanse batch scan</h1>",
