@@ -190,6 +190,8 @@ class NeuralCleanse:
     def _prepare(self, model: nn.Module, data: ImageDataset) -> "Prepared":
         model = as_classifier(model, data).to(self.device)
         check = check_model(model, data, self.device)
+        if self.progress:  # scans run inside others (restarts, rescans after a repair) do not repeat it
+            log.info("clean accuracy on the scan data: %.2f%%", 100 * check.clean_accuracy)
         with torch.no_grad():
             probe = model.preprocess(data.x[:8].to(self.device))
         _, logits_from = logits_for_search(model, check.output_kind, probe)

@@ -80,8 +80,6 @@ def check_model(model: Classifier, data: ImageDataset, device: torch.device | st
             "the model's accuracy on these clean samples is only %.1f%% (chance is %.1f%%): check the "
             "preprocessing (`pixel_scale`, `mean`, `std`, `channel_order`) and the labels; "
             "a scan of a model that cannot classify its data means nothing", 100 * acc, 100 * chance)
-    else:
-        log.info("clean accuracy on the scan data: %.2f%%", 100 * acc)
     return ModelCheck(acc, kind)
 
 
