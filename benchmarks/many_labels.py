@@ -70,6 +70,7 @@ def scan_row(kind: str, path: Path, data, schedule: str, seed: int) -> dict:
         row.update(coarse_target_l1=c.get(TARGET), coarse_target_rank=ranked.index(TARGET) + 1 if TARGET in c else None,
                    coarse_smallest=[[int(l), round(c[l], 1)] for l in ranked[:5]],
                    coarse_median=float(np.median(list(c.values()))), candidates=coarse["candidates"],
+                   coarse_steps=coarse["steps"],
                    reference=len(coarse["reference"]))
     return row
 
