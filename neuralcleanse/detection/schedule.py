@@ -27,7 +27,7 @@ SCHEDULES = ("auto", "full", "coarse-to-fine")
 
 @dataclass(frozen=True)
 class CoarseToFine:
-    coarse_steps: int = 12
+    coarse_steps: int = 8
     candidate_share: float = 0.02
     min_candidates: int = 10
     reference: int = 48
