@@ -13,6 +13,9 @@ verdicts here need not match population.py's, which scans the modules themselves
 process runs PyTorch on one thread (OMP_NUM_THREADS=1) and the block size is fixed, so a model's
 scan is the same computation whichever way it runs: the loop and --workers 1 use one core, --workers 2
 two. Results: benchmarks/results/scale_zoo.{json,md} (--out).
+
+The other half of the scale measurements, the 1,000-label scan's time and verdict under the coarse-to-fine
+schedule against the full `fast` preset, is benchmarks/many_labels.py (it trains its own two models).
 """
 from __future__ import annotations
 
