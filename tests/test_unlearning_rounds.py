@@ -3,7 +3,6 @@ trigger joins the earlier ones for another round."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from neuralcleanse.attacks import patch_trigger
 from neuralcleanse.errors import InputError
