@@ -17,14 +17,10 @@ from neuralcleanse.detection.scan_state import MAGIC, read_records
 from neuralcleanse.detection.schedule import CoarseToFine
 from neuralcleanse.errors import InputError
 from neuralcleanse.models.classifier import Classifier
-from tiny_task import many_label_task
+from tiny_task import Interrupt, many_label_task, small_schedule
 
 K = 30
-SMALL = CoarseToFine(coarse_steps=4, min_candidates=3, reference=8)
-
-
-class Interrupt(Exception):
-    pass
+SMALL = small_schedule()
 
 
 @pytest.fixture(scope="module")

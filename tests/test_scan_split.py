@@ -7,16 +7,11 @@ import torch
 
 from neuralcleanse.data.dataset import ImageDataset
 from neuralcleanse.detection import NeuralCleanse
-from neuralcleanse.detection.schedule import CoarseToFine
 from neuralcleanse.models.classifier import Classifier
-from tiny_task import many_label_task
+from tiny_task import Interrupt, many_label_task, small_schedule
 
 K = 24
-SMALL = CoarseToFine(coarse_steps=4, min_candidates=3, reference=8)
-
-
-class Interrupt(Exception):
-    pass
+SMALL = small_schedule()
 
 
 @pytest.fixture(scope="module")

@@ -39,3 +39,14 @@ def many_label_task(num_labels: int, n: int) -> tuple:
         y = net(x).argmax(1)
     info = ModelInfo(num_classes=num_labels, input_shape=(1, SIDE, SIDE), preprocessing=Preprocessing())
     return Classifier(net, info), ImageDataset(x, y, num_labels)
+
+
+class Interrupt(Exception):
+    """Raised from an `on_label_done` hook: a scan stopped part-way, as Ctrl-C would stop it."""
+
+
+def small_schedule():
+    """Coarse to fine at the scale of the many-label task: 4-step short pass, 3 candidates, 8 reference labels."""
+    from neuralcleanse.detection.schedule import CoarseToFine
+
+    return CoarseToFine(coarse_steps=4, min_candidates=3, reference=8)

@@ -7,17 +7,16 @@ Messages name arguments in backticks (`layer`) so that a front end can put its o
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from neuralcleanse.attacks.trigger import POSITIONS, Trigger, apply_trigger, patch_trigger
 from neuralcleanse.errors import InputError
-from neuralcleanse.models.layers import unit_values
+from neuralcleanse.models.layers import FeatureLayer, _net, capture_units, hookable_modules, module_name
 
 # Side of the default square mask, as a share of the image's smaller side: 6 px on 28x28 MNIST, 7 px on
 # 32x32 GTSRB (about 5% of the image's area, the paper's smaller masks cover 4-7%).
@@ -84,10 +83,6 @@ def trojan_mask(spec: str | torch.Tensor | None, input_shape: Sequence[int]) -> 
 # ---- layers and neurons --------------------------------------------------------------------------
 
 
-def _net(model: nn.Module) -> nn.Module:
-    return getattr(model, "net", model)
-
-
 def call_order(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
     """The network's module names in the order a forward pass enters them (first entry only), from
     one pass on a blank image: registration order is not always execution order."""
@@ -111,35 +106,15 @@ def call_order(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
 def resolve_trojan_layer(model: nn.Module, name: str | None, input_shape: Sequence[int]) -> str:
     """The layer `name` (as in `net.named_modules()`, with or without a leading "net."), or by default
     the first dense (nn.Linear) layer a forward pass reaches: the paper's FC6."""
-    net = _net(model)
-    if isinstance(net, torch.jit.ScriptModule) or isinstance(getattr(net, "net", None), torch.jit.ScriptModule):
-        raise InputError("the Trojan attack reads and retrains internal layers through hooks, which TorchScript "
-                         "models do not run; give the model as a neuralcleanse checkpoint or a state_dict with "
-                         "`factory`")
-    modules = dict(net.named_modules())
+    modules = hookable_modules(
+        model, "the Trojan attack reads and retrains internal layers through hooks, which TorchScript models do not "
+        "run; give the model as a neuralcleanse checkpoint or a state_dict with `factory`")
     if name is None:
         linears = [n for n in call_order(model, input_shape) if isinstance(modules.get(n), nn.Linear)]
         if not linears:
             raise InputError("the model has no dense (nn.Linear) layer to attack by default; name one with `layer`")
         return linears[0]
-    key = name if name in modules else (name[4:] if name.startswith("net.") else name)
-    if key not in modules or key == "":
-        known = ", ".join(f"{n} ({type(m).__name__})" for n, m in modules.items() if n)
-        raise InputError(f"unknown `layer` {name!r}; the model's layers are: {known}")
-    return key
-
-
-@contextlib.contextmanager
-def watch_units(model: nn.Module, layer: str) -> Iterator[list[torch.Tensor]]:
-    """Collects the layer's (N, U) unit values of every forward pass run inside the block, with their
-    gradient graph (unlike `layers.capture_units`, which detaches)."""
-    seen: list[torch.Tensor] = []
-    handle = dict(_net(model).named_modules())[layer].register_forward_hook(
-        lambda _m, _args, out: seen.append(unit_values(out)))
-    try:
-        yield seen
-    finally:
-        handle.remove()
+    return module_name(modules, name, "`layer`")
 
 
 def _weighted(module: nn.Module) -> torch.Tensor | None:
@@ -155,7 +130,7 @@ def neuron_scores(model: nn.Module, layer: str, input_shape: Sequence[int], side
     if side not in NEURON_SIDES:
         raise InputError(f"`neuron_side` must be one of {', '.join(NEURON_SIDES)}, got {side!r}")
     modules = dict(_net(model).named_modules())
-    with torch.no_grad(), watch_units(model, layer) as seen:
+    with torch.no_grad(), capture_units(model, FeatureLayer(layer), detach=False) as seen:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         was_training = model.training
         model.eval()
@@ -238,7 +213,7 @@ def generate_trigger(model: nn.Module, layer: str, neurons: Sequence[int], mask:
     model.eval()
 
     def values() -> torch.Tensor:
-        with watch_units(model, layer) as seen:
+        with capture_units(model, FeatureLayer(layer), detach=False) as seen:
             model(apply_trigger(background, mask, pattern))
         return seen[-1][0, index]
 

@@ -127,7 +127,8 @@ class NeuralCleanse:
         start = time.perf_counter()
         coarse = self.coarse_to_fine.applies(self.schedule, len(todo))
         split = self.workers > 1 or self.ray is not None
-        fingerprint = self._fingerprint(prep.model, prep.pool, todo, coarse)
+        # Hashing the weights and samples costs a pass over them: only for a state file to check.
+        fingerprint = self._fingerprint(prep.model, prep.pool, todo, coarse) if checkpoint is not None or split else ""
         journal = ScanJournal(checkpoint) if checkpoint is not None else None
         saved = load_journal(checkpoint, fingerprint) if resume and checkpoint is not None else None
         block_size = self.block_size or (saved[0].get("block_size") if saved else None)

@@ -43,23 +43,33 @@ def _net(model: nn.Module) -> nn.Module:
 def resolve_layer(model: nn.Module, name: str | None = None) -> FeatureLayer:
     """The layer `name` (as listed by `net.named_modules()`, with or without a leading "net."),
     or by default the input of the last `nn.Linear` in the network."""
-    net = _net(model)
-    if isinstance(net, torch.jit.ScriptModule) or isinstance(getattr(net, "net", None), torch.jit.ScriptModule):
-        raise InputError(
-            "the input filter and pruning read a layer's activations through hooks, which TorchScript "
-            "models do not run; give the model as a neuralcleanse checkpoint (or choose `method` unlearn)")
-    modules = dict(net.named_modules())
+    modules = hookable_modules(
+        model, "the input filter and pruning read a layer's activations through hooks, which TorchScript "
+        "models do not run; give the model as a neuralcleanse checkpoint (or choose `method` unlearn)")
     if name is None:
         linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
         if not linears:
             raise InputError("the model has no dense (nn.Linear) layer to take the default feature layer from; "
                              "name one with `layer`")
         return FeatureLayer(linears[-1], INPUT)
+    return FeatureLayer(module_name(modules, name), OUTPUT)
+
+
+def hookable_modules(model: nn.Module, refusal: str) -> dict[str, nn.Module]:
+    """The network's modules by name; a TorchScript network (which runs no hooks) is refused with `refusal`."""
+    net = _net(model)
+    if isinstance(net, torch.jit.ScriptModule) or isinstance(getattr(net, "net", None), torch.jit.ScriptModule):
+        raise InputError(refusal)
+    return dict(net.named_modules())
+
+
+def module_name(modules: dict[str, nn.Module], name: str, argument: str = "layer") -> str:
+    """`name` as a key of `modules`, with or without a leading "net."; an unknown one lists the layers."""
     key = name if name in modules else (name[4:] if name.startswith("net.") else name)
     if key not in modules or key == "":
         known = ", ".join(f"{n} ({type(m).__name__})" for n, m in modules.items() if n)
-        raise InputError(f"unknown layer {name!r}; the model's layers are: {known}")
-    return FeatureLayer(key, OUTPUT)
+        raise InputError(f"unknown {argument} {name!r}; the model's layers are: {known}")
+    return key
 
 
 def _module(model: nn.Module, layer: FeatureLayer) -> nn.Module:
@@ -75,14 +85,16 @@ def unit_values(t: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def capture_units(model: nn.Module, layer: FeatureLayer) -> Iterator[list[torch.Tensor]]:
-    """Collects the layer's (N, U) unit values of every forward pass run inside the block."""
+def capture_units(model: nn.Module, layer: FeatureLayer, detach: bool = True) -> Iterator[list[torch.Tensor]]:
+    """Collects the layer's (N, U) unit values of every forward pass run inside the block;
+    `detach=False` keeps their gradient graph (the Trojan attack descends on them)."""
     seen: list[torch.Tensor] = []
     module = _module(model, layer)
+    keep = (lambda t: t.detach()) if detach else (lambda t: t)
     if layer.side == INPUT:
-        handle = module.register_forward_pre_hook(lambda _m, args: seen.append(unit_values(args[0]).detach()))
+        handle = module.register_forward_pre_hook(lambda _m, args: seen.append(keep(unit_values(args[0]))))
     else:
-        handle = module.register_forward_hook(lambda _m, _args, out: seen.append(unit_values(out).detach()))
+        handle = module.register_forward_hook(lambda _m, _args, out: seen.append(keep(unit_values(out))))
     try:
         yield seen
     finally:
