@@ -16,6 +16,7 @@ the 5% false-positive threshold, and for pruning the real trigger's success afte
     .venv/bin/python benchmarks/mitigation_population.py --dataset mnist --sizes 250,500,1000,2000 --summary
     .venv/bin/python benchmarks/mitigation_population.py --method filter --split test --sizes 1000
     .venv/bin/python benchmarks/mitigation_population.py --recipes sized --rounds 3 --sizes 1000
+    .venv/bin/python benchmarks/mitigation_population.py --recipes sized --rounds 3 --min-rounds 2 --sizes 1000
 """
 from __future__ import annotations
 
@@ -54,22 +55,27 @@ def model_of(row: dict, dataset: str):
     return classifier(net, entry["recipe"]).eval(), entry["recipe"]
 
 
+def recipe_label(recipe_name: str, rounds: int = 1, min_rounds: int = 1) -> str:
+    return recipe_name + (f"+rounds{rounds}" if rounds > 1 else "") + (f"+min{min_rounds}" if min_rounds > 1 else "")
+
+
 def run_one(row: dict, dataset: str, size: int, recipe_name: str, test, method: str = "unlearn",
-            rounds: int = 1) -> dict:
+            rounds: int = 1, min_rounds: int = 1) -> dict:
     model, recipe = model_of(row, dataset)
     user = test.random_sample(size, seed=1000 + size)
     real = [Backdoor(recipe["attack"]["target"], trigger_of(recipe))]
     start = time.perf_counter()
     scan = NeuralCleanse("fast", progress=False, seed=0).scan(model, user)
     out = mitigate(model, scan, DatasetSplits(user, user), method, labels=[real[0].target], real=real,
-                   recipe=recipe_name if method == "unlearn" else "sized", baselines=False, rounds=rounds)
+                   recipe=recipe_name if method == "unlearn" else "sized", baselines=False, rounds=rounds,
+                   min_rounds=min_rounds)
     extra = {}
     if out.filter_rates is not None:
         extra = {"filter_fpr": out.filter_rates.false_positive_rate, "filter_fnr_real": out.filter_rates.false_negative_rate}
     if out.pruning is not None:
         extra = {"pruned_fraction": out.pruning.fraction, "prune_reached": out.pruning.reached}
     return {"id": row["id"], "split": row["split"], "arch": recipe["arch"], "output": recipe["output"],
-            "method": method, "size": size, "recipe": recipe_name + (f"+rounds{rounds}" if rounds > 1 else ""), **extra,
+            "method": method, "size": size, "recipe": recipe_label(recipe_name, rounds, min_rounds), **extra,
             "rounds_run": out.settings.get("rounds"), "target_flagged_by_scan": real[0].target in scan.flagged,
             "real_before": out.before.worst_attack_success, "real_after": out.after.worst_attack_success,
             "clean_before": out.before.clean_accuracy, "clean_after": out.after.clean_accuracy,
@@ -115,6 +121,7 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the results file, e.g. for a run recording more fields")
     ap.add_argument("--summary", action="store_true", help="only print the table of what is recorded")
     ap.add_argument("--rounds", type=int, default=1, help="unlearn: up to this many rounds, rescanning between them")
+    ap.add_argument("--min-rounds", type=int, default=1, help="unlearn: rounds run whatever the rescan finds")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     name = (f"unlearning_population_{args.dataset}{args.tag}" if args.method == "unlearn"
@@ -127,9 +134,9 @@ def main() -> None:
         for row in population(args.dataset, args.split)[: args.limit]:
             for size in (int(v) for v in args.sizes.split(",")):
                 for recipe in recipes:
-                    if (row["id"], size, recipe + (f"+rounds{args.rounds}" if args.rounds > 1 else "")) in done:
+                    if (row["id"], size, recipe_label(recipe, args.rounds, args.min_rounds)) in done:
                         continue
-                    line = run_one(row, args.dataset, size, recipe, test, args.method, args.rounds)
+                    line = run_one(row, args.dataset, size, recipe, test, args.method, args.rounds, args.min_rounds)
                     with path.open("a") as f:
                         f.write(json.dumps(line) + "\n")
                     print(f"{line['id']} N={size} {recipe:5s} real {line['real_before']:.0%} -> {line['real_after']:.0%}"

@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from neuralcleanse.attacks.trigger import Trigger
+from neuralcleanse.attacks.trigger import AnyTrigger
 from neuralcleanse.data.dataset import ImageDataset
 
 
@@ -32,7 +32,7 @@ def clean_accuracy(model: nn.Module, data: ImageDataset, batch_size: int = 512,
     return float((preds == data.y).float().mean()) if len(data) else float("nan")
 
 
-def attack_success_rate(model: nn.Module, data: ImageDataset, trigger: Trigger, target: int,
+def attack_success_rate(model: nn.Module, data: ImageDataset, trigger: AnyTrigger, target: int,
                         batch_size: int = 512, device: str | torch.device = "cpu",
                         labels: Sequence[int] | None = None) -> float:
     """Share of triggered images, whose true label is not the target, that the model sends to it.

@@ -102,7 +102,20 @@ def cases(f: dict[str, Path], work: Path) -> list[tuple[str, list[str]]]:
                                               "--labels", "1"]),
         ("mitigate: label not scanned", ["mitigate", str(f["model"]), "--scan", str(f["scan"]), "--data",
                                          str(f["npz"]), "--method", "unlearn", "--out", out, "--labels", "7"]),
+        ("mitigate: --min-rounds above --rounds", ["mitigate", str(f["model"]), "--scan", str(f["scan"]), "--data",
+                                                   str(f["npz"]), "--method", "unlearn", "--out", out, "--labels", "1",
+                                                   "--rounds", "2", "--min-rounds", "3"]),
         ("report: folder without results", ["report", str(work)]),
+        ("attack trojan: target beyond the model's labels", ["attack", "trojan", str(f["model"]), "--data",
+                                                             str(f["npz"]), "--target", "9", "--out", out + ".pt"]),
+        ("attack trojan: mask not understood", ["attack", "trojan", str(f["model"]), "--data", str(f["npz"]),
+                                                "--target", "1", "--mask", "circle:3", "--out", out + ".pt"]),
+        ("attack trojan: unknown layer", ["attack", "trojan", str(f["model"]), "--data", str(f["npz"]), "--target",
+                                          "1", "--layer", "fc9", "--out", out + ".pt"]),
+        ("train: trigger larger than the image", ["train", "--dataset", str(f["npz"]), "--arch", "tiny", "--badnets",
+                                                  "--target", "1", "--trigger-size", "20", "--out", out + ".pt"]),
+        ("train: trigger file missing", ["train", "--dataset", str(f["npz"]), "--arch", "tiny", "--badnets", "--target",
+                                         "1", "--trigger-file", str(work / "nofile.npz"), "--out", out + ".pt"]),
     ]
 
 

@@ -44,6 +44,12 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "mitigate: fraction outside (0,1]": ("step must lie in (0, 1]", "1.5"),
     "mitigate: label not scanned": ("label(s) [7] were not scanned",),
     "report: folder without results": ("holds no report.json or mitigation.json",),
+    "mitigate: --min-rounds above --rounds": ("--min-rounds 3 is more than --rounds 2",),
+    "attack trojan: target beyond the model's labels": ("--target must lie in 0..3",),
+    "attack trojan: mask not understood": ("unknown --mask 'circle:3'", "square:SIZE@POS"),
+    "attack trojan: unknown layer": ("unknown --layer 'fc9'", "0 (Conv2d)"),
+    "train: trigger larger than the image": ("a 20px trigger", "does not fit a 8x8 image"),
+    "train: trigger file missing": ("trigger file", "nofile.npz not found"),
 }
 
 

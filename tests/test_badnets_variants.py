@@ -171,3 +171,20 @@ def test_bad_trigger_options(npz: Path, tmp_path: Path) -> None:
         assert_bad_input(train(npz, out, *args), message)
     assert not out.exists() and not trigger_file_path(out).exists()
     assert NUM_CLASSES == 4 and K == 6
+
+
+def test_additive_trigger_poisons_and_is_stored(data) -> None:
+    """A trigger outside the mask form poisons like any other and comes back from the checkpoint."""
+    from neuralcleanse.attacks import AdditiveTrigger, frequency_trigger
+    from neuralcleanse.mitigation import known_backdoors
+
+    trig = frequency_trigger(SHAPE, frequencies=((TINY_SIDE - 1, TINY_SIDE - 1),), amplitude=0.3)
+    bn = BadNets([trig], [2], poison_rate=0.2, seed=0)
+    poisoned = bn.poison(data.train)
+    [idx] = bn.poisoned_indices
+    torch.testing.assert_close(poisoned.x[idx], (data.train.x[idx] + trig.delta).clamp(0, 1))
+    assert bool((poisoned.y[idx] == 2).all())
+    model, report = train_model(data, "tiny", badnets=bn, epochs=8, lr=5e-3, batch_size=64, progress=False)
+    [stored] = known_backdoors(model.info.metadata)
+    assert isinstance(stored.trigger, AdditiveTrigger) and torch.equal(stored.trigger.delta, trig.delta)
+    assert report.attack_success[0] == pytest.approx(attack_success_rate(model, data.test, stored.trigger, 2))

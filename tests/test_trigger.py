@@ -174,3 +174,74 @@ def test_patch_errors() -> None:
         patch_trigger((1, 8, 8), size=2, colour=1.5)
     with pytest.raises(ValueError, match="pattern image"):
         patch_trigger((1, 8, 8), size=2, pattern_image=np.zeros((3, 3)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Triggers beyond the mask-and-pattern form: blended and frequency-domain
+
+
+def dct2(img: np.ndarray) -> np.ndarray:
+    """Orthonormal 2-D DCT-II by matrix products, as a reference independent of `dct_basis`."""
+    def matrix(n: int) -> np.ndarray:
+        k, i = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        d = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+        d[0] /= np.sqrt(2.0)
+        return d
+    return matrix(img.shape[0]) @ img @ matrix(img.shape[1]).T
+
+
+def test_frequency_trigger_lives_on_its_coefficients() -> None:
+    from neuralcleanse.attacks import frequency_trigger
+
+    trig = frequency_trigger((3, 16, 12), frequencies=((5, 7), (15, 11)), amplitude=0.1)
+    delta = trig.delta.double().numpy()
+    assert delta.shape == (3, 16, 12)
+    assert np.abs(delta).max() == pytest.approx(0.1, abs=1e-6)
+    assert np.allclose(delta[0], delta[1]) and np.allclose(delta[0], delta[2])
+    energy = np.abs(dct2(delta[0]))
+    on = {(5, 7), (15, 11)}
+    assert all(energy[u, v] > 0.05 for u, v in on)
+    off = np.ones_like(energy, dtype=bool)
+    for u, v in on:
+        off[u, v] = False
+    assert energy[off].max() < 1e-6
+    with pytest.raises(ValueError, match="frequency"):
+        frequency_trigger((1, 8, 8), frequencies=((0, 0),))
+    with pytest.raises(ValueError, match="frequency"):
+        frequency_trigger((1, 8, 8), frequencies=((8, 1),))
+
+
+def test_additive_trigger_adds_and_clips() -> None:
+    from neuralcleanse.attacks import AdditiveTrigger
+
+    delta = torch.tensor([[[0.3, -0.3], [0.0, 0.9]]])
+    x = torch.tensor([[[[0.5, 0.1], [0.2, 0.5]]]])
+    out = AdditiveTrigger(delta).apply(x)
+    torch.testing.assert_close(out, torch.tensor([[[[0.8, 0.0], [0.2, 1.0]]]]))
+    assert AdditiveTrigger(delta).l1 == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="C,H,W"):
+        AdditiveTrigger(torch.zeros(2, 2))
+
+
+def test_blended_trigger_mixes_every_pixel() -> None:
+    from neuralcleanse.attacks import blended_trigger
+
+    trig = blended_trigger((3, 6, 5), alpha=0.2, seed=4)
+    assert torch.all(trig.mask == 0.2) and trig.l1 == pytest.approx(0.2 * 30)
+    x = torch.rand(2, 3, 6, 5, generator=torch.Generator().manual_seed(0))
+    expected = reference_stamp(x.double().numpy(), 0.2, trig.pattern.double().numpy()[None])
+    np.testing.assert_allclose(trig.apply(x).double().numpy(), expected, atol=1e-6)
+    assert torch.equal(trig.pattern, blended_trigger((3, 6, 5), alpha=0.2, seed=4).pattern)
+    with pytest.raises(ValueError, match="alpha"):
+        blended_trigger((1, 4, 4), alpha=0.0)
+
+
+def test_trigger_from_dict_round_trips_both_forms() -> None:
+    from neuralcleanse.attacks import AdditiveTrigger, frequency_trigger, trigger_from_dict
+
+    freq = frequency_trigger((1, 8, 8), frequencies=((3, 4),))
+    back = trigger_from_dict(freq.to_dict())
+    assert isinstance(back, AdditiveTrigger) and torch.equal(back.delta, freq.delta)
+    patch = patch_trigger((1, 8, 8), 2)
+    back = trigger_from_dict({k: v.numpy() for k, v in patch.to_dict().items()})
+    assert isinstance(back, Trigger) and torch.equal(back.mask, patch.mask)

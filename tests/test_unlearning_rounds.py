@@ -19,7 +19,8 @@ def test_rounds_go_on_while_the_recheck_finds_the_label(infected, data, trigger)
     model, _ = infected
     seen_models, calls = [], []
 
-    def recheck(patched):
+    def recheck(patched, every):
+        assert every is False  # min_rounds=1: no round is forced
         seen_models.append(patched)
         calls.append(len(calls))
         return ([_other_trigger()] if len(calls) == 1 else []), {"round": len(calls)}
@@ -37,7 +38,7 @@ def test_rounds_go_on_while_the_recheck_finds_the_label(infected, data, trigger)
 def test_one_round_never_rechecks(infected, data, trigger) -> None:
     model, _ = infected
 
-    def recheck(patched):
+    def recheck(patched, every):
         raise AssertionError("called with rounds=1")
 
     u = Unlearner(steps=10, lr=1e-3).fit(model, [Backdoor(TARGET, trigger)], data.train, recheck=recheck)
@@ -47,10 +48,29 @@ def test_one_round_never_rechecks(infected, data, trigger) -> None:
 def test_rounds_stop_at_the_limit(infected, data, trigger) -> None:
     model, _ = infected
     u = Unlearner(steps=10, lr=1e-3, rounds=3).fit(
-        model, [Backdoor(TARGET, trigger)], data.train, recheck=lambda m: ([_other_trigger()], {}))
+        model, [Backdoor(TARGET, trigger)], data.train, recheck=lambda m, every: ([_other_trigger()], {}))
     assert len(u.unlearning_.rounds) == 2  # two rechecks between three rounds
     with pytest.raises(InputError, match="rounds"):
         Unlearner(rounds=0)
+
+
+def test_min_rounds_run_whatever_the_recheck_finds(infected, data, trigger) -> None:
+    """The first min_rounds rounds ask for every treated label's fresh trigger; later ones only for those
+    still standing out, and stop when none is."""
+    model, _ = infected
+    asked = []
+
+    def recheck(patched, every):
+        asked.append(every)
+        return ([_other_trigger()] if every else []), {}
+
+    u = Unlearner(steps=10, lr=1e-3, rounds=4, min_rounds=2).fit(model, [Backdoor(TARGET, trigger)], data.train,
+                                                                 recheck=recheck)
+    assert asked == [True, False]
+    assert [(r["forced"], r["triggers_added"]) for r in u.unlearning_.rounds] == [(True, [TARGET]), (False, [])]
+    for bad in (0, 5):
+        with pytest.raises(InputError, match="min_rounds"):
+            Unlearner(rounds=4, min_rounds=bad)
 
 
 def test_rounds_through_mitigate_rescan_on_tuning_data(infected, data) -> None:

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 
 from neuralcleanse.attacks.stamping import stamp_shares
-from neuralcleanse.attacks.trigger import Trigger
+from neuralcleanse.attacks.trigger import AnyTrigger
 from neuralcleanse.data.dataset import ImageDataset
 from neuralcleanse.errors import InputError
 
@@ -25,7 +25,7 @@ class BadNets:
     true label, so that the trigger alone does not flip them. Disjoint subsets throughout.
     """
 
-    triggers: list[Trigger]
+    triggers: list[AnyTrigger]
     targets: list[int]
     poison_rate: float = 0.1
     seed: int = 0

@@ -5,11 +5,11 @@ from typing import Sequence
 
 import torch
 
-from neuralcleanse.attacks.trigger import Trigger
+from neuralcleanse.attacks.trigger import AnyTrigger
 from neuralcleanse.data.dataset import ImageDataset
 
 
-def stamp_shares(data: ImageDataset, triggers: Sequence[Trigger], share: float, seed: int = 0,
+def stamp_shares(data: ImageDataset, triggers: Sequence[AnyTrigger], share: float, seed: int = 0,
                  labels: Sequence[int] | None = None, name: str = "stamped",
                  among: torch.Tensor | None = None) -> tuple[ImageDataset, list[torch.Tensor]]:
     """A copy of `data` where a random `share` of the images carries each trigger (disjoint

@@ -1,8 +1,9 @@
-"""Triggers: a mask and a pattern in raw pixel space, and the one function that stamps them."""
+"""Triggers: a mask and a pattern in raw pixel space, and the one function that stamps them; and, for
+measuring where that form stops, triggers outside it (a perturbation added to the whole image)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 import numpy as np
 import torch
@@ -106,3 +107,73 @@ def patch_trigger(
     if pattern.min() < 0 or pattern.max() > 1:
         raise ValueError("trigger colours must lie in [0, 1]")
     return Trigger(mask, pattern)
+
+
+def blended_trigger(input_shape: Sequence[int], alpha: float = 0.15, seed: int = 0) -> Trigger:
+    """A blended full-image trigger (Chen et al. 2017): uniform random noise mixed into every pixel at
+    strength `alpha`, x' = (1 - alpha)·x + alpha·noise. Still a mask and a pattern, but the mask covers the
+    whole image, so its L1 norm (alpha·H·W) is as large as the triggers clean labels naturally need."""
+    c, h, w = (int(v) for v in input_shape)
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError("`alpha` must lie in (0, 1]")
+    noise = torch.rand(c, h, w, generator=torch.Generator().manual_seed(seed))
+    return Trigger(torch.full((h, w), float(alpha)), noise)
+
+
+@dataclass
+class AdditiveTrigger:
+    """A perturbation added to the whole image and clipped to the pixel range: x' = clip(x + delta, 0, 1).
+
+    Not of the mask-and-pattern form Neural Cleanse searches for: it changes every pixel a little instead
+    of some pixels a lot. Used by the frequency-domain trigger; it stamps and measures like a `Trigger`
+    (`apply`), and has no mask, so detection and unlearning can only meet it through what it does."""
+
+    delta: torch.Tensor
+
+    def __post_init__(self) -> None:
+        self.delta = torch.as_tensor(self.delta, dtype=torch.float32)
+        if self.delta.ndim != 3:
+            raise ValueError("an additive trigger needs a (C,H,W) perturbation")
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return (x + self.delta.to(x.device)).clamp(0.0, 1.0)
+
+    @property
+    def l1(self) -> float:
+        return float(self.delta.abs().sum())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"delta": self.delta.clone()}
+
+
+AnyTrigger = Union[Trigger, AdditiveTrigger]
+
+
+def trigger_from_dict(d: dict[str, Any]) -> AnyTrigger:
+    """The trigger `to_dict` wrote: mask and pattern, or an additive perturbation."""
+    if "delta" in d:
+        return AdditiveTrigger(torch.as_tensor(np.asarray(d["delta"])))
+    return Trigger.from_dict(d)
+
+
+def dct_basis(h: int, w: int, u: int, v: int) -> torch.Tensor:
+    """The (u, v) basis image of the 2-D DCT-II on an h×w grid, peak amplitude 1."""
+    rows = torch.cos(torch.pi * (2 * torch.arange(h) + 1) * u / (2 * h))
+    cols = torch.cos(torch.pi * (2 * torch.arange(w) + 1) * v / (2 * w))
+    return rows[:, None] * cols[None, :]
+
+
+def frequency_trigger(input_shape: Sequence[int], frequencies: Sequence[tuple[int, int]] = ((14, 14), (27, 27)),
+                      amplitude: float = 0.12) -> AdditiveTrigger:
+    """A frequency-domain trigger (after FTrojan, Wang et al. 2022): fixed energy added to a few mid- and
+    high-frequency DCT coefficients. Adding in the DCT domain is adding their basis images in pixel space,
+    so the trigger is an invisible grating over the whole image, `amplitude` at its peak, on every channel."""
+    c, h, w = (int(v) for v in input_shape)
+    if not frequencies:
+        raise ValueError("give at least one (u, v) frequency")
+    for u, v in frequencies:
+        if not (0 <= u < h and 0 <= v < w) or (u, v) == (0, 0):
+            raise ValueError(f"frequency {(u, v)} is not a non-constant DCT coefficient of a {h}x{w} image")
+    grating = sum(dct_basis(h, w, int(u), int(v)) for u, v in frequencies)
+    grating = grating / grating.abs().max() * float(amplitude)
+    return AdditiveTrigger(grating[None].expand(c, h, w).clone())

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from neuralcleanse.attacks.trigger import Trigger
+from neuralcleanse.attacks.trigger import AnyTrigger, trigger_from_dict
 from neuralcleanse.data.dataset import ImageDataset
 from neuralcleanse.detection.result import ScanResult
 from neuralcleanse.errors import InputError
@@ -19,7 +19,7 @@ class Backdoor:
     """A trigger and the label it sends inputs to."""
 
     target: int
-    trigger: Trigger
+    trigger: AnyTrigger  # real backdoors may be outside the mask-and-pattern form; reversed ones are Triggers
 
 
 class NothingToMitigate(InputError):
@@ -43,7 +43,7 @@ def reversed_backdoors(scan: ScanResult, labels: Sequence[int] | None = None) ->
 def known_backdoors(metadata: dict[str, Any]) -> list[Backdoor]:
     """The real triggers a model we infected ourselves carries in its checkpoint metadata."""
     info = metadata.get("backdoor") or {}
-    return [Backdoor(int(t), Trigger.from_dict(d)) for t, d in zip(info.get("targets", []), info.get("triggers", []))]
+    return [Backdoor(int(t), trigger_from_dict(d)) for t, d in zip(info.get("targets", []), info.get("triggers", []))]
 
 
 @dataclass

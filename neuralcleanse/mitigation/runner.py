@@ -92,14 +92,15 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
              steps: int = 300, epochs: int | None = None, trigger_share: float = 0.2, data_fraction: float = 1.0,
              lr: float | None = None, jitter: int | None = None, recipe: str = "sized",
              baselines: bool = True, tune_samples: int = 2000, curve_samples: int = 2000, seed: int = 0,
-             verify: bool = True, verify_others: int = 10, rounds: int = 3,
+             verify: bool = True, verify_others: int = 10, rounds: int = 3, min_rounds: int = 1,
              device: torch.device | str = "cpu", progress: bool = False) -> MitigationOutcome:
     """Runs `method` with the reversed triggers of the scan's flagged labels (or `labels`).
 
     `real` (the true triggers, when known) is used only to measure. `verify`: scan the patched
     model's treated labels again, beside `verify_others` more, and say no backdoor is found only when
     none of them is flagged any more (neuralcleanse.mitigation.verify). `rounds` (unlearning, sized
-    recipe): up to this many rounds, rescanning on the tuning data between them (Unlearner). Raises NothingToMitigate
+    recipe): up to this many rounds, rescanning on the tuning data between them, the first `min_rounds`
+    of them whatever the rescan finds (Unlearner). Raises NothingToMitigate
     when the scan flagged nothing and no labels were named: nothing is changed then.
     """
     if method not in METHODS:
@@ -157,18 +158,19 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
             if recipe == "paper":
                 return Unlearner.paper(model, lr=lr, epochs=epochs or 1, data_fraction=data_fraction, **common)
             return Unlearner(steps, data_fraction=data_fraction, lr=lr, jitter=jitter, epochs=epochs, rounds=rounds,
-                             **common)
+                             min_rounds=min_rounds, **common)
 
-        def recheck(patched: torch.nn.Module) -> tuple[list, dict]:
+        def recheck(patched: torch.nn.Module, every: bool) -> tuple[list, dict]:
             # On the tuning data: the held-out part stays unseen for the measurements and the final rescan.
             again = rescan(patched, scan, [b.target for b in backdoors], tune, device, verify_others)
-            return again.still_standing(), again.to_dict()
+            return again.still_standing(every), again.to_dict()
 
         mitigation = unlearner().fit(model, backdoors, tune, recheck=recheck if rounds > 1 else None)
         settings.update(recipe=recipe, steps=steps if recipe == "sized" and epochs is None else None,
                         epochs=mitigation.unlearning_.epochs, jitter=jitter if recipe == "sized" else 0,
                         trigger_share=trigger_share, data_fraction=data_fraction,
-                        lr=mitigation.unlearning_.lr, rounds=1 + sum(bool(r["triggers_added"])
+                        lr=mitigation.unlearning_.lr, min_rounds=min_rounds if recipe == "sized" else 1,
+                        rounds=1 + sum(bool(r["triggers_added"])
                                                                       for r in mitigation.unlearning_.rounds),
                         lr_source="given" if lr else ("searched" if recipe == "sized" else
                                                       "model's training" if training_lr(model) else "fallback"))

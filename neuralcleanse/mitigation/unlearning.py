@@ -51,8 +51,9 @@ class UnlearningResult:
 
 
 # Given the model after a round of unlearning, the backdoors a fresh reverse-engineering still finds
-# (triggers of treated labels that still stand out), with a record of what it saw; none: stop.
-Recheck = Callable[[nn.Module], tuple[list[Backdoor], dict[str, Any]]]
+# (triggers of treated labels that still stand out; with the flag set, of every treated label), with a
+# record of what it saw; none: stop.
+Recheck = Callable[[nn.Module, bool], tuple[list[Backdoor], dict[str, Any]]]
 
 
 class JitteredStamp:
@@ -99,7 +100,9 @@ class Unlearner(Mitigation):
 
     `rounds` > 1 with a `recheck` given to `fit`: after each round the treated labels are reverse-
     engineered afresh on the patched model, and while one still stands out its new trigger joins
-    the others for another round (the real trigger is seldom the first reversed one).
+    the others for another round (the real trigger is seldom the first reversed one). The first
+    `min_rounds` rounds run whatever the recheck says, each with every treated label's fresh trigger:
+    a label that no longer stands out can still answer to the rest of the real trigger.
 
     >>> patched = Unlearner().fit(model, backdoors, clean).apply()
     """
@@ -107,7 +110,7 @@ class Unlearner(Mitigation):
     def __init__(self, steps: int | None = 300, trigger_share: float = 0.2, data_fraction: float = 1.0,
                  lr: float | None = None, batch_size: int = 64, jitter: int | None = None, epochs: int | None = None,
                  search_steps: int = 60, seed: int = 0, device: torch.device | str = "cpu",
-                 progress: bool = False, rounds: int = 1) -> None:
+                 progress: bool = False, rounds: int = 1, min_rounds: int = 1) -> None:
         refuse_model_argument("Unlearner", steps, "Unlearner(...).fit(model, backdoors, clean_data)")
         if epochs is not None and epochs < 1:
             raise InputError(f"epochs must be at least 1, got {epochs}")
@@ -120,7 +123,10 @@ class Unlearner(Mitigation):
             raise InputError(f"jitter must be 0 or more pixels, got {jitter}")
         if not isinstance(rounds, int) or rounds < 1:
             raise InputError(f"rounds must be a whole number of at least 1, got {rounds!r}")
+        if not isinstance(min_rounds, int) or not 1 <= min_rounds <= rounds:
+            raise InputError(f"min_rounds must be a whole number from 1 to rounds ({rounds}), got {min_rounds!r}")
         self.rounds = rounds
+        self.min_rounds = min_rounds
         self.steps = steps
         self.epochs = epochs
         self.trigger_share = trigger_share
@@ -155,8 +161,9 @@ class Unlearner(Mitigation):
         rounds: list[dict[str, Any]] = []
         current = list(backdoors or [])
         while backdoors and recheck is not None and len(rounds) + 1 < self.rounds:
-            found, seen = recheck(patched)
-            rounds.append({**seen, "triggers_added": [b.target for b in found]})
+            forced = len(rounds) + 1 < self.min_rounds
+            found, seen = recheck(patched, forced)
+            rounds.append({**seen, "triggers_added": [b.target for b in found], "forced": forced})
             if not found:
                 break
             current += found  # the earlier triggers stay: unlearning the new one must not bring them back

@@ -47,11 +47,12 @@ class Rescan:
     wall_time: float = 0.0
     scan: ScanResult | None = field(default=None, repr=False, compare=False)
 
-    def still_standing(self) -> list[Backdoor]:
-        """The fresh reversed triggers of the treated labels the rescan still flags."""
+    def still_standing(self, every: bool = False) -> list[Backdoor]:
+        """The fresh reversed triggers of the treated labels the rescan still flags (`every`: of all
+        the treated labels, flagged or not)."""
         if self.scan is None:
             return []
-        return [Backdoor(l, self.scan.trigger(l)) for l in self.treated if l in self.flagged_after]
+        return [Backdoor(l, self.scan.trigger(l)) for l in self.treated if every or l in self.flagged_after]
 
     @property
     def removed(self) -> bool:
