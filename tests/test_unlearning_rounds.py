@@ -3,6 +3,7 @@ trigger joins the earlier ones for another round."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from neuralcleanse.attacks import patch_trigger
 from neuralcleanse.errors import InputError
@@ -79,7 +80,33 @@ def test_rounds_through_mitigate_rescan_on_tuning_data(infected, data) -> None:
 
     model, _ = infected
     scan = NeuralCleanse("fast", samples=240, progress=False).scan(model, data.test)
+    out = mitigate(model, scan, data, "unlearn", labels=[TARGET], steps=30, lr=1e-3, rounds=2, min_rounds=1,
+                   baselines=False)
+    rounds = out.details["unlearning"]["rounds"]
+    assert len(rounds) == 1 and rounds[0]["treated_labels"] == [TARGET] and rounds[0]["forced"] is False
+    assert out.settings["rounds"] in (1, 2) and out.settings["rounds"] == 1 + bool(rounds[0]["triggers_added"])
+    # By default the second round runs whatever the rescan finds, with the label's fresh trigger.
     out = mitigate(model, scan, data, "unlearn", labels=[TARGET], steps=30, lr=1e-3, rounds=2, baselines=False)
     rounds = out.details["unlearning"]["rounds"]
-    assert len(rounds) == 1 and rounds[0]["treated_labels"] == [TARGET]
-    assert out.settings["rounds"] in (1, 2) and out.settings["rounds"] == 1 + bool(rounds[0]["triggers_added"])
+    assert rounds[0]["forced"] is True and rounds[0]["triggers_added"] == [TARGET]
+    assert out.settings["rounds"] == 2 and out.settings["min_rounds"] == 2
+    # With one round asked for, the default asks for no more.
+    out = mitigate(model, scan, data, "unlearn", labels=[TARGET], steps=30, lr=1e-3, rounds=1, baselines=False)
+    assert out.details["unlearning"]["rounds"] == [] and out.settings["rounds"] == 1
+
+
+def test_step_budget_draws_from_every_label_of_a_sorted_set() -> None:
+    """A set sorted by label and larger than the budget: the steps see every label, not the first few
+    (measured: 300 steps on the first 19,200 of GTSRB's label-sorted training images cost 30 points)."""
+    from neuralcleanse.data.dataset import ImageDataset
+    from neuralcleanse.mitigation.unlearning import budget_subset
+
+    y = torch.arange(10).repeat_interleave(100)  # sorted: 100 images of each label
+    data = ImageDataset(torch.rand(1000, 1, 4, 4), y, 10, "sorted")
+    part = budget_subset(data, 300, seed=0)
+    assert len(part) == 300 and set(part.y.tolist()) == set(range(10))
+    assert len(set(part.x.flatten(1).sum(1).tolist())) == 300  # no image twice while the set is larger
+    cycled = budget_subset(data.subset(torch.arange(50)), 120, seed=0)  # smaller than the budget: each at least twice
+    assert len(cycled) == 120
+    counts = torch.unique(cycled.x.flatten(1).sum(1), return_counts=True)[1]
+    assert len(counts) == 50 and counts.min() >= 2

@@ -53,9 +53,10 @@ REAL_TRIGGER_FLAGS = {
 @click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
               help="unlearn (sized): up to this many rounds; between rounds the treated labels are reverse-engineered "
                    "afresh on the tuning data and unlearned again while the rescan still flags them (docs/mitigation.md).")
-@click.option("--min-rounds", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--min-rounds", type=click.IntRange(min=1), default=None,
               help="unlearn (sized): run at least this many of the rounds, each with the treated labels' fresh reversed "
-                   "triggers, flagged or not (at most --rounds).")
+                   "triggers, flagged or not (at most --rounds; 1: only while the rescan flags them). "
+                   "[default: 2, or --rounds if fewer]")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="unlearn: also fine-tune with no trigger and with the real trigger (when known).")
 @click.option("--real-target", type=int, default=None, help="Label of the real backdoor, to measure against.")
@@ -78,7 +79,7 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
              labels: str | None, layer: str | None, top_fraction: float, fpr: float, step: float,
              stop_success: float, max_fraction: float, recipe: str, steps: int, epochs: int | None,
              trigger_share: float, data_fraction: float | None,
-             lr: float | None, rounds: int, min_rounds: int, baselines: bool, real_target: int | None, real_size: int | None, real_position: str,
+             lr: float | None, rounds: int, min_rounds: int | None, baselines: bool, real_target: int | None, real_size: int | None, real_position: str,
              real_colour: str, real_mask: str | None, real_pattern: str | None, verify: bool, seed: int, force: bool,
              as_json: bool, device: str, **model_flags: Any) -> int:
     """Remove or block a backdoor found by `scan`: input filter, neuron pruning or unlearning.
@@ -98,7 +99,7 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
             raise InputError(f"{Path(out) / MITIGATION_NAME} already holds a finished mitigation; "
                              "choose another --out or add --force to replace it")
 
-    if min_rounds > rounds:
+    if min_rounds is not None and min_rounds > rounds:
         raise InputError(f"--min-rounds {min_rounds} is more than --rounds {rounds}: the rounds run whatever the "
                          "rescan finds are part of --rounds")
     refuse_finished()

@@ -56,6 +56,14 @@ class UnlearningResult:
 Recheck = Callable[[nn.Module, bool], tuple[list[Backdoor], dict[str, Any]]]
 
 
+def budget_subset(data: ImageDataset, images: int, seed: int = 0) -> ImageDataset:
+    """`images` draws for a budget of steps: a set larger than the budget is sampled at random (not its
+    first images: sets are often sorted by label, and a prefix would hold a few labels only), one
+    smaller is cycled in a random order."""
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed + 3))
+    return data.subset(order[torch.arange(images) % len(data)])
+
+
 class JitteredStamp:
     """Stamps the triggers on a `share` of each training batch, each time shifted by up to `jitter`
     pixels and at a random strength in [`min_strength`, 1], labels kept: the model unlearns the
@@ -194,8 +202,7 @@ class Unlearner(Mitigation):
             stamp = JitteredStamp(backdoors, self.trigger_share, jitter) if backdoors else None
             stamped = 0
         if steps is not None and self.epochs is None:
-            # The budget is in steps: a set larger than steps x batch is not all visited, one smaller is cycled.
-            data = data.subset(torch.arange(min(len(data) * epochs, steps * self.batch_size)) % len(data))
+            data = budget_subset(data, steps * self.batch_size, self.seed)
             epochs = 1
         patched = clone_model(model).requires_grad_(True)  # every layer is fine-tuned, whatever froze the source
         losses = train_classifier(patched, data, epochs=epochs, batch_size=self.batch_size, lr=lr, seed=self.seed,
