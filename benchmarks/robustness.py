@@ -457,7 +457,7 @@ def tables(rows: list[dict]) -> str:
         return r[key].get(t)
 
     if "size" in by:
-        parts.append("## Trigger size (white square, bottom-right, target 7, 10% poison)\n\n" + markdown_table([{
+        parts.append("## Trigger size (white square, bottom-right, 10% poison)\n\n" + markdown_table([{
             "size": f"{r['point']}x{r['point']} ({r['real_l1'][0] / np.asarray(r['target_mask']).size:.0%})",
             "ASR": pct(r["attack_success"][0]),
             "clean acc": pct(r["clean_accuracy"]), "verdict": r["verdict"], "flagged": r["flagged"],
@@ -522,7 +522,7 @@ def tables(rows: list[dict]) -> str:
                      "\nThe last six columns: the same scan on the test images of the source labels only (a defender "
                      "who knows them).\n")
     if "trojan" in by:
-        parts.append("## Trojan attack (TrojanAttack defaults on the clean reference, target 7)\n\n" + markdown_table([{
+        parts.append("## Trojan attack (TrojanAttack defaults on the clean reference)\n\n" + markdown_table([{
             "mask": r["point"], "real L1": r["real_l1"][0], "ASR": pct(r["attack_success"][0]),
             "clean acc": f"{pct(r['source_clean_accuracy'])} → {pct(r['clean_accuracy'])}",
             "verdict": r["verdict"], "flagged": r["flagged"], "target index": tgt(r, "target_anomaly_index"),
@@ -538,7 +538,7 @@ def tables(rows: list[dict]) -> str:
              "target L1", "median L1", "mask in box", "on mask (exact / +1 px)", "neurons J@5", "J@10", "J@10 control",
              "J@10 chance", "rank corr", "Trojan neuron's rank", *MITIGATION_COLUMNS]))
     if "beyond" in by:
-        parts.append("## Beyond the paper (target 7, 10% poison): blended full-image and frequency-domain triggers\n\n" +
+        parts.append("## Beyond the paper (10% poison): blended full-image and frequency-domain triggers\n\n" +
                      markdown_table([{
                          "trigger": r["point"], "ASR": pct(r["attack_success"][0]), "clean acc": pct(r["clean_accuracy"]),
                          "verdict": r["verdict"], "flagged": r["flagged"], "target index": tgt(r, "target_anomaly_index"),
@@ -547,7 +547,7 @@ def tables(rows: list[dict]) -> str:
                          **mitigation_cells(r)} for r in by["beyond"]],
                          ["trigger", "ASR", "clean acc", "verdict", "flagged", "target index", "pub. target index",
                           "target L1", "median L1", "reversed ASR", *MITIGATION_COLUMNS]) +
-                     "\nFilter and unlearning treat label 7 whether or not the scan flagged it; the real trigger "
+                     "\nFilter and unlearning treat the target whether or not the scan flagged it; the real trigger "
                      "judges both.\n")
     wall = sum((r.get("train_s") or 0) + r.get("scan_s", 0) + sum(r.get(f"unlearn_rounds{k}", {}).get("wall_time_s", 0)
                                                                    for k in (1, 3)) for r in rows)
@@ -576,6 +576,7 @@ def plots(rows: list[dict], docs: Path, prefix: str = "robustness") -> list[Path
 
     if "size" in by:
         rs = sorted(by["size"], key=lambda r: r["point"])
+        t = str(rs[0]["targets"][0])
         fig = plt.figure(figsize=(12, 6.2))
         cols = max(2, len(rs))
         gs = fig.add_gridspec(2, cols, height_ratios=[2.2, 1])
@@ -585,7 +586,7 @@ def plots(rows: list[dict], docs: Path, prefix: str = "robustness") -> list[Path
             others = [n for l, n in enumerate(r["l1_norms"]) if l not in r["targets"]]
             ax.scatter([x[i]] * len(others), others, color="grey", s=14, alpha=0.6,
                        label="other labels" if i == 0 else None)
-        ax.plot(x, [r["target_l1"]["7"] for r in rs], "o-", color="C3", label="target 7 (reversed)")
+        ax.plot(x, [r["target_l1"][t] for r in rs], "o-", color="C3", label=f"target {t} (reversed)")
         ax.plot(x, [r["real_l1"][0] for r in rs], "x--", color="C0", label="real trigger area")
         if clean:
             ax.axhline(clean["median_l1"], color="k", lw=0.8, ls=":", label="clean model median")
@@ -594,13 +595,13 @@ def plots(rows: list[dict], docs: Path, prefix: str = "robustness") -> list[Path
         ax.set_ylabel("L1 norm of reversed mask")
         ax.legend(fontsize=8)
         ax2 = fig.add_subplot(gs[0, cols // 2:])
-        ax2.plot(x, [r["target_anomaly_index"]["7"] for r in rs], "o-", color="C3", label="target's index (log-mad)")
-        ax2.plot(x, [r["published_targets_index"]["7"] for r in rs], "s--", color="C1",
+        ax2.plot(x, [r["target_anomaly_index"][t] for r in rs], "o-", color="C3", label="target's index (log-mad)")
+        ax2.plot(x, [r["published_targets_index"][t] for r in rs], "s--", color="C1",
                  label="target's index (published)")
         ax2.axhline(rs[0]["threshold"], color="C3", lw=0.8, ls=":", label=f"log-mad threshold {rs[0]['threshold']}")
         ax2.axhline(2.0, color="C1", lw=0.8, ls=":", label="published threshold 2")
         ax2.set_xlabel("trigger side (px)")
-        ax2.set_ylabel("anomaly index of label 7")
+        ax2.set_ylabel(f"anomaly index of label {t}")
         ax2.legend(fontsize=8)
         for i, r in enumerate(rs):
             a = fig.add_subplot(gs[1, i])
@@ -650,7 +651,7 @@ def plots(rows: list[dict], docs: Path, prefix: str = "robustness") -> list[Path
                 if vals:
                     ax.bar(np.arange(n) + j * width, vals, width, label=label)
             ax.set_xticks(np.arange(n) + 0.4 - width / 2, [f"#{i + 1}" for i in range(n)])
-            ax.set_title(f"{n} trigger{'s' if n > 1 else ''} → 7 ({'flagged' if r['targets_flagged'] else 'not flagged'})",
+            ax.set_title(f"{n} trigger{'s' if n > 1 else ''} → {r['targets'][0]} ({'flagged' if r['targets_flagged'] else 'not flagged'})",
                          fontsize=9)
             ax.set_ylim(0, 1.05)
         np.atleast_1d(axes)[0].set_ylabel("attack success of each real trigger")
@@ -684,11 +685,11 @@ def plots(rows: list[dict], docs: Path, prefix: str = "robustness") -> list[Path
                 elif "example" in r:
                     both = np.concatenate([np.asarray(r["example"]), np.ones((rev.shape[0], 1)), rev], 1)
                     a.imshow(both, cmap="gray", vmin=0, vmax=1)
-                    a.set_title(f"{r['point']}: a triggered image | reversed mask of 7", fontsize=8)
+                    a.set_title(f"{r['point']}: a triggered image | reversed mask of {r['targets'][0]}", fontsize=8)
                 else:
                     both = np.concatenate([rev, np.ones((rev.shape[0], 1)), np.asarray(r["oracle"]["target_mask"])], 1)
                     a.imshow(both, cmap="gray", vmin=0, vmax=1)
-                    a.set_title(f"sources {r['point']}: reversed mask of 7\n(all images | source images only)",
+                    a.set_title(f"sources {r['point']}: reversed mask of {r['targets'][0]}\n(all images | source images only)",
                                 fontsize=8)
                 a.axis("off")
             save(fig, exp)
