@@ -94,13 +94,15 @@ def main() -> None:
     ap.add_argument("--dataset", default="mnist")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report", action="store_true", help="only the table, from what is recorded")
+    ap.add_argument("--split", choices=("tune", "test", "all"), default="all",
+                    help="scan only this split's models again (the table covers what is recorded)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = [json.loads(line) for line in (ROOT / "results" / f"population_{args.dataset}.jsonl").open()]
     rows = [r for r in rows if r.get("kept") and r.get("scan")]
     out = ROOT / "results" / f"population_{args.dataset}_restarts.jsonl"
     if not args.report:
-        scan_missing(args.dataset, rows, out)
+        scan_missing(args.dataset, [r for r in rows if args.split in (r["split"], "all")], out)
     again = {json.loads(line)["id"]: json.loads(line) for line in out.open()} if out.exists() else {}
     table = report(args.dataset, rows, again)
     out.with_suffix(".md").write_text(table)
