@@ -6,6 +6,7 @@ each scanned with the tool: the data for the verdict's miss and false-alarm rate
     .venv/bin/python benchmarks/population.py --dataset gtsrb --clean 10 --infected 10
     .venv/bin/python benchmarks/population.py --dataset mnist --build-only    # train and cache, no scans
     .venv/bin/python benchmarks/population.py --dataset mnist --scan-only     # scan cached models only
+    .venv/bin/python benchmarks/population.py --dataset mnist --rebuild-kept badnets  # on a fresh machine
 
 Model i of each kind ("clean", "badnets") is made from a recipe drawn from its id alone
 (`population_recipes.draw_recipe`): architecture, input convention, output kind, optimiser, epochs,
@@ -262,6 +263,27 @@ def plan(n_clean: int, n_infected: int, status) -> Iterator[tuple[str, int]]:
                     break
 
 
+def rebuild_kept(done: dict[str, dict[str, Any]], kind: str, data: DatasetSplits, models: Path,
+                 min_asr: float, min_acc: float) -> None:
+    """A fresh machine has the results but not the models: rebuild just the ones later scripts read
+    (mitigation_population, population_restarts), in the order recorded. The recipe's seed makes a
+    rebuild the same model up to the CPU's float rounding; a rebuild whose clean accuracy differs from
+    the record by more than half a point is reported, not hidden."""
+    rows = [r for r in done.values() if r.get("kept") and kind in ("all", r["kind"])]
+    print(f"{len(rows)} kept models to rebuild into {models}", flush=True)
+    for r in rows:
+        path = models / f"{r['id']}.pt"
+        entry = load_cached(path, r["recipe"])
+        how = "cached"
+        if entry is None:
+            start = time.perf_counter()
+            entry = build(r["recipe"], data, path, min_asr, min_acc)
+            how = f"built in {time.perf_counter() - start:.0f}s"
+        gap = 100 * abs(float(entry["clean_accuracy"]) - r["clean_accuracy"])
+        note = "" if gap <= 0.5 else f"  ** differs from the record ({100 * r['clean_accuracy']:.2f}%)"
+        print(f"{r['id']}: {how}, acc={100 * entry['clean_accuracy']:.2f}%{note}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=("mnist", "gtsrb"), default="mnist")
@@ -270,6 +292,9 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="only the first N models of the run order")
     ap.add_argument("--build-only", action="store_true", help="train and cache, no scans")
     ap.add_argument("--scan-only", action="store_true", help="scan cached models only, build nothing")
+    ap.add_argument("--rebuild-kept", choices=("all", "clean", "badnets"), default=None,
+                    help="train and cache only the models the results file records as kept (of this kind), "
+                         "checking that each comes back with its recorded clean accuracy; no scans")
     ap.add_argument("--min-asr", type=float, default=0.90)
     ap.add_argument("--min-accuracy", type=float, default=None, help="default: MNIST 0.95, GTSRB 0.85")
     ap.add_argument("--scan-seed", type=int, default=0)
@@ -285,15 +310,18 @@ def main() -> None:
     n_infected = args.infected if args.infected is not None else DEFAULT_SIZES[args.dataset][1]
     out = args.out or ROOT / "results" / f"population_{args.dataset}.jsonl"
     models = args.models_dir / args.dataset
+    min_acc = args.min_accuracy if args.min_accuracy is not None else SPACE[args.dataset]["min_accuracy"]
     done = read_done(out)
     data = load_dataset(args.dataset)
+    if args.rebuild_kept:
+        rebuild_kept(done, args.rebuild_kept, data, models, args.min_asr, min_acc)
+        return
     meta = {"machine": platform.platform(), "torch": str(torch.__version__), "threads": torch.get_num_threads()}
     print(f"population {args.dataset}: {n_clean} clean + {n_infected} kept infected; {len(done)} models already in "
           f"{out}; models cached in {models}", flush=True)
     status: dict[str, bool | None] = {}
     counts = {"built": 0, "scanned": 0, "dropped": 0, "skipped": 0}
     t0 = time.perf_counter()
-    min_acc = args.min_accuracy if args.min_accuracy is not None else SPACE[args.dataset]["min_accuracy"]
     for position, (kind, index) in enumerate(plan(n_clean, n_infected,
                                                   lambda k, i: status.get(model_id(args.dataset, k, i)))):
         if args.limit is not None and position >= args.limit:

@@ -8,9 +8,10 @@ index (seed 0, as recorded there) lies in (1.2, 4.0), the model is scanned again
 (`NeuralCleanse("fast", seed=s, restarts=0)`, one scan each), and the norms of all three seeds are
 written to benchmarks/results/population_<dataset>_restarts.jsonl (one line per model, as it goes;
 a restart of the script skips what is there). The report then applies the scan's restart rule
-offline: a model whose seed-0 index lies within `band` of the threshold is judged by each label's
-geometric-mean norm over the three seeds. The band and the way of combining (geometric mean or
-median) are chosen on the tune split; the test split is reported as it falls.
+offline: a model whose seed-0 index lies within `band` of the threshold is judged again from the three
+seeds: each label's geometric-mean norm (the rule of 0.3-0.4), each label's median norm, or the seed
+whose index is the median (the rule from 0.5). The band and the combination are chosen on the tune
+split; the test split is reported as it falls.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from neuralcleanse.detection.rules import DEFAULT_RULE, get_rule  # noqa: E402
 ROOT = Path(__file__).resolve().parent
 SEEDS = (1, 2)
 BANDS = (0.5, 0.75, 1.0)
+COMBINE = ("geometric mean", "median", "median seed")  # of norms, of norms, of the seeds' indices
 
 
 def index_and_min(norms) -> tuple[float, int]:
@@ -65,8 +67,12 @@ def evaluate(rows: list[dict], again: dict[str, dict], threshold: float, band: f
         index, low = index_and_min(r["scan"]["l1_norms"])
         if band is not None and abs(index - threshold) < band and r["id"] in again:
             runs = np.asarray([np.asarray(v) for v in again[r["id"]]["norms"].values()])
-            merged = np.exp(np.log(runs).mean(0)) if combine == "geometric mean" else np.median(runs, 0)
-            index, low = index_and_min(merged)
+            if combine == "median seed":  # the scan's rule from 0.5: the seed whose index is the median
+                per_seed = sorted(index_and_min(norms) for norms in runs)
+                index, low = per_seed[(len(per_seed) - 1) // 2]
+            else:
+                merged = np.exp(np.log(runs).mean(0)) if combine == "geometric mean" else np.median(runs, 0)
+                index, low = index_and_min(merged)
         scores[r["id"]] = index
         hits[r["id"]] = index > threshold and low == r["true_target"]
     bad = [r for r in rows if r["true_target"] is not None]
@@ -80,7 +86,7 @@ def report(dataset: str, rows: list[dict], again: dict[str, dict]) -> str:
     threshold = get_rule(DEFAULT_RULE).threshold_for(len(rows[0]["scan"]["l1_norms"]))
     lines = [f"Default rule `{DEFAULT_RULE}` at {threshold:.3f}; restarts: seeds 1 and 2 for models within the band.",
              "", "| restarts | band | combine | split | AUROC | target flagged | false alarms |", "|---|---|---|---|---|---|---|"]
-    for band, combine in [(None, "-")] + [(b, c) for b in BANDS for c in ("geometric mean", "median")]:
+    for band, combine in [(None, "-")] + [(b, c) for b in BANDS for c in COMBINE]:
         for split in ("tune", "test"):
             e = evaluate([r for r in rows if r["split"] == split], again, threshold, band, combine)
             lines.append(f"| {'no' if band is None else 'yes'} | {band if band is not None else '-'} | {combine} | "

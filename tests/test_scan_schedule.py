@@ -7,6 +7,7 @@ from statistics import NormalDist
 
 import numpy as np
 import pytest
+import torch
 
 from neuralcleanse.data.dataset import ImageDataset
 from neuralcleanse.detection import NeuralCleanse
@@ -170,20 +171,29 @@ def test_count_aware_threshold_grows_with_the_labels() -> None:
     assert not rule.outliers(norms, list(range(1000))).flagged
 
 
-def test_restarts_near_the_threshold_judge_geometric_means(infected, data) -> None:
+def test_restarts_near_the_threshold_take_the_median_seed(infected, data) -> None:
     model, _ = infected
     kw = dict(samples=240, progress=False, max_steps=30, block_size=2)
     # A band wide enough that any index counts as near the threshold.
     result = NeuralCleanse("fast", restarts=2, restart_band=1e9, **kw).scan(model, data.test)
-    runs = [NeuralCleanse("fast", seed=s, restarts=0, **kw).scan(model, data.test).l1_norms for s in (0, 1, 2)]
+    runs = [NeuralCleanse("fast", seed=s, restarts=0, **kw).scan(model, data.test) for s in (0, 1, 2)]
     info = result.settings["restarts"]
-    assert info["seeds"] == [0, 1, 2] and np.allclose(info["l1_norms"], runs, atol=1e-5)
-    assert result.l1_norms == pytest.approx(list(np.exp(np.log(np.asarray(runs)).mean(0))))
-    # The verdict follows from the combined norms, and survives the report's round trip.
+    assert info["seeds"] == [0, 1, 2] and np.allclose(info["l1_norms"], [r.l1_norms for r in runs], atol=1e-5)
+    indices = [r.anomaly_index for r in runs]
+    assert info["anomaly_indices"] == pytest.approx(indices)
+    # The result is the seed whose index is the median, whole: norms, masks and verdict.
+    pick = int(np.argsort(indices)[1])
+    chosen = runs[pick]
+    assert result.anomaly_index == pytest.approx(sorted(indices)[1])
+    assert result.l1_norms == pytest.approx(chosen.l1_norms, abs=1e-5)
+    assert torch.allclose(result.masks, chosen.masks, atol=1e-5)
+    assert info["chosen_seed"] == pick and result.flagged == chosen.flagged
+    assert result.settings["seed"] == 0  # the seed the user asked for, so the command repeats
+    # The verdict survives the report's round trip.
     again = ScanResult.from_dict(result.to_dict(), result.masks, result.patterns)
     assert again.flagged == result.flagged and again.anomaly_index == pytest.approx(result.anomaly_index)
     # Far from the threshold (band 0) nothing is scanned again.
     single = NeuralCleanse("fast", restarts=2, restart_band=0.0, **kw).scan(model, data.test)
-    assert "restarts" not in single.settings and single.l1_norms == pytest.approx(runs[0])
+    assert "restarts" not in single.settings and single.l1_norms == pytest.approx(runs[0].l1_norms)
     with pytest.raises(InputError, match="restarts"):
         NeuralCleanse(restarts=-1)

@@ -40,7 +40,7 @@ from neuralcleanse.errors import InputError
                    "reference; auto picks it from 200 labels on (docs/scale.md).")
 @click.option("--restarts", type=click.IntRange(min=0), default=2, show_default=True,
               help="When the anomaly index lies within 1 of the threshold, scan again with this many more seeds "
-                   "and judge the labels' geometric-mean norms (0: never).")
+                   "and report the seed whose index is the median (0: never).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Split the labels across this many local processes (one model, merged into one result).")
 @click.option("--ray", "ray_address", default=None, metavar="auto|ADDRESS",
