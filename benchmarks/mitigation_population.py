@@ -37,6 +37,7 @@ from neuralcleanse import NeuralCleanse, load_dataset  # noqa: E402
 from neuralcleanse.data.dataset import DatasetSplits  # noqa: E402
 from neuralcleanse.mitigation import Backdoor, mitigate  # noqa: E402
 from neuralcleanse.mitigation.verify import REMOVED  # noqa: E402
+from neuralcleanse.mitigation.unlearning import ACCURACY_TOLERANCE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ("sized", "paper")
@@ -55,12 +56,14 @@ def model_of(row: dict, dataset: str):
     return classifier(net, entry["recipe"]).eval(), entry["recipe"]
 
 
-def recipe_label(recipe_name: str, rounds: int = 1, min_rounds: int = 1) -> str:
-    return recipe_name + (f"+rounds{rounds}" if rounds > 1 else "") + (f"+min{min_rounds}" if min_rounds > 1 else "")
+def recipe_label(recipe_name: str, rounds: int = 1, min_rounds: int = 1, tolerance: float = ACCURACY_TOLERANCE) -> str:
+    return (recipe_name + (f"+rounds{rounds}" if rounds > 1 else "") + (f"+min{min_rounds}" if min_rounds > 1 else "")
+            + (f"+tol{tolerance:g}" if tolerance != ACCURACY_TOLERANCE else ""))
 
 
 def run_one(row: dict, dataset: str, size: int, recipe_name: str, test, method: str = "unlearn",
-            rounds: int = 1, min_rounds: int = 1) -> dict:
+            rounds: int = 1, min_rounds: int = 1, tolerance: float = ACCURACY_TOLERANCE,
+            top_fraction: float = 0.01, standardise: bool = False) -> dict:
     model, recipe = model_of(row, dataset)
     user = test.random_sample(size, seed=1000 + size)
     real = [Backdoor(recipe["attack"]["target"], trigger_of(recipe))]
@@ -68,14 +71,16 @@ def run_one(row: dict, dataset: str, size: int, recipe_name: str, test, method: 
     scan = NeuralCleanse("fast", progress=False, seed=0).scan(model, user)
     out = mitigate(model, scan, DatasetSplits(user, user), method, labels=[real[0].target], real=real,
                    recipe=recipe_name if method == "unlearn" else "sized", baselines=False, rounds=rounds,
-                   min_rounds=min_rounds)
+                   min_rounds=min_rounds, accuracy_tolerance=tolerance, top_fraction=top_fraction,
+                   standardise=standardise)
     extra = {}
     if out.filter_rates is not None:
         extra = {"filter_fpr": out.filter_rates.false_positive_rate, "filter_fnr_real": out.filter_rates.false_negative_rate}
     if out.pruning is not None:
         extra = {"pruned_fraction": out.pruning.fraction, "prune_reached": out.pruning.reached}
     return {"id": row["id"], "split": row["split"], "arch": recipe["arch"], "output": recipe["output"],
-            "method": method, "size": size, "recipe": recipe_label(recipe_name, rounds, min_rounds), **extra,
+            "method": method, "size": size, "recipe": recipe_label(recipe_name, rounds, min_rounds, tolerance), **extra,
+            "lr_search": out.details.get("unlearning", {}).get("lr_search"),
             "rounds_run": out.settings.get("rounds"), "target_flagged_by_scan": real[0].target in scan.flagged,
             "real_before": out.before.worst_attack_success, "real_after": out.after.worst_attack_success,
             "clean_before": out.before.clean_accuracy, "clean_after": out.after.clean_accuracy,
@@ -115,6 +120,8 @@ def main() -> None:
     ap.add_argument("--split", default="test", choices=("tune", "test", "all"))
     ap.add_argument("--sizes", default="1000")
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--shard", default="0/1", metavar="I/N",
+                    help="only every N-th model from the I-th: N processes share one results file")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--recipes", default=",".join(RECIPES))
     ap.add_argument("--method", default="unlearn", choices=("unlearn", "filter", "prune"))
@@ -122,21 +129,30 @@ def main() -> None:
     ap.add_argument("--summary", action="store_true", help="only print the table of what is recorded")
     ap.add_argument("--rounds", type=int, default=1, help="unlearn: up to this many rounds, rescanning between them")
     ap.add_argument("--min-rounds", type=int, default=1, help="unlearn: rounds run whatever the rescan finds")
+    ap.add_argument("--top-fraction", type=float, default=0.01,
+                    help="filter, prune: the share of the layer's units the reversed trigger excites most")
+    ap.add_argument("--standardise", action="store_true", help="filter: z-scored units (InputFilter)")
+    ap.add_argument("--tolerance", type=float, default=ACCURACY_TOLERANCE,
+                    help="unlearn: clean accuracy the learning-rate search may give up")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     name = (f"unlearning_population_{args.dataset}{args.tag}" if args.method == "unlearn"
             else f"mitigation_population_{args.dataset}_{args.method}{args.tag}")
     path = ROOT / "benchmarks" / "results" / f"{name}.jsonl"
-    recipes = args.recipes.split(",") if args.method == "unlearn" else ["default"]
+    recipes = (args.recipes.split(",") if args.method == "unlearn"
+               else [("default" if args.top_fraction == 0.01 else f"top{args.top_fraction:g}")
+                     + ("+z" if args.standardise else "")])
     if not args.summary:
         done = {(r["id"], r["size"], r["recipe"]) for r in map(json.loads, path.open())} if path.exists() else set()
         test = load_dataset(args.dataset).test
-        for row in population(args.dataset, args.split)[: args.limit]:
+        part, parts = (int(v) for v in args.shard.split("/"))
+        for row in population(args.dataset, args.split)[: args.limit][part::parts]:
             for size in (int(v) for v in args.sizes.split(",")):
                 for recipe in recipes:
-                    if (row["id"], size, recipe_label(recipe, args.rounds, args.min_rounds)) in done:
+                    if (row["id"], size, recipe_label(recipe, args.rounds, args.min_rounds, args.tolerance)) in done:
                         continue
-                    line = run_one(row, args.dataset, size, recipe, test, args.method, args.rounds, args.min_rounds)
+                    line = run_one(row, args.dataset, size, recipe, test, args.method, args.rounds, args.min_rounds,
+                                   args.tolerance, args.top_fraction, args.standardise)
                     with path.open("a") as f:
                         f.write(json.dumps(line) + "\n")
                     print(f"{line['id']} N={size} {recipe:5s} real {line['real_before']:.0%} -> {line['real_after']:.0%}"

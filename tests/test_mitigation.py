@@ -80,18 +80,37 @@ def test_filter_false_positive_rate_holds_on_held_out_data(infected, data, rever
     assert rates.triggered_scores.mean() > rates.clean_scores.mean()
 
 
-def test_filtered_classifier_abstains_on_triggered_inputs(infected, data, reversed_, held_out, trigger) -> None:
+@pytest.mark.parametrize("standardise", [False, True])
+def test_filtered_classifier_abstains_on_triggered_inputs(infected, data, reversed_, held_out, trigger,
+                                                          standardise) -> None:
     model, _ = infected
-    filt = InputFilter(top_fraction=0.1).fit(model, reversed_, data.train)
+    filt = InputFilter(top_fraction=0.1, standardise=standardise).fit(model, reversed_, data.train)
     wrapped = filt.apply()
     x = trigger.apply(held_out.x[held_out.y != TARGET][:100])
     logits, flagged = wrapped(x)
     assert logits.shape == (100, K) and flagged.dtype == torch.bool
+    assert torch.equal(flagged, filt.flag(x))  # the guard for inference code scores as the filter does
     preds = wrapped.predict(x)
     assert torch.equal(preds == -1, flagged)
     assert float(flagged.float().mean()) > 0.7
     again = FilteredClassifier.from_dict(model, filt.to_dict())
     assert torch.equal(again.predict(x), preds)
+
+
+def test_standardised_filter_scores_z_values(infected, data, reversed_, held_out) -> None:
+    model, _ = infected
+    filt = InputFilter(top_fraction=0.1, false_positive_rate=0.1, standardise=True).fit(model, reversed_, data.train)
+    profile = filt.profile_
+    rise = profile.difference / profile.clean_scale
+    # The units kept are those the trigger raises most in units of their clean spread ...
+    kth = float(rise.sort(descending=True).values[len(filt.units_) - 1])
+    assert float(rise[filt.units_].min()) >= kth - 1e-6
+    # ... and clean inputs of the fitting data score about 0 on average (z-scores).
+    assert abs(float(filt.score(data.train.x).mean())) < 1e-3
+    rates = filt.rates(held_out, known_backdoors(model.info.metadata))
+    assert abs(rates.false_positive_rate - 0.1) < 0.05 and rates.false_negative_rate < 0.3
+    # A unit silent on clean inputs must not divide by zero.
+    assert torch.isfinite(profile.clean_scale).all() and float(profile.clean_scale.min()) > 0
 
 
 def test_pruning_lowers_attack_success_and_survives_a_checkpoint(infected, data, reversed_, held_out, tmp_path) -> None:
@@ -146,6 +165,13 @@ def test_unlearning_rate_paper_uses_training_rate_sized_searches(infected, data,
     searched = Unlearner(steps=40, search_steps=20).fit(foreign, reversed_, data.train).unlearning_
     assert [r["lr"] for r in searched.lr_search] == [1e-4, 3e-4, 1e-3, 3e-3] and searched.lr in (1e-4, 3e-4, 1e-3, 3e-3)
     assert all(0 <= r["reversed_success"] <= 1 and 0 <= r["clean_accuracy"] <= 1 for r in searched.lr_search)
+    # A tolerance that keeps every rate: the pick is the lowest reversed success, ties to the larger rate.
+    loose = Unlearner(steps=40, search_steps=20, accuracy_tolerance=0.99).fit(foreign, reversed_, data.train).unlearning_
+    assert loose.lr_search == searched.lr_search  # the same short runs; only the choice differs
+    assert loose.lr == min(loose.lr_search, key=lambda r: (round(r["reversed_success"], 2), -r["lr"]))["lr"]
+    for bad in (-0.1, 1.0):
+        with pytest.raises(InputError, match="accuracy_tolerance"):
+            Unlearner(accuracy_tolerance=bad)
 
 
 def test_mitigate_runner_measures_before_and_after(infected, data, scan) -> None:

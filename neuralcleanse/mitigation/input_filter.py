@@ -33,6 +33,9 @@ class InputFilter(Mitigation):
     """Scores an input by the mean activation of the `top_fraction` of units the reversed trigger
     excites most, and flags it when the score exceeds a threshold set on clean data for the
     chosen `false_positive_rate` (the paper: top 1% of the second-to-last layer, 5% FPR).
+    `standardise=True` ranks units by the trigger's rise in units of their spread on clean inputs and
+    scores by the mean of those z-scores: a unit that varies a lot on clean images is weak evidence
+    however much the trigger moves it.
 
     >>> filt = InputFilter().fit(model, backdoors, clean)
     >>> guarded = filt.apply()       # a FilteredClassifier: (logits, flagged) per input
@@ -42,7 +45,7 @@ class InputFilter(Mitigation):
 
     def __init__(self, top_fraction: float = 0.01, false_positive_rate: float = 0.05,
                  layer: FeatureLayer | str | None = None, batch_size: int = 256,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", standardise: bool = False) -> None:
         refuse_model_argument("InputFilter", top_fraction, "InputFilter(...).fit(model, backdoors, clean_data)")
         check_fractions(top_fraction=top_fraction)
         check_fractions(include_one=False, false_positive_rate=false_positive_rate)
@@ -51,6 +54,9 @@ class InputFilter(Mitigation):
         self.layer = layer
         self.batch_size = batch_size
         self.device = device
+        self.standardise = standardise
+        self.offset_: torch.Tensor | None = None
+        self.scale_: torch.Tensor | None = None
         self.profile_: ActivationProfile | None = None
         self.units_: torch.Tensor | None = None
         self.threshold_: float | None = None
@@ -58,7 +64,12 @@ class InputFilter(Mitigation):
     def fit(self, model: nn.Module, backdoors: Sequence[Backdoor], data: ImageDataset) -> "InputFilter":
         self._remember(model, backdoors)
         self.profile_ = profile_activations(model, data, backdoors, self.layer, self.batch_size, self.device)
-        self.units_ = self.profile_.top_units(self.top_fraction)
+        self.units_ = self.profile_.top_units(self.top_fraction, self.standardise)
+        if self.standardise:
+            self.offset_ = self.profile_.clean_mean[self.units_]
+            self.scale_ = self.profile_.clean_scale[self.units_]
+        else:
+            self.offset_, self.scale_ = torch.zeros(len(self.units_)), torch.ones(len(self.units_))
         scores = self._scores(model, data.x)
         # Flag strictly above the (1 - FPR) quantile of clean scores.
         self.threshold_ = float(torch.quantile(scores.double(), 1.0 - self.false_positive_rate))
@@ -72,7 +83,7 @@ class InputFilter(Mitigation):
     def _scores(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         layer = self.profile_.layer if self.profile_ else None
         acts = unit_activations(model, x, layer, self.batch_size, self.device)
-        return acts[:, self.units_].mean(1)
+        return ((acts[:, self.units_] - self.offset_) / self.scale_).mean(1)
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         self._fitted()
@@ -93,7 +104,8 @@ class InputFilter(Mitigation):
     def apply(self, model: nn.Module | None = None) -> "FilteredClassifier":
         """The fitted model (or `model`, e.g. the same weights elsewhere) behind the filter."""
         layer, units, threshold = self._fitted()
-        return FilteredClassifier(self.source_model_ if model is None else model, layer, units, threshold)
+        return FilteredClassifier(self.source_model_ if model is None else model, layer, units, threshold,
+                                  self.offset_, self.scale_)
 
     def measure_after(self, data: ImageDataset, backdoors: Sequence[Backdoor]) -> Measurement:
         """A flagged input counts as stopped: clean accuracy = correct and not flagged, attack
@@ -111,24 +123,30 @@ class InputFilter(Mitigation):
     def to_dict(self) -> dict[str, Any]:
         layer, units, threshold = self._fitted()
         return {"layer": layer.to_dict(), "units": [int(u) for u in units], "threshold": threshold,
-                "top_fraction": self.top_fraction, "false_positive_rate": self.false_positive_rate}
+                "top_fraction": self.top_fraction, "false_positive_rate": self.false_positive_rate,
+                "standardise": self.standardise,
+                **({"offset": self.offset_.tolist(), "scale": self.scale_.tolist()} if self.standardise else {})}
 
 
 class FilteredClassifier(nn.Module):
     """The model plus the filter, for inference code: `forward` returns (logits, flagged);
     `predict` returns labels with `abstain` (default -1) for flagged inputs."""
 
-    def __init__(self, model: nn.Module, layer: FeatureLayer, units: torch.Tensor | list[int], threshold: float) -> None:
+    def __init__(self, model: nn.Module, layer: FeatureLayer, units: torch.Tensor | list[int], threshold: float,
+                 offset: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> None:
         super().__init__()
         self.model = model
         self.layer = layer
         self.register_buffer("units", torch.as_tensor(units, dtype=torch.long))
+        n = len(self.units)
+        self.register_buffer("offset", torch.zeros(n) if offset is None else torch.as_tensor(offset).float())
+        self.register_buffer("scale", torch.ones(n) if scale is None else torch.as_tensor(scale).float())
         self.threshold = float(threshold)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with capture_units(self.model, self.layer) as seen:
             logits = self.model(x)
-        score = seen[-1][:, self.units].mean(1)
+        score = ((seen[-1][:, self.units] - self.offset) / self.scale).mean(1)
         return logits, score > self.threshold
 
     @torch.no_grad()
@@ -148,4 +166,6 @@ class FilteredClassifier(nn.Module):
 
     @classmethod
     def from_dict(cls, model: nn.Module, d: dict[str, Any]) -> "FilteredClassifier":
-        return cls(model, FeatureLayer.from_dict(d["layer"]), d["units"], d["threshold"])
+        # Filters saved before `standardise` existed carry no offset or scale: plain means.
+        return cls(model, FeatureLayer.from_dict(d["layer"]), d["units"], d["threshold"],
+                   d.get("offset"), d.get("scale"))

@@ -16,11 +16,24 @@ from neuralcleanse.models.layers import FeatureLayer, capture_units, resolve_lay
 @dataclass
 class ActivationProfile:
     """Mean unit values on clean inputs and on the same inputs carrying the reversed trigger(s);
-    `ranking` orders units by how much the trigger raises them, most first."""
+    `ranking` orders units by how much the trigger raises them, most first; `standardised_ranking`
+    by that rise in units of the unit's spread on clean inputs."""
 
     layer: FeatureLayer
     clean_mean: torch.Tensor
     triggered_mean: torch.Tensor
+    clean_std: torch.Tensor | None = None
+
+    @property
+    def clean_scale(self) -> torch.Tensor:
+        """The clean spread, floored: a unit silent on clean inputs would otherwise divide by zero
+        (it stays the strongest evidence, just finite)."""
+        std = self.clean_std if self.clean_std is not None else torch.ones_like(self.clean_mean)
+        return std.clamp_min(1e-3 * float(std.max()) + 1e-8)
+
+    @property
+    def standardised_ranking(self) -> torch.Tensor:
+        return torch.argsort(self.difference / self.clean_scale, descending=True, stable=True)
 
     @property
     def difference(self) -> torch.Tensor:
@@ -34,11 +47,12 @@ class ActivationProfile:
     def num_units(self) -> int:
         return int(self.clean_mean.numel())
 
-    def top_units(self, fraction: float) -> torch.Tensor:
+    def top_units(self, fraction: float, standardised: bool = False) -> torch.Tensor:
         """The top `fraction` of ranked units, at least one."""
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"the fraction of units must lie in (0, 1], got {fraction}")
-        return self.ranking[: max(1, int(round(fraction * self.num_units)))]
+        ranking = self.standardised_ranking if standardised else self.ranking
+        return ranking[: max(1, int(round(fraction * self.num_units)))]
 
     def to_dict(self, top: int = 20) -> dict[str, Any]:
         r = self.ranking[:top]
@@ -75,4 +89,4 @@ def profile_activations(model: nn.Module, clean: ImageDataset, backdoors: Sequen
         layer = resolve_layer(model, layer)
     clean_acts = unit_activations(model, clean.x, layer, batch_size, device)
     trig_acts = unit_activations(model, triggered_inputs(clean, backdoors), layer, batch_size, device)
-    return ActivationProfile(layer, clean_acts.mean(0), trig_acts.mean(0))
+    return ActivationProfile(layer, clean_acts.mean(0), trig_acts.mean(0), clean_acts.std(0, correction=0))

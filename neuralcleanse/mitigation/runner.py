@@ -16,7 +16,7 @@ from neuralcleanse.models.classifier import clone_model
 from neuralcleanse.mitigation.backdoors import Backdoor, Measurement, reversed_backdoors
 from neuralcleanse.mitigation.input_filter import FilterRates, InputFilter
 from neuralcleanse.mitigation.pruning import NeuronPruner, PruningResult
-from neuralcleanse.mitigation.unlearning import RECIPES, Unlearner, training_lr
+from neuralcleanse.mitigation.unlearning import ACCURACY_TOLERANCE, RECIPES, Unlearner, training_lr
 from neuralcleanse.mitigation.verify import FILTERED, PRUNED_UNSEEN, Rescan, rescan
 
 METHODS = ("filter", "prune", "unlearn")
@@ -91,20 +91,22 @@ def split_for_mitigation(data: DatasetSplits, seed: int = 0) -> tuple[ImageDatas
 
 def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: str, *,
              labels: Sequence[int] | None = None, real: Sequence[Backdoor] = (), layer: str | None = None,
-             top_fraction: float = 0.01, false_positive_rate: float = 0.05,
+             top_fraction: float = 0.01, false_positive_rate: float = 0.05, standardise: bool = False,
              prune_step: float = 0.02, stop_success: float = 0.05, max_fraction: float = 1.0,
              steps: int = 300, epochs: int | None = None, trigger_share: float = 0.2, data_fraction: float = 1.0,
              lr: float | None = None, jitter: int | None = None, recipe: str = "sized",
              baselines: bool = True, tune_samples: int = 2000, curve_samples: int = 2000, seed: int = 0,
              verify: bool = True, verify_others: int = 10, rounds: int = 3, min_rounds: int | None = None,
-             device: torch.device | str = "cpu", progress: bool = False) -> MitigationOutcome:
+             accuracy_tolerance: float = ACCURACY_TOLERANCE, device: torch.device | str = "cpu", progress: bool = False) -> MitigationOutcome:
     """Runs `method` with the reversed triggers of the scan's flagged labels (or `labels`).
 
-    `real` (the true triggers, when known) is used only to measure. `verify`: scan the patched
+    `real` (the true triggers, when known) is used only to measure. `top_fraction`, `false_positive_rate`,
+    `standardise`: the filter's (InputFilter). `verify`: scan the patched
     model's treated labels again, beside `verify_others` more, and say no backdoor is found only when
     none of them is flagged any more (neuralcleanse.mitigation.verify). `rounds` (unlearning, sized
     recipe): up to this many rounds, rescanning on the tuning data between them, the first `min_rounds`
-    of them (default: 2, or `rounds` if fewer) whatever the rescan finds (Unlearner). Raises NothingToMitigate
+    of them (default: 2, or `rounds` if fewer) whatever the rescan finds (Unlearner); `accuracy_tolerance`:
+    the clean accuracy its learning-rate search may give up (Unlearner). Raises NothingToMitigate
     when the scan flagged nothing and no labels were named: nothing is changed then.
     """
     if method not in METHODS:
@@ -130,9 +132,10 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
     details: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     if method == "filter":
-        mitigation = InputFilter(top_fraction, false_positive_rate, layer, device=device).fit(model, backdoors, fit_set)
+        mitigation = InputFilter(top_fraction, false_positive_rate, layer, device=device,
+                                 standardise=standardise).fit(model, backdoors, fit_set)
         rates = mitigation.rates(held_out, judge)
-        settings.update(top_fraction=top_fraction, false_positive_rate=false_positive_rate,
+        settings.update(top_fraction=top_fraction, false_positive_rate=false_positive_rate, standardise=standardise,
                         layer=mitigation.profile_.layer.to_dict())
         # The model itself is unchanged; its copy carries the filter's settings into the checkpoint.
         patched = clone_model(model)
@@ -163,7 +166,7 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
             if recipe == "paper":
                 return Unlearner.paper(model, lr=lr, epochs=epochs or 1, data_fraction=data_fraction, **common)
             return Unlearner(steps, data_fraction=data_fraction, lr=lr, jitter=jitter, epochs=epochs, rounds=rounds,
-                             min_rounds=min_rounds, **common)
+                             min_rounds=min_rounds, accuracy_tolerance=accuracy_tolerance, **common)
 
         def recheck(patched: torch.nn.Module, every: bool) -> tuple[list, dict]:
             # On the tuning data: the held-out part stays unseen for the measurements and the final rescan.
@@ -174,7 +177,7 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
         settings.update(recipe=recipe, steps=steps if recipe == "sized" and epochs is None else None,
                         epochs=mitigation.unlearning_.epochs, jitter=jitter if recipe == "sized" else 0,
                         trigger_share=trigger_share, data_fraction=data_fraction,
-                        lr=mitigation.unlearning_.lr, min_rounds=min_rounds if recipe == "sized" else 1,
+                        lr=mitigation.unlearning_.lr, accuracy_tolerance=accuracy_tolerance, min_rounds=min_rounds if recipe == "sized" else 1,
                         rounds=1 + sum(bool(r["triggers_added"])
                                                                       for r in mitigation.unlearning_.rounds),
                         lr_source="given" if lr else ("searched" if recipe == "sized" else

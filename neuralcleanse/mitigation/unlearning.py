@@ -24,6 +24,7 @@ from neuralcleanse.models.layers import reapply_pruning
 FALLBACK_LR = 1e-3
 # Tried in a short run each when no rate is given: a model's own training rate is usually unknown.
 LR_CANDIDATES = (1e-4, 3e-4, 1e-3, 3e-3)
+ACCURACY_TOLERANCE = 0.01  # clean accuracy a searched rate may give up on the held-back fifth
 RECIPES = ("sized", "paper")
 
 
@@ -118,7 +119,8 @@ class Unlearner(Mitigation):
     def __init__(self, steps: int | None = 300, trigger_share: float = 0.2, data_fraction: float = 1.0,
                  lr: float | None = None, batch_size: int = 64, jitter: int | None = None, epochs: int | None = None,
                  search_steps: int = 60, seed: int = 0, device: torch.device | str = "cpu",
-                 progress: bool = False, rounds: int = 1, min_rounds: int = 1) -> None:
+                 progress: bool = False, rounds: int = 1, min_rounds: int = 1,
+                 accuracy_tolerance: float = ACCURACY_TOLERANCE) -> None:
         refuse_model_argument("Unlearner", steps, "Unlearner(...).fit(model, backdoors, clean_data)")
         if epochs is not None and epochs < 1:
             raise InputError(f"epochs must be at least 1, got {epochs}")
@@ -133,8 +135,11 @@ class Unlearner(Mitigation):
             raise InputError(f"rounds must be a whole number of at least 1, got {rounds!r}")
         if not isinstance(min_rounds, int) or not 1 <= min_rounds <= rounds:
             raise InputError(f"min_rounds must be a whole number from 1 to rounds ({rounds}), got {min_rounds!r}")
+        if not 0 <= accuracy_tolerance < 1:
+            raise InputError(f"accuracy_tolerance must lie in [0, 1), got {accuracy_tolerance!r}")
         self.rounds = rounds
         self.min_rounds = min_rounds
+        self.accuracy_tolerance = accuracy_tolerance
         self.steps = steps
         self.epochs = epochs
         self.trigger_share = trigger_share
@@ -218,8 +223,8 @@ class Unlearner(Mitigation):
     def _search_lr(self, model: nn.Module, backdoors: Sequence[Backdoor] | None, data: ImageDataset,
                    record: list[dict[str, float]]) -> float:
         """Short runs at each candidate rate on 4/5 of `data`, scored on the other fifth: the lowest
-        worst reversed-trigger success among rates that keep clean accuracy within a point of the
-        model's (ties: the larger rate); with no rate keeping it, the most accurate."""
+        worst reversed-trigger success among rates that keep clean accuracy within `accuracy_tolerance`
+        of the model's (ties: the larger rate); with no rate keeping it, the most accurate."""
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(self.seed + 17))
         cut = max(1, len(data) // 5)
         val, train = data.subset(order[:cut]), data.subset(order[cut:])
@@ -232,7 +237,7 @@ class Unlearner(Mitigation):
             acc = clean_accuracy(trial, val, device=self.device)
             rates = [attack_success_rate(trial, val, b.trigger, b.target, device=self.device) for b in backdoors or []]
             record.append({"lr": lr, "clean_accuracy": acc, "reversed_success": max(rates, default=0.0)})
-        keep = [r for r in record if r["clean_accuracy"] >= base - 0.01]
+        keep = [r for r in record if r["clean_accuracy"] >= base - self.accuracy_tolerance - 1e-9]
         if keep:
             # Ties (often several rates take the reversed trigger to 0%): the largest rate, since
             # the smallest one that beats the tool's own guess can leave the real trigger working
