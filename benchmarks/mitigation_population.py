@@ -56,14 +56,15 @@ def model_of(row: dict, dataset: str):
     return classifier(net, entry["recipe"]).eval(), entry["recipe"]
 
 
-def recipe_label(recipe_name: str, rounds: int = 1, min_rounds: int = 1, tolerance: float = ACCURACY_TOLERANCE) -> str:
+def recipe_label(recipe_name: str, rounds: int = 1, min_rounds: int = 1, tolerance: float = ACCURACY_TOLERANCE,
+                 freeze_norm: bool = False) -> str:
     return (recipe_name + (f"+rounds{rounds}" if rounds > 1 else "") + (f"+min{min_rounds}" if min_rounds > 1 else "")
-            + (f"+tol{tolerance:g}" if tolerance != ACCURACY_TOLERANCE else ""))
+            + (f"+tol{tolerance:g}" if tolerance != ACCURACY_TOLERANCE else "") + ("+frozennorm" if freeze_norm else ""))
 
 
 def run_one(row: dict, dataset: str, size: int, recipe_name: str, test, method: str = "unlearn",
             rounds: int = 1, min_rounds: int = 1, tolerance: float = ACCURACY_TOLERANCE,
-            top_fraction: float = 0.01, standardise: bool = False) -> dict:
+            top_fraction: float = 0.01, standardise: bool = False, freeze_norm: bool = False) -> dict:
     model, recipe = model_of(row, dataset)
     user = test.random_sample(size, seed=1000 + size)
     real = [Backdoor(recipe["attack"]["target"], trigger_of(recipe))]
@@ -72,14 +73,14 @@ def run_one(row: dict, dataset: str, size: int, recipe_name: str, test, method: 
     out = mitigate(model, scan, DatasetSplits(user, user), method, labels=[real[0].target], real=real,
                    recipe=recipe_name if method == "unlearn" else "sized", baselines=False, rounds=rounds,
                    min_rounds=min_rounds, accuracy_tolerance=tolerance, top_fraction=top_fraction,
-                   standardise=standardise)
+                   standardise=standardise, freeze_norm=freeze_norm)
     extra = {}
     if out.filter_rates is not None:
         extra = {"filter_fpr": out.filter_rates.false_positive_rate, "filter_fnr_real": out.filter_rates.false_negative_rate}
     if out.pruning is not None:
         extra = {"pruned_fraction": out.pruning.fraction, "prune_reached": out.pruning.reached}
     return {"id": row["id"], "split": row["split"], "arch": recipe["arch"], "output": recipe["output"],
-            "method": method, "size": size, "recipe": recipe_label(recipe_name, rounds, min_rounds, tolerance), **extra,
+            "method": method, "size": size, "recipe": recipe_label(recipe_name, rounds, min_rounds, tolerance, freeze_norm), **extra,
             "lr_search": out.details.get("unlearning", {}).get("lr_search"),
             "rounds_run": out.settings.get("rounds"), "target_flagged_by_scan": real[0].target in scan.flagged,
             "real_before": out.before.worst_attack_success, "real_after": out.after.worst_attack_success,
@@ -131,6 +132,8 @@ def main() -> None:
     ap.add_argument("--min-rounds", type=int, default=1, help="unlearn: rounds run whatever the rescan finds")
     ap.add_argument("--top-fraction", type=float, default=0.01,
                     help="filter, prune: the share of the layer's units the reversed trigger excites most")
+    ap.add_argument("--freeze-norm", action="store_true", help="unlearn: keep batch-norm statistics")
+    ap.add_argument("--arch", default=None, help="only models of this architecture (e.g. bn_gap)")
     ap.add_argument("--standardise", action="store_true", help="filter: z-scored units (InputFilter)")
     ap.add_argument("--tolerance", type=float, default=ACCURACY_TOLERANCE,
                     help="unlearn: clean accuracy the learning-rate search may give up")
@@ -146,13 +149,15 @@ def main() -> None:
         done = {(r["id"], r["size"], r["recipe"]) for r in map(json.loads, path.open())} if path.exists() else set()
         test = load_dataset(args.dataset).test
         part, parts = (int(v) for v in args.shard.split("/"))
-        for row in population(args.dataset, args.split)[: args.limit][part::parts]:
+        rows = [r for r in population(args.dataset, args.split) if args.arch in (None, r["recipe"]["arch"])]
+        for row in rows[: args.limit][part::parts]:
             for size in (int(v) for v in args.sizes.split(",")):
                 for recipe in recipes:
-                    if (row["id"], size, recipe_label(recipe, args.rounds, args.min_rounds, args.tolerance)) in done:
+                    if (row["id"], size, recipe_label(recipe, args.rounds, args.min_rounds, args.tolerance,
+                                                     args.freeze_norm)) in done:
                         continue
                     line = run_one(row, args.dataset, size, recipe, test, args.method, args.rounds, args.min_rounds,
-                                   args.tolerance, args.top_fraction, args.standardise)
+                                   args.tolerance, args.top_fraction, args.standardise, args.freeze_norm)
                     with path.open("a") as f:
                         f.write(json.dumps(line) + "\n")
                     print(f"{line['id']} N={size} {recipe:5s} real {line['real_before']:.0%} -> {line['real_after']:.0%}"

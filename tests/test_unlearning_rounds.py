@@ -110,3 +110,19 @@ def test_step_budget_draws_from_every_label_of_a_sorted_set() -> None:
     assert len(cycled) == 120
     counts = torch.unique(cycled.x.flatten(1).sum(1), return_counts=True)[1]
     assert len(counts) == 50 and counts.min() >= 2
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_freeze_norm_keeps_batch_norm_statistics(data, trigger, freeze) -> None:
+    torch.manual_seed(0)
+    channels = data.train.x.shape[1]
+    net = torch.nn.Sequential(torch.nn.Conv2d(channels, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(4 * SIDE * SIDE, int(data.train.y.max()) + 1)).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    patched = Unlearner(steps=5, lr=1e-2, freeze_norm=freeze).fit(net, [Backdoor(TARGET, trigger)], data.train).apply()
+    after = patched.state_dict()
+    assert not torch.equal(after["0.weight"], before["0.weight"])  # it trained either way
+    kept = torch.equal(after["1.running_mean"], before["1.running_mean"]) and \
+        torch.equal(after["1.running_var"], before["1.running_var"])
+    assert kept == freeze
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # the source is untouched

@@ -33,6 +33,9 @@ REAL_TRIGGER_FLAGS = {
               help="Feature layer for filter/prune (default: input of the last dense layer); see the error for names.")
 @click.option("--top-fraction", type=float, default=0.01, show_default=True, help="filter: share of top units scored.")
 @click.option("--fpr", type=float, default=0.05, show_default=True, help="filter: false-positive rate on clean data.")
+@click.option("--filter-score", type=click.Choice(["z", "mean"]), default="z", show_default=True,
+              help="filter: z = units ranked and scored in units of their clean spread (default since 0.5); "
+                   "mean = their plain mean activation, as published.")
 @click.option("--step", type=float, default=0.02, show_default=True, help="prune: share of the layer per step.")
 @click.option("--stop-success", type=float, default=0.05, show_default=True,
               help="prune: stop once the reversed trigger succeeds less often than this.")
@@ -76,7 +79,7 @@ REAL_TRIGGER_FLAGS = {
 @click.pass_context
 @guard(PREPROCESSING_FLAGS | REAL_TRIGGER_FLAGS)
 def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: str, method: str, out: str,
-             labels: str | None, layer: str | None, top_fraction: float, fpr: float, step: float,
+             labels: str | None, layer: str | None, top_fraction: float, fpr: float, filter_score: str, step: float,
              stop_success: float, max_fraction: float, recipe: str, steps: int, epochs: int | None,
              trigger_share: float, data_fraction: float | None,
              lr: float | None, rounds: int, min_rounds: int | None, baselines: bool, real_target: int | None, real_size: int | None, real_position: str,
@@ -122,7 +125,8 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
         try:
             outcome = run_mitigation(
                 model, scan_result, data, method, labels=parse_ints(labels) if labels else None, real=real,
-                layer=layer, top_fraction=top_fraction, false_positive_rate=fpr, prune_step=step,
+                layer=layer, top_fraction=top_fraction, false_positive_rate=fpr, standardise=filter_score == "z",
+                prune_step=step,
                 stop_success=stop_success, max_fraction=max_fraction, recipe=recipe, steps=steps, epochs=epochs,
                 trigger_share=trigger_share, data_fraction=data_fraction or (0.1 if recipe == "paper" else 1.0), lr=lr,
                 rounds=rounds, min_rounds=min_rounds, baselines=baselines, seed=seed, verify=verify, device=parse_device(device),

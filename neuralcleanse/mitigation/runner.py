@@ -97,7 +97,7 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
              lr: float | None = None, jitter: int | None = None, recipe: str = "sized",
              baselines: bool = True, tune_samples: int = 2000, curve_samples: int = 2000, seed: int = 0,
              verify: bool = True, verify_others: int = 10, rounds: int = 3, min_rounds: int | None = None,
-             accuracy_tolerance: float = ACCURACY_TOLERANCE, device: torch.device | str = "cpu", progress: bool = False) -> MitigationOutcome:
+             accuracy_tolerance: float = ACCURACY_TOLERANCE, freeze_norm: bool = False, device: torch.device | str = "cpu", progress: bool = False) -> MitigationOutcome:
     """Runs `method` with the reversed triggers of the scan's flagged labels (or `labels`).
 
     `real` (the true triggers, when known) is used only to measure. `top_fraction`, `false_positive_rate`,
@@ -106,7 +106,7 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
     none of them is flagged any more (neuralcleanse.mitigation.verify). `rounds` (unlearning, sized
     recipe): up to this many rounds, rescanning on the tuning data between them, the first `min_rounds`
     of them (default: 2, or `rounds` if fewer) whatever the rescan finds (Unlearner); `accuracy_tolerance`:
-    the clean accuracy its learning-rate search may give up (Unlearner). Raises NothingToMitigate
+    the clean accuracy its learning-rate search may give up; `freeze_norm`: batch-norm statistics kept (Unlearner). Raises NothingToMitigate
     when the scan flagged nothing and no labels were named: nothing is changed then.
     """
     if method not in METHODS:
@@ -166,7 +166,8 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
             if recipe == "paper":
                 return Unlearner.paper(model, lr=lr, epochs=epochs or 1, data_fraction=data_fraction, **common)
             return Unlearner(steps, data_fraction=data_fraction, lr=lr, jitter=jitter, epochs=epochs, rounds=rounds,
-                             min_rounds=min_rounds, accuracy_tolerance=accuracy_tolerance, **common)
+                             min_rounds=min_rounds, accuracy_tolerance=accuracy_tolerance, freeze_norm=freeze_norm,
+                             **common)
 
         def recheck(patched: torch.nn.Module, every: bool) -> tuple[list, dict]:
             # On the tuning data: the held-out part stays unseen for the measurements and the final rescan.
@@ -177,7 +178,8 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
         settings.update(recipe=recipe, steps=steps if recipe == "sized" and epochs is None else None,
                         epochs=mitigation.unlearning_.epochs, jitter=jitter if recipe == "sized" else 0,
                         trigger_share=trigger_share, data_fraction=data_fraction,
-                        lr=mitigation.unlearning_.lr, accuracy_tolerance=accuracy_tolerance, min_rounds=min_rounds if recipe == "sized" else 1,
+                        lr=mitigation.unlearning_.lr, accuracy_tolerance=accuracy_tolerance, freeze_norm=freeze_norm,
+                        min_rounds=min_rounds if recipe == "sized" else 1,
                         rounds=1 + sum(bool(r["triggers_added"])
                                                                       for r in mitigation.unlearning_.rounds),
                         lr_source="given" if lr else ("searched" if recipe == "sized" else

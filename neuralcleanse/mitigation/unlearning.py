@@ -24,6 +24,7 @@ from neuralcleanse.models.layers import reapply_pruning
 FALLBACK_LR = 1e-3
 # Tried in a short run each when no rate is given: a model's own training rate is usually unknown.
 LR_CANDIDATES = (1e-4, 3e-4, 1e-3, 3e-3)
+NORM_LAYERS = (nn.modules.batchnorm._BatchNorm,)
 ACCURACY_TOLERANCE = 0.01  # clean accuracy a searched rate may give up on the held-back fifth
 RECIPES = ("sized", "paper")
 
@@ -120,7 +121,7 @@ class Unlearner(Mitigation):
                  lr: float | None = None, batch_size: int = 64, jitter: int | None = None, epochs: int | None = None,
                  search_steps: int = 60, seed: int = 0, device: torch.device | str = "cpu",
                  progress: bool = False, rounds: int = 1, min_rounds: int = 1,
-                 accuracy_tolerance: float = ACCURACY_TOLERANCE) -> None:
+                 accuracy_tolerance: float = ACCURACY_TOLERANCE, freeze_norm: bool = False) -> None:
         refuse_model_argument("Unlearner", steps, "Unlearner(...).fit(model, backdoors, clean_data)")
         if epochs is not None and epochs < 1:
             raise InputError(f"epochs must be at least 1, got {epochs}")
@@ -140,6 +141,7 @@ class Unlearner(Mitigation):
         self.rounds = rounds
         self.min_rounds = min_rounds
         self.accuracy_tolerance = accuracy_tolerance
+        self.freeze_norm = freeze_norm
         self.steps = steps
         self.epochs = epochs
         self.trigger_share = trigger_share
@@ -210,8 +212,12 @@ class Unlearner(Mitigation):
             data = budget_subset(data, steps * self.batch_size, self.seed)
             epochs = 1
         patched = clone_model(model).requires_grad_(True)  # every layer is fine-tuned, whatever froze the source
+        # Frozen: normalisation layers keep the source's running statistics (batches a fifth stamped
+        # would otherwise pull them toward triggered inputs).
+        norms = [m for m in patched.modules() if isinstance(m, NORM_LAYERS)] if self.freeze_norm else []
         losses = train_classifier(patched, data, epochs=epochs, batch_size=self.batch_size, lr=lr, seed=self.seed,
-                                  device=self.device, progress=self.progress, desc="unlearn", augment=stamp)
+                                  device=self.device, progress=self.progress, desc="unlearn", augment=stamp,
+                                  keep_eval=norms)
         if not all(math.isfinite(v) for v in losses):
             raise InputError(f"unlearning diverged (loss {losses[-1]}) at lr {lr:g}; give a lower `lr`")
         # A pruned model's zeroed weights may have moved: zero them again, so the model measured
