@@ -64,7 +64,7 @@ def recipe_label(recipe_name: str, rounds: int = 1, min_rounds: int = 1, toleran
 
 def run_one(row: dict, dataset: str, size: int, recipe_name: str, test, method: str = "unlearn",
             rounds: int = 1, min_rounds: int = 1, tolerance: float = ACCURACY_TOLERANCE,
-            top_fraction: float = 0.01, standardise: bool = False, freeze_norm: bool = False) -> dict:
+            top_fraction: float = 0.01, standardise: bool = True, freeze_norm: bool = False) -> dict:
     model, recipe = model_of(row, dataset)
     user = test.random_sample(size, seed=1000 + size)
     real = [Backdoor(recipe["attack"]["target"], trigger_of(recipe))]
@@ -134,7 +134,8 @@ def main() -> None:
                     help="filter, prune: the share of the layer's units the reversed trigger excites most")
     ap.add_argument("--freeze-norm", action="store_true", help="unlearn: keep batch-norm statistics")
     ap.add_argument("--arch", default=None, help="only models of this architecture (e.g. bn_gap)")
-    ap.add_argument("--standardise", action="store_true", help="filter: z-scored units (InputFilter)")
+    ap.add_argument("--published-score", dest="standardise", action="store_false",
+                    help="filter: the published score (mean activation), not z-scored units (the default from 0.5)")
     ap.add_argument("--tolerance", type=float, default=ACCURACY_TOLERANCE,
                     help="unlearn: clean accuracy the learning-rate search may give up")
     args = ap.parse_args()
@@ -144,7 +145,7 @@ def main() -> None:
     path = ROOT / "benchmarks" / "results" / f"{name}.jsonl"
     recipes = (args.recipes.split(",") if args.method == "unlearn"
                else [("default" if args.top_fraction == 0.01 else f"top{args.top_fraction:g}")
-                     + ("+z" if args.standardise else "")])
+                     + ("+z" if args.standardise else "")])  # "default" alone: the published score (0.4's default)
     if not args.summary:
         done = {(r["id"], r["size"], r["recipe"]) for r in map(json.loads, path.open())} if path.exists() else set()
         test = load_dataset(args.dataset).test

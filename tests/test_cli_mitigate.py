@@ -88,6 +88,12 @@ def test_filter_reports_rates(model, scan_dir, dataset, workdir) -> None:
     f = report["filter"]
     assert 0 <= f["false_positive_rate"] < 0.25 and 0 <= f["false_negative_rate"] <= 1
     assert len(f["units"]) == 3 and f["layer"] == {"name": "5", "side": "input"}
+    # z-scored units by default; the published mean one flag away.
+    assert f["standardise"] is True and len(f["scale"]) == 3 and min(f["scale"]) > 0
+    out = workdir / "filter-mean"
+    published = check_output(out, run(model, scan_dir, dataset, out, "filter", "--top-fraction", "0.1",
+                                      "--filter-score", "mean"), "filter")["filter"]
+    assert published["standardise"] is False and "scale" not in published
 
 
 def test_existing_results_are_not_overwritten(model, scan_dir, dataset, workdir) -> None:

@@ -33,9 +33,9 @@ class InputFilter(Mitigation):
     """Scores an input by the mean activation of the `top_fraction` of units the reversed trigger
     excites most, and flags it when the score exceeds a threshold set on clean data for the
     chosen `false_positive_rate` (the paper: top 1% of the second-to-last layer, 5% FPR).
-    `standardise=True` ranks units by the trigger's rise in units of their spread on clean inputs and
-    scores by the mean of those z-scores: a unit that varies a lot on clean images is weak evidence
-    however much the trigger moves it.
+    `standardise=True` (default since 0.5) ranks units by the trigger's rise in units of their spread
+    on clean inputs and scores by the mean of those z-scores: a unit that varies a lot on clean images
+    is weak evidence however much the trigger moves it. `standardise=False` is the published score.
 
     >>> filt = InputFilter().fit(model, backdoors, clean)
     >>> guarded = filt.apply()       # a FilteredClassifier: (logits, flagged) per input
@@ -45,7 +45,7 @@ class InputFilter(Mitigation):
 
     def __init__(self, top_fraction: float = 0.01, false_positive_rate: float = 0.05,
                  layer: FeatureLayer | str | None = None, batch_size: int = 256,
-                 device: torch.device | str = "cpu", standardise: bool = False) -> None:
+                 device: torch.device | str = "cpu", standardise: bool = True) -> None:
         refuse_model_argument("InputFilter", top_fraction, "InputFilter(...).fit(model, backdoors, clean_data)")
         check_fractions(top_fraction=top_fraction)
         check_fractions(include_one=False, false_positive_rate=false_positive_rate)
