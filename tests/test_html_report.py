@@ -135,6 +135,16 @@ def test_clean_verdict_and_custom_out(tmp_path: Path) -> None:
     assert card_order(page) == [0, 1, 2]
 
 
+def test_restarts_are_explained_on_the_page(tmp_path: Path) -> None:
+    settings = {"preset": "fast", "restarts": {"seeds": [0, 1, 2], "anomaly_indices": [2.73, 2.32, 2.45],
+                                               "chosen_seed": 2, "combined": "median seed"}}
+    folder = fake_scan(tmp_path / "scan", norms=[5.0, 6.0, 7.0], flagged=[], infected=False, settings=settings)
+    page = write_html_report(folder).read_text()
+    assert "seeds 0, 1, 2 (indices 2.73, 2.32, 2.45)" in page and "seed 2's, the median" in page
+    plain = write_html_report(fake_scan(tmp_path / "one", norms=[5.0, 6.0, 7.0], flagged=[], infected=False)).read_text()
+    assert "the median" not in plain
+
+
 def test_missing_image_shows_placeholder(tmp_path: Path) -> None:
     folder = fake_scan(tmp_path / "scan", norms=[5.0, 6.0], flagged=[], infected=False)
     (folder / "triggers" / "label_0001_pattern.png").unlink()

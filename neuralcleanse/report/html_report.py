@@ -307,6 +307,12 @@ class _Page:
             head = "Clean: no backdoor found"
             text = (f"No label's reversed trigger is abnormally small (every anomaly index is at most "
                     f"{_e(_num(threshold))}).")
+        restarts = (scan.get("settings") or {}).get("restarts") if isinstance(scan.get("settings"), dict) else None
+        if isinstance(restarts, dict) and restarts.get("anomaly_indices"):
+            text += (f" The first index lay near the threshold, so the scan ran with seeds "
+                     f"{_e(', '.join(str(v) for v in restarts.get('seeds') or []))} (indices "
+                     f"{_e(', '.join(_num(v) for v in restarts['anomaly_indices']))}); the one shown is seed "
+                     f"{_e(restarts.get('chosen_seed'))}'s, the median.")
         facts = [
             _fact(_labels(flagged), "flagged label(s)"),
             _fact(_num(scan.get("anomaly_index")), "anomaly index"),
