@@ -37,7 +37,6 @@ from neuralcleanse import NeuralCleanse, load_dataset  # noqa: E402
 from neuralcleanse.data.dataset import DatasetSplits  # noqa: E402
 from neuralcleanse.mitigation import Backdoor, mitigate  # noqa: E402
 from neuralcleanse.mitigation.verify import REMOVED  # noqa: E402
-from neuralcleanse.mitigation.unlearning import ACCURACY_TOLERANCE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ("sized", "paper")
@@ -56,14 +55,17 @@ def model_of(row: dict, dataset: str):
     return classifier(net, entry["recipe"]).eval(), entry["recipe"]
 
 
-def recipe_label(recipe_name: str, rounds: int = 1, min_rounds: int = 1, tolerance: float = ACCURACY_TOLERANCE,
+LABEL_TOLERANCE = 0.01  # the rate search's tolerance before 0.5: records without a "+tol" suffix used it
+
+
+def recipe_label(recipe_name: str, rounds: int = 1, min_rounds: int = 1, tolerance: float = LABEL_TOLERANCE,
                  freeze_norm: bool = False) -> str:
     return (recipe_name + (f"+rounds{rounds}" if rounds > 1 else "") + (f"+min{min_rounds}" if min_rounds > 1 else "")
-            + (f"+tol{tolerance:g}" if tolerance != ACCURACY_TOLERANCE else "") + ("+frozennorm" if freeze_norm else ""))
+            + (f"+tol{tolerance:g}" if tolerance != LABEL_TOLERANCE else "") + ("+frozennorm" if freeze_norm else ""))
 
 
 def run_one(row: dict, dataset: str, size: int, recipe_name: str, test, method: str = "unlearn",
-            rounds: int = 1, min_rounds: int = 1, tolerance: float = ACCURACY_TOLERANCE,
+            rounds: int = 1, min_rounds: int = 1, tolerance: float = LABEL_TOLERANCE,
             top_fraction: float = 0.01, standardise: bool = True, freeze_norm: bool = False) -> dict:
     model, recipe = model_of(row, dataset)
     user = test.random_sample(size, seed=1000 + size)
@@ -134,9 +136,10 @@ def main() -> None:
                     help="filter, prune: the share of the layer's units the reversed trigger excites most")
     ap.add_argument("--freeze-norm", action="store_true", help="unlearn: keep batch-norm statistics")
     ap.add_argument("--arch", default=None, help="only models of this architecture (e.g. bn_gap)")
+    ap.add_argument("--ids", default=None, help="only these model ids, comma-separated")
     ap.add_argument("--published-score", dest="standardise", action="store_false",
                     help="filter: the published score (mean activation), not z-scored units (the default from 0.5)")
-    ap.add_argument("--tolerance", type=float, default=ACCURACY_TOLERANCE,
+    ap.add_argument("--tolerance", type=float, default=LABEL_TOLERANCE,
                     help="unlearn: clean accuracy the learning-rate search may give up")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -150,7 +153,8 @@ def main() -> None:
         done = {(r["id"], r["size"], r["recipe"]) for r in map(json.loads, path.open())} if path.exists() else set()
         test = load_dataset(args.dataset).test
         part, parts = (int(v) for v in args.shard.split("/"))
-        rows = [r for r in population(args.dataset, args.split) if args.arch in (None, r["recipe"]["arch"])]
+        rows = [r for r in population(args.dataset, args.split) if args.arch in (None, r["recipe"]["arch"])
+                and (args.ids is None or r["id"] in args.ids.split(","))]
         for row in rows[: args.limit][part::parts]:
             for size in (int(v) for v in args.sizes.split(",")):
                 for recipe in recipes:

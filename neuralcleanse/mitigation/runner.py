@@ -23,7 +23,7 @@ METHODS = ("filter", "prune", "unlearn")
 # Rounds of unlearning run whatever the rescan between them finds: on the MNIST population's tune split a
 # second round with the label's fresh reversed trigger took the real attack to <= 5% on 13 of 19 models
 # against 8 (docs/mitigation.md), where the rescan after round one had stopped finding the label on all.
-DEFAULT_MIN_ROUNDS = 2
+DEFAULT_MIN_ROUNDS = 3  # since 0.5 (2 in 0.4); docs/results.md, "Session 9"
 
 
 @dataclass
@@ -105,7 +105,7 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
     model's treated labels again, beside `verify_others` more, and say no backdoor is found only when
     none of them is flagged any more (neuralcleanse.mitigation.verify). `rounds` (unlearning, sized
     recipe): up to this many rounds, rescanning on the tuning data between them, the first `min_rounds`
-    of them (default: 2, or `rounds` if fewer) whatever the rescan finds (Unlearner); `accuracy_tolerance`:
+    of them (default: 3, or `rounds` if fewer) whatever the rescan finds (Unlearner); `accuracy_tolerance`:
     the clean accuracy its learning-rate search may give up; `freeze_norm`: batch-norm statistics kept (Unlearner). Raises NothingToMitigate
     when the scan flagged nothing and no labels were named: nothing is changed then.
     """
