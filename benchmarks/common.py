@@ -67,3 +67,9 @@ def target_overlap(model, result) -> float | None:
         return None
     true = Trigger.from_dict(backdoor["triggers"][0])
     return round(mask_overlap(result.masks[result.labels.index(backdoor["targets"][0])], true.mask), 3)
+
+
+def take_shard(rows: list, spec: str) -> list:
+    """`spec` "I/N": every N-th row from the I-th, so N processes share a list (and a results file)."""
+    part, parts = (int(v) for v in spec.split("/"))
+    return rows[part::parts]

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import take_shard  # noqa: E402
 from population import classifier  # noqa: E402
 from population_recipes import build_net, trigger_of  # noqa: E402
 
@@ -152,10 +153,9 @@ def main() -> None:
     if not args.summary:
         done = {(r["id"], r["size"], r["recipe"]) for r in map(json.loads, path.open())} if path.exists() else set()
         test = load_dataset(args.dataset).test
-        part, parts = (int(v) for v in args.shard.split("/"))
         rows = [r for r in population(args.dataset, args.split) if args.arch in (None, r["recipe"]["arch"])
                 and (args.ids is None or r["id"] in args.ids.split(","))]
-        for row in rows[: args.limit][part::parts]:
+        for row in take_shard(rows[: args.limit], args.shard):
             for size in (int(v) for v in args.sizes.split(",")):
                 for recipe in recipes:
                     if (row["id"], size, recipe_label(recipe, args.rounds, args.min_rounds, args.tolerance,

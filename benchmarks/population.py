@@ -56,6 +56,7 @@ from neuralcleanse.data.dataset import DatasetSplits, ImageDataset  # noqa: E402
 from neuralcleanse.detection import NeuralCleanse  # noqa: E402
 from neuralcleanse.metrics import attack_success_rate, clean_accuracy  # noqa: E402
 from neuralcleanse.models.classifier import Classifier, ModelInfo  # noqa: E402
+from common import take_shard  # noqa: E402
 from population_recipes import CLASSES, SHAPES, SPACE, build_net, draw_recipe, model_id, trigger_of  # noqa: E402
 
 DEFAULT_SIZES = {"mnist": (40, 40), "gtsrb": (10, 10)}
@@ -264,13 +265,13 @@ def plan(n_clean: int, n_infected: int, status) -> Iterator[tuple[str, int]]:
 
 
 def rebuild_kept(done: dict[str, dict[str, Any]], kind: str, data: DatasetSplits, models: Path,
-                 min_asr: float, min_acc: float, part: int = 0, parts: int = 1) -> None:
+                 min_asr: float, min_acc: float, shard: str = "0/1") -> None:
     """A fresh machine has the results but not the models: rebuild just the ones later scripts read
     (mitigation_population, population_restarts), the tune split first. The recipe's seed makes a
     rebuild the same model up to the CPU's float rounding; a rebuild whose clean accuracy differs from
     the record by more than half a point is reported, not hidden."""
     rows = [r for r in done.values() if r.get("kept") and kind in ("all", r["kind"])]
-    rows = sorted(rows, key=lambda r: r["split"] != "tune")[part::parts]  # the tune split first: it is used first
+    rows = take_shard(sorted(rows, key=lambda r: r["split"] != "tune"), shard)  # the tune split first: it is used first
     print(f"{len(rows)} kept models to rebuild into {models}", flush=True)
     for r in rows:
         path = models / f"{r['id']}.pt"
@@ -317,8 +318,7 @@ def main() -> None:
     done = read_done(out)
     data = load_dataset(args.dataset)
     if args.rebuild_kept:
-        part, parts = (int(v) for v in args.shard.split("/"))
-        rebuild_kept(done, args.rebuild_kept, data, models, args.min_asr, min_acc, part, parts)
+        rebuild_kept(done, args.rebuild_kept, data, models, args.min_asr, min_acc, args.shard)
         return
     meta = {"machine": platform.platform(), "torch": str(torch.__version__), "threads": torch.get_num_threads()}
     print(f"population {args.dataset}: {n_clean} clean + {n_infected} kept infected; {len(done)} models already in "

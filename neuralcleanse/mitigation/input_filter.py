@@ -15,6 +15,12 @@ from neuralcleanse.mitigation.profile import ActivationProfile, profile_activati
 from neuralcleanse.models.layers import FeatureLayer, capture_units
 
 
+def unit_score(acts: torch.Tensor, units: torch.Tensor, offset: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Per input, the mean z-value of the chosen units; offset 0 and scale 1 give their plain mean
+    activation, the published score."""
+    return ((acts[:, units] - offset) / scale).mean(1)
+
+
 @dataclass
 class FilterRates:
     """Measured on inputs the filter was not fitted on."""
@@ -83,7 +89,7 @@ class InputFilter(Mitigation):
     def _scores(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         layer = self.profile_.layer if self.profile_ else None
         acts = unit_activations(model, x, layer, self.batch_size, self.device)
-        return ((acts[:, self.units_] - self.offset_) / self.scale_).mean(1)
+        return unit_score(acts, self.units_, self.offset_, self.scale_)
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         self._fitted()
@@ -146,7 +152,7 @@ class FilteredClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with capture_units(self.model, self.layer) as seen:
             logits = self.model(x)
-        score = ((seen[-1][:, self.units] - self.offset) / self.scale).mean(1)
+        score = unit_score(seen[-1], self.units, self.offset, self.scale)
         return logits, score > self.threshold
 
     @torch.no_grad()

@@ -97,7 +97,8 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
              lr: float | None = None, jitter: int | None = None, recipe: str = "sized",
              baselines: bool = True, tune_samples: int = 2000, curve_samples: int = 2000, seed: int = 0,
              verify: bool = True, verify_others: int = 10, rounds: int = 3, min_rounds: int | None = None,
-             accuracy_tolerance: float = ACCURACY_TOLERANCE, freeze_norm: bool = False, device: torch.device | str = "cpu", progress: bool = False) -> MitigationOutcome:
+             accuracy_tolerance: float = ACCURACY_TOLERANCE, freeze_norm: bool = False,
+             device: torch.device | str = "cpu", progress: bool = False) -> MitigationOutcome:
     """Runs `method` with the reversed triggers of the scan's flagged labels (or `labels`).
 
     `real` (the true triggers, when known) is used only to measure. `top_fraction`, `false_positive_rate`,
@@ -106,8 +107,9 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
     none of them is flagged any more (neuralcleanse.mitigation.verify). `rounds` (unlearning, sized
     recipe): up to this many rounds, rescanning on the tuning data between them, the first `min_rounds`
     of them (default: 3, or `rounds` if fewer) whatever the rescan finds (Unlearner); `accuracy_tolerance`:
-    the clean accuracy its learning-rate search may give up; `freeze_norm`: batch-norm statistics kept (Unlearner). Raises NothingToMitigate
-    when the scan flagged nothing and no labels were named: nothing is changed then.
+    the clean accuracy its learning-rate search may give up; `freeze_norm`: batch-norm statistics kept
+    (Unlearner). Raises NothingToMitigate when the scan flagged nothing and no labels were named: nothing
+    is changed then.
     """
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")

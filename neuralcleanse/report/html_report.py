@@ -307,7 +307,8 @@ class _Page:
             head = "Clean: no backdoor found"
             text = (f"No label's reversed trigger is abnormally small (every anomaly index is at most "
                     f"{_e(_num(threshold))}).")
-        restarts = (scan.get("settings") or {}).get("restarts") if isinstance(scan.get("settings"), dict) else None
+        settings = scan.get("settings")
+        restarts = settings.get("restarts") if isinstance(settings, dict) else None
         if isinstance(restarts, dict) and restarts.get("anomaly_indices"):
             text += (f" The first index lay near the threshold, so the scan ran with seeds "
                      f"{_e(', '.join(str(v) for v in restarts.get('seeds') or []))} (indices "
