@@ -60,14 +60,16 @@ LABEL_TOLERANCE = 0.01  # the rate search's tolerance before 0.5: records withou
 
 
 def recipe_label(recipe_name: str, rounds: int = 1, min_rounds: int = 1, tolerance: float = LABEL_TOLERANCE,
-                 freeze_norm: bool = False) -> str:
+                 freeze_norm: bool = False, distill: float = 0.0) -> str:
     return (recipe_name + (f"+rounds{rounds}" if rounds > 1 else "") + (f"+min{min_rounds}" if min_rounds > 1 else "")
-            + (f"+tol{tolerance:g}" if tolerance != LABEL_TOLERANCE else "") + ("+frozennorm" if freeze_norm else ""))
+            + (f"+tol{tolerance:g}" if tolerance != LABEL_TOLERANCE else "") + ("+frozennorm" if freeze_norm else "")
+            + (f"+kd{distill:g}" if distill else ""))
 
 
 def run_one(row: dict, dataset: str, size: int, recipe_name: str, test, method: str = "unlearn",
             rounds: int = 1, min_rounds: int = 1, tolerance: float = LABEL_TOLERANCE,
-            top_fraction: float = 0.01, standardise: bool = True, freeze_norm: bool = False) -> dict:
+            top_fraction: float = 0.01, standardise: bool = True, freeze_norm: bool = False,
+            distill: float = 0.0) -> dict:
     model, recipe = model_of(row, dataset)
     user = test.random_sample(size, seed=1000 + size)
     real = [Backdoor(recipe["attack"]["target"], trigger_of(recipe))]
@@ -76,14 +78,14 @@ def run_one(row: dict, dataset: str, size: int, recipe_name: str, test, method: 
     out = mitigate(model, scan, DatasetSplits(user, user), method, labels=[real[0].target], real=real,
                    recipe=recipe_name if method == "unlearn" else "sized", baselines=False, rounds=rounds,
                    min_rounds=min_rounds, accuracy_tolerance=tolerance, top_fraction=top_fraction,
-                   standardise=standardise, freeze_norm=freeze_norm)
+                   standardise=standardise, freeze_norm=freeze_norm, distill=distill)
     extra = {}
     if out.filter_rates is not None:
         extra = {"filter_fpr": out.filter_rates.false_positive_rate, "filter_fnr_real": out.filter_rates.false_negative_rate}
     if out.pruning is not None:
         extra = {"pruned_fraction": out.pruning.fraction, "prune_reached": out.pruning.reached}
     return {"id": row["id"], "split": row["split"], "arch": recipe["arch"], "output": recipe["output"],
-            "method": method, "size": size, "recipe": recipe_label(recipe_name, rounds, min_rounds, tolerance, freeze_norm), **extra,
+            "method": method, "size": size, "recipe": recipe_label(recipe_name, rounds, min_rounds, tolerance, freeze_norm, distill), **extra,
             "lr_search": out.details.get("unlearning", {}).get("lr_search"),
             "rounds_run": out.settings.get("rounds"), "target_flagged_by_scan": real[0].target in scan.flagged,
             "real_before": out.before.worst_attack_success, "real_after": out.after.worst_attack_success,
@@ -136,6 +138,8 @@ def main() -> None:
     ap.add_argument("--top-fraction", type=float, default=0.01,
                     help="filter, prune: the share of the layer's units the reversed trigger excites most")
     ap.add_argument("--freeze-norm", action="store_true", help="unlearn: keep batch-norm statistics")
+    ap.add_argument("--distill", type=float, default=0.0,
+                    help="unlearn: weight of the distillation term (Unlearner(distill=)); labels get +kd<weight>")
     ap.add_argument("--arch", default=None, help="only models of this architecture (e.g. bn_gap)")
     ap.add_argument("--ids", default=None, help="only these model ids, comma-separated")
     ap.add_argument("--published-score", dest="standardise", action="store_false",
@@ -159,10 +163,11 @@ def main() -> None:
             for size in (int(v) for v in args.sizes.split(",")):
                 for recipe in recipes:
                     if (row["id"], size, recipe_label(recipe, args.rounds, args.min_rounds, args.tolerance,
-                                                     args.freeze_norm)) in done:
+                                                     args.freeze_norm, args.distill)) in done:
                         continue
                     line = run_one(row, args.dataset, size, recipe, test, args.method, args.rounds, args.min_rounds,
-                                   args.tolerance, args.top_fraction, args.standardise, args.freeze_norm)
+                                   args.tolerance, args.top_fraction, args.standardise, args.freeze_norm,
+                                   args.distill)
                     with path.open("a") as f:
                         f.write(json.dumps(line) + "\n")
                     print(f"{line['id']} N={size} {recipe:5s} real {line['real_before']:.0%} -> {line['real_after']:.0%}"

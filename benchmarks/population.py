@@ -265,12 +265,12 @@ def plan(n_clean: int, n_infected: int, status) -> Iterator[tuple[str, int]]:
 
 
 def rebuild_kept(done: dict[str, dict[str, Any]], kind: str, data: DatasetSplits, models: Path,
-                 min_asr: float, min_acc: float, shard: str = "0/1") -> None:
+                 min_asr: float, min_acc: float, shard: str = "0/1", split: str = "all") -> None:
     """A fresh machine has the results but not the models: rebuild just the ones later scripts read
     (mitigation_population, population_restarts), the tune split first. The recipe's seed makes a
     rebuild the same model up to the CPU's float rounding; a rebuild whose clean accuracy differs from
     the record by more than half a point is reported, not hidden."""
-    rows = [r for r in done.values() if r.get("kept") and kind in ("all", r["kind"])]
+    rows = [r for r in done.values() if r.get("kept") and kind in ("all", r["kind"]) and split in ("all", r["split"])]
     rows = take_shard(sorted(rows, key=lambda r: r["split"] != "tune"), shard)  # the tune split first: it is used first
     print(f"{len(rows)} kept models to rebuild into {models}", flush=True)
     for r in rows:
@@ -299,6 +299,8 @@ def main() -> None:
                          "checking that each comes back with its recorded clean accuracy; no scans")
     ap.add_argument("--shard", default="0/1", metavar="I/N",
                     help="--rebuild-kept: only every N-th model from the I-th (run N processes to use N cores)")
+    ap.add_argument("--split", choices=("all", "tune", "test"), default="all",
+                    help="--rebuild-kept: only the models of this split")
     ap.add_argument("--min-asr", type=float, default=0.90)
     ap.add_argument("--min-accuracy", type=float, default=None, help="default: MNIST 0.95, GTSRB 0.85")
     ap.add_argument("--scan-seed", type=int, default=0)
@@ -318,7 +320,7 @@ def main() -> None:
     done = read_done(out)
     data = load_dataset(args.dataset)
     if args.rebuild_kept:
-        rebuild_kept(done, args.rebuild_kept, data, models, args.min_asr, min_acc, args.shard)
+        rebuild_kept(done, args.rebuild_kept, data, models, args.min_asr, min_acc, args.shard, args.split)
         return
     meta = {"machine": platform.platform(), "torch": str(torch.__version__), "threads": torch.get_num_threads()}
     print(f"population {args.dataset}: {n_clean} clean + {n_infected} kept infected; {len(done)} models already in "

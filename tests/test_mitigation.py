@@ -16,6 +16,7 @@ from neuralcleanse.mitigation import (Backdoor, FilteredClassifier, InputFilter,
                                       reversed_backdoors)
 from neuralcleanse.mitigation.backdoors import triggered_inputs
 from neuralcleanse.mitigation.runner import split_for_mitigation
+from neuralcleanse.mitigation.unlearning import choose_rate
 from neuralcleanse.models.checkpoint import classifier_from_checkpoint, save_checkpoint
 from neuralcleanse.models.layers import resolve_layer
 from neuralcleanse.report.scan_report import load_scan, write_scan_report
@@ -172,6 +173,21 @@ def test_unlearning_rate_paper_uses_training_rate_sized_searches(infected, data,
     for bad in (-0.1, 1.0):
         with pytest.raises(InputError, match="accuracy_tolerance"):
             Unlearner(accuracy_tolerance=bad)
+
+
+@pytest.mark.parametrize("base_correct", range(60, 101))
+def test_rate_search_tolerance_counts_images(base_correct: int) -> None:
+    # Accuracies as clean_accuracy computes them (float32 means): a run exactly two images below the
+    # base on 100 is within a 2% tolerance at every base, one three images below never is.
+    def rate(correct: int) -> float:
+        return float((torch.arange(100) < correct).float().mean())
+    record = [{"lr": 1e-4, "clean_accuracy": rate(base_correct), "reversed_success": 0.5},
+              {"lr": 3e-3, "clean_accuracy": rate(base_correct - 2), "reversed_success": 0.0},
+              {"lr": 1e-3, "clean_accuracy": rate(base_correct - 3), "reversed_success": 0.0}]
+    assert choose_rate(record, rate(base_correct), 100, 0.02) == 3e-3
+    assert choose_rate(record, rate(base_correct), 100, 0.01) == 1e-4
+    assert choose_rate(record[2:], rate(base_correct), 100, 0.02) == 1e-3  # none kept: the most accurate
+    assert choose_rate([], rate(base_correct), 100, 0.02) == 1e-3  # nothing ran: the fallback
 
 
 def test_mitigate_runner_measures_before_and_after(infected, data, scan) -> None:

@@ -16,6 +16,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+DISTILL_TEMPERATURE = 2.0
+
+
+def distillation_loss(out: torch.Tensor, teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Hinton's soft-target term: T^2 x KL(teacher || model) of the outputs softened at temperature T."""
+    t = DISTILL_TEMPERATURE
+    with torch.no_grad():
+        soft = F.log_softmax(teacher(x) / t, dim=1)
+    return t * t * F.kl_div(F.log_softmax(out / t, dim=1), soft, log_target=True, reduction="batchmean")
+
+
 def train_classifier(
     model: nn.Module,
     data: ImageDataset,
@@ -30,13 +41,19 @@ def train_classifier(
     augment: Augmentation | None = None,
     keep_eval: Sequence[nn.Module] = (),
     optimizer: str = "adam",
+    teacher: nn.Module | None = None,
+    distill: float = 0.0,
 ) -> list[float]:
     """Adam on cross-entropy with a cosine learning-rate decay; returns each epoch's mean loss.
 
     `augment`, when given, transforms each batch (after any poisoning, as an attacker's
     victim would augment the poisoned set). Parameters that do not require gradients stay as they
     are; the modules in `keep_eval` stay in eval mode (frozen layers: no dropout, no batch-norm
-    statistics updates). `optimizer` "sgd" uses SGD with momentum 0.9 instead of Adam."""
+    statistics updates). `optimizer` "sgd" uses SGD with momentum 0.9 instead of Adam.
+
+    `teacher` with `distill` > 0 adds `distill` x the KL divergence (at temperature DISTILL_TEMPERATURE,
+    scaled by its square) from the teacher's outputs on each batch *before* `augment` to the model's
+    on the batch after it: an augmented input is taught to answer as the teacher answers the plain one."""
     seed_everything(seed)
     # A stream of its own: seeded like BadNets' poison draw, the first epoch would visit all
     # poisoned images first and the model would collapse onto the target label.
@@ -60,7 +77,10 @@ def train_classifier(
         for start in bar:
             idx = order[start : start + batch_size]
             xb = x[idx] if augment is None else augment(x[idx], gen)
-            loss = F.cross_entropy(model(xb), y[idx])
+            out = model(xb)
+            loss = F.cross_entropy(out, y[idx])
+            if teacher is not None and distill > 0:
+                loss = loss + distill * distillation_loss(out, teacher, x[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -72,8 +72,13 @@ def logits_for_search(model: Classifier, output_kind: str, probe: torch.Tensor) 
             return _rewrap(model, candidate), "cut before softmax"
     if output_kind == "probabilities":
         log.info("the network's softmax could not be cut off; the search uses the log of its probabilities")
-        return _rewrap(model, _LogOfProbabilities(net)), "log of probabilities"
+        return log_of_probabilities(model), "log of probabilities"
     return model, "as is"  # log-probabilities: cross-entropy on them equals cross-entropy on the logits
+
+
+def log_of_probabilities(model: Classifier) -> Classifier:
+    """A Classifier sharing `model`'s weights that returns the log of its probabilities."""
+    return _rewrap(model, _LogOfProbabilities(model.net))
 
 
 def _cut_by_hook(net: nn.Module, probe: torch.Tensor) -> nn.Module | None:

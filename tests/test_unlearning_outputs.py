@@ -1,0 +1,76 @@
+"""Unlearning on what the network outputs: cross-entropy on logits even when the network ends in a
+softmax, and a distillation term that keeps clean answers as the model given had them."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from neuralcleanse.errors import InputError
+from neuralcleanse.metrics import attack_success_rate, clean_accuracy
+from neuralcleanse.mitigation import Backdoor
+from neuralcleanse.mitigation.unlearning import Unlearner, logits_view
+from neuralcleanse.models.classifier import Classifier, ModelInfo
+from neuralcleanse.models.fitting import distillation_loss
+from tiny_task import K, SIDE, TARGET
+
+
+def _ending_in_softmax(model: nn.Module, how: str) -> Classifier:
+    net = nn.Sequential(copy.deepcopy(model), nn.Softmax(dim=1))
+    if how == "torchscript":  # no module hooks, no tracing: only the log of the probabilities is left
+        net = torch.jit.trace(net, torch.zeros(2, 1, SIDE, SIDE))
+    return Classifier(net, ModelInfo(K, (1, SIDE, SIDE)))
+
+
+@pytest.mark.parametrize("how", ["module", "torchscript"])
+def test_logits_view_shares_weights_and_gives_logits(infected, data, how) -> None:
+    model, _ = infected
+    wrapped = _ending_in_softmax(model, how)
+    view = logits_view(wrapped, data.test)
+    assert view is not wrapped
+    assert {id(p) for p in view.parameters()} == {id(p) for p in wrapped.parameters()}
+    x = data.test.x[:32]
+    with torch.no_grad():
+        out, logits = view(x), model(x)
+    # Logits up to a constant per row (exactly the logits when the softmax was cut off).
+    torch.testing.assert_close(out - out.mean(1, keepdim=True), logits - logits.mean(1, keepdim=True),
+                               atol=1e-4, rtol=0)
+    assert logits_view(model, data.test) is model  # logits already: nothing to do
+
+
+def test_unlearning_a_softmax_network_trains_its_logits(infected, data, trigger) -> None:
+    """Cross-entropy on probabilities taken for logits follows another loss; through the logits view,
+    unlearning the network that ends in a softmax is exactly unlearning the network before it."""
+    model, _ = infected
+    wrapped = _ending_in_softmax(model, "module")
+    backdoor = [Backdoor(TARGET, trigger)]
+    plain = Unlearner(steps=40, lr=1e-3, distill=0.0).fit(model, backdoor, data.train).apply()
+    patched = Unlearner(steps=40, lr=1e-3, distill=0.0).fit(wrapped, backdoor, data.train).apply()
+    for a, b in zip(plain.parameters(), patched.net[0].parameters()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert attack_success_rate(patched, data.test, trigger, TARGET) < 0.5
+    assert isinstance(patched.net[-1], nn.Softmax)  # the network keeps its form: it still outputs probabilities
+    assert torch.allclose(patched(data.test.x[:4]).sum(1), torch.ones(4))
+
+
+def test_distillation_term_and_setting(infected, data, trigger) -> None:
+    model, _ = infected
+    x = data.test.x[:64]
+    with torch.no_grad():
+        same = distillation_loss(model(x), model, x)
+        other = distillation_loss(model(x.flip(3)), model, x)
+    assert float(same) == pytest.approx(0.0, abs=1e-6) and float(other) > 0.01
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(InputError, match="distill"):
+            Unlearner(distill=bad)
+    backdoor = [Backdoor(TARGET, trigger)]
+    runs = {w: Unlearner(steps=60, lr=3e-3, distill=w).fit(model, backdoor, data.train) for w in (0.0, 1.0)}
+    for w, run in runs.items():
+        patched = run.apply()
+        assert attack_success_rate(patched, data.test, trigger, TARGET) < 0.2, w
+        assert clean_accuracy(patched, data.test) > clean_accuracy(model, data.test) - 0.05, w
+    # The term changes the training (the losses differ) and the model given is left as it was.
+    assert runs[0.0].unlearning_.losses != runs[1.0].unlearning_.losses
+    assert attack_success_rate(model, data.test, trigger, TARGET) > 0.9
