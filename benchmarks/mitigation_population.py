@@ -66,9 +66,17 @@ def recipe_label(recipe_name: str, rounds: int = 1, min_rounds: int = 1, toleran
             + (f"+kd{distill:g}" if distill else ""))
 
 
+def filter_label(score: str, top_fraction: float | None) -> str:
+    """Labels as recorded since 0.4: "default" is the published score at 1%, "default+z" 0.5's z score
+    (both fitted on half the tuning split before 0.6); "weighted" is 0.6's default."""
+    if score == "weighted":
+        return "weighted" + (f"+top{top_fraction:g}" if top_fraction is not None else "")
+    return ("default" if top_fraction in (None, 0.01) else f"top{top_fraction:g}") + ("+z" if score == "z" else "")
+
+
 def run_one(row: dict, dataset: str, size: int, recipe_name: str, test, method: str = "unlearn",
             rounds: int = 1, min_rounds: int = 1, tolerance: float = LABEL_TOLERANCE,
-            top_fraction: float = 0.01, standardise: bool = True, freeze_norm: bool = False,
+            top_fraction: float | None = None, filter_score: str = "weighted", freeze_norm: bool = False,
             distill: float = 0.0) -> dict:
     model, recipe = model_of(row, dataset)
     user = test.random_sample(size, seed=1000 + size)
@@ -78,7 +86,7 @@ def run_one(row: dict, dataset: str, size: int, recipe_name: str, test, method: 
     out = mitigate(model, scan, DatasetSplits(user, user), method, labels=[real[0].target], real=real,
                    recipe=recipe_name if method == "unlearn" else "sized", baselines=False, rounds=rounds,
                    min_rounds=min_rounds, accuracy_tolerance=tolerance, top_fraction=top_fraction,
-                   standardise=standardise, freeze_norm=freeze_norm, distill=distill)
+                   filter_score=filter_score, freeze_norm=freeze_norm, distill=distill)
     extra = {}
     if out.filter_rates is not None:
         extra = {"filter_fpr": out.filter_rates.false_positive_rate, "filter_fnr_real": out.filter_rates.false_negative_rate}
@@ -135,15 +143,15 @@ def main() -> None:
     ap.add_argument("--summary", action="store_true", help="only print the table of what is recorded")
     ap.add_argument("--rounds", type=int, default=1, help="unlearn: up to this many rounds, rescanning between them")
     ap.add_argument("--min-rounds", type=int, default=1, help="unlearn: rounds run whatever the rescan finds")
-    ap.add_argument("--top-fraction", type=float, default=0.01,
-                    help="filter, prune: the share of the layer's units the reversed trigger excites most")
+    ap.add_argument("--top-fraction", type=float, default=None,
+                    help="filter: the share of the layer's units scored (default: the score's own)")
     ap.add_argument("--freeze-norm", action="store_true", help="unlearn: keep batch-norm statistics")
     ap.add_argument("--distill", type=float, default=0.0,
                     help="unlearn: weight of the distillation term (Unlearner(distill=)); labels get +kd<weight>")
     ap.add_argument("--arch", default=None, help="only models of this architecture (e.g. bn_gap)")
     ap.add_argument("--ids", default=None, help="only these model ids, comma-separated")
-    ap.add_argument("--published-score", dest="standardise", action="store_false",
-                    help="filter: the published score (mean activation), not z-scored units (the default from 0.5)")
+    ap.add_argument("--filter-score", default="weighted", choices=("weighted", "z", "mean"),
+                    help="filter: InputFilter(score=); mean is the published score, z 0.5's default")
     ap.add_argument("--tolerance", type=float, default=LABEL_TOLERANCE,
                     help="unlearn: clean accuracy the learning-rate search may give up")
     args = ap.parse_args()
@@ -152,8 +160,7 @@ def main() -> None:
             else f"mitigation_population_{args.dataset}_{args.method}{args.tag}")
     path = ROOT / "benchmarks" / "results" / f"{name}.jsonl"
     recipes = (args.recipes.split(",") if args.method == "unlearn"
-               else [("default" if args.top_fraction == 0.01 else f"top{args.top_fraction:g}")
-                     + ("+z" if args.standardise else "")])  # "default" alone: the published score (0.4's default)
+               else [filter_label(args.filter_score, args.top_fraction)])
     if not args.summary:
         done = {(r["id"], r["size"], r["recipe"]) for r in map(json.loads, path.open())} if path.exists() else set()
         test = load_dataset(args.dataset).test
@@ -166,7 +173,7 @@ def main() -> None:
                                                      args.freeze_norm, args.distill)) in done:
                         continue
                     line = run_one(row, args.dataset, size, recipe, test, args.method, args.rounds, args.min_rounds,
-                                   args.tolerance, args.top_fraction, args.standardise, args.freeze_norm,
+                                   args.tolerance, args.top_fraction, args.filter_score, args.freeze_norm,
                                    args.distill)
                     with path.open("a") as f:
                         f.write(json.dumps(line) + "\n")

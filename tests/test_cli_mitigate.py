@@ -87,13 +87,16 @@ def test_filter_reports_rates(model, scan_dir, dataset, workdir) -> None:
     assert "false-positive rate" in result.output
     f = report["filter"]
     assert 0 <= f["false_positive_rate"] < 0.25 and 0 <= f["false_negative_rate"] <= 1
-    assert len(f["units"]) == 3 and f["layer"] == {"name": "5", "side": "input"}
-    # z-scored units by default; the published mean one flag away.
-    assert f["standardise"] is True and len(f["scale"]) == 3 and min(f["scale"]) > 0
+    assert len(f["units"]) <= 3 and f["layer"] == {"name": "5", "side": "input"}
+    # Weighted z-scored units by default; the published mean one flag away.
+    assert f["score"] == "weighted" and len(f["scale"]) == len(f["weight"]) == len(f["units"]) >= 1
+    assert min(f["scale"]) > 0 and min(f["weight"]) > 0
+    assert report["settings"]["fit_samples"] == report["settings"]["tune_samples"]  # all of a small tuning split
     out = workdir / "filter-mean"
     published = check_output(out, run(model, scan_dir, dataset, out, "filter", "--top-fraction", "0.1",
                                       "--filter-score", "mean"), "filter")["filter"]
-    assert published["standardise"] is False and "scale" not in published
+    assert published["score"] == "mean" and "scale" not in published and "weight" not in published
+    assert len(published["units"]) == 3
 
 
 def test_existing_results_are_not_overwritten(model, scan_dir, dataset, workdir) -> None:

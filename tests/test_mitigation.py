@@ -81,11 +81,11 @@ def test_filter_false_positive_rate_holds_on_held_out_data(infected, data, rever
     assert rates.triggered_scores.mean() > rates.clean_scores.mean()
 
 
-@pytest.mark.parametrize("standardise", [False, True])
+@pytest.mark.parametrize("score", ["mean", "z", "weighted"])
 def test_filtered_classifier_abstains_on_triggered_inputs(infected, data, reversed_, held_out, trigger,
-                                                          standardise) -> None:
+                                                          score) -> None:
     model, _ = infected
-    filt = InputFilter(top_fraction=0.1, standardise=standardise).fit(model, reversed_, data.train)
+    filt = InputFilter(top_fraction=0.1, score=score).fit(model, reversed_, data.train)
     wrapped = filt.apply()
     x = trigger.apply(held_out.x[held_out.y != TARGET][:100])
     logits, flagged = wrapped(x)
@@ -98,14 +98,20 @@ def test_filtered_classifier_abstains_on_triggered_inputs(infected, data, revers
     assert torch.equal(again.predict(x), preds)
 
 
-def test_standardised_filter_scores_z_values(infected, data, reversed_, held_out) -> None:
+@pytest.mark.parametrize("score", ["z", "weighted"])
+def test_standardised_filter_scores_z_values(infected, data, reversed_, held_out, score) -> None:
     model, _ = infected
-    filt = InputFilter(top_fraction=0.1, false_positive_rate=0.1, standardise=True).fit(model, reversed_, data.train)
+    filt = InputFilter(top_fraction=0.1, false_positive_rate=0.1, score=score).fit(model, reversed_, data.train)
     profile = filt.profile_
     rise = profile.difference / profile.clean_scale
     # The units kept are those the trigger raises most in units of their clean spread ...
     kth = float(rise.sort(descending=True).values[len(filt.units_) - 1])
     assert float(rise[filt.units_].min()) >= kth - 1e-6
+    if score == "weighted":  # each weighed by that rise, and only units the trigger raises
+        torch.testing.assert_close(filt.weight_, rise[filt.units_])
+        assert float(rise[filt.units_].min()) > 0
+    else:
+        assert filt.weight_ is None
     # ... and clean inputs of the fitting data score about 0 on average (z-scores).
     assert abs(float(filt.score(data.train.x).mean())) < 1e-3
     rates = filt.rates(held_out, known_backdoors(model.info.metadata))
@@ -248,6 +254,8 @@ def test_bad_arguments(infected, data, scan, reversed_) -> None:
             Unlearner(trigger_share=bad)
     with pytest.raises(InputError, match=r"\(0, 1\)"):
         InputFilter(false_positive_rate=1.0)
+    with pytest.raises(InputError, match="filter score"):
+        InputFilter(score="median")
     with pytest.raises(InputError, match="not scanned"):
         reversed_backdoors(scan, [K + 3])
     with pytest.raises(InputError, match="unknown method"):

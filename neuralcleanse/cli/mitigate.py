@@ -31,11 +31,13 @@ REAL_TRIGGER_FLAGS = {
 @click.option("--labels", default=None, help="Treat these labels (default: the scan's flagged labels).")
 @click.option("--layer", default=None,
               help="Feature layer for filter/prune (default: input of the last dense layer); see the error for names.")
-@click.option("--top-fraction", type=float, default=0.01, show_default=True, help="filter: share of top units scored.")
+@click.option("--top-fraction", type=float, default=None,
+              help="filter: share of top units scored. [default: 0.1 for the weighted score, 0.01 for z and mean]")
 @click.option("--fpr", type=float, default=0.05, show_default=True, help="filter: false-positive rate on clean data.")
-@click.option("--filter-score", type=click.Choice(["z", "mean"]), default="z", show_default=True,
-              help="filter: z = units ranked and scored in units of their clean spread (default since 0.5); "
-                   "mean = their plain mean activation, as published.")
+@click.option("--filter-score", type=click.Choice(["weighted", "z", "mean"]), default="weighted", show_default=True,
+              help="filter: weighted = units' z-values (in units of their clean spread) weighted by how far the "
+                   "trigger moves them (default since 0.6); z = their plain mean (0.5); mean = their mean "
+                   "activation, as published.")
 @click.option("--step", type=float, default=0.02, show_default=True, help="prune: share of the layer per step.")
 @click.option("--stop-success", type=float, default=0.05, show_default=True,
               help="prune: stop once the reversed trigger succeeds less often than this.")
@@ -85,7 +87,7 @@ REAL_TRIGGER_FLAGS = {
 @click.pass_context
 @guard(PREPROCESSING_FLAGS | REAL_TRIGGER_FLAGS)
 def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: str, method: str, out: str,
-             labels: str | None, layer: str | None, top_fraction: float, fpr: float, filter_score: str, step: float,
+             labels: str | None, layer: str | None, top_fraction: float | None, fpr: float, filter_score: str, step: float,
              stop_success: float, max_fraction: float, recipe: str, steps: int, epochs: int | None,
              trigger_share: float, data_fraction: float | None,
              lr: float | None, rounds: int, min_rounds: int | None, accuracy_tolerance: float, distill: float,
@@ -132,7 +134,7 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
         try:
             outcome = run_mitigation(
                 model, scan_result, data, method, labels=parse_ints(labels) if labels else None, real=real,
-                layer=layer, top_fraction=top_fraction, false_positive_rate=fpr, standardise=filter_score == "z",
+                layer=layer, top_fraction=top_fraction, false_positive_rate=fpr, filter_score=filter_score,
                 prune_step=step,
                 stop_success=stop_success, max_fraction=max_fraction, recipe=recipe, steps=steps, epochs=epochs,
                 trigger_share=trigger_share, data_fraction=data_fraction or (0.1 if recipe == "paper" else 1.0), lr=lr,

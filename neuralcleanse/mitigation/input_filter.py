@@ -8,17 +8,25 @@ import torch
 from torch import nn
 
 from neuralcleanse.data.dataset import ImageDataset
-from neuralcleanse.errors import check_fractions, refuse_model_argument
+from neuralcleanse.errors import InputError, check_fractions, refuse_model_argument
 from neuralcleanse.mitigation.base import Mitigation, NotFittedError
 from neuralcleanse.mitigation.backdoors import Backdoor, Measurement, triggered_inputs
 from neuralcleanse.mitigation.profile import ActivationProfile, profile_activations, unit_activations
 from neuralcleanse.models.layers import FeatureLayer, capture_units
 
 
-def unit_score(acts: torch.Tensor, units: torch.Tensor, offset: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Per input, the mean z-value of the chosen units; offset 0 and scale 1 give their plain mean
-    activation, the published score."""
-    return ((acts[:, units] - offset) / scale).mean(1)
+SCORES = ("weighted", "z", "mean")
+# The share of the layer's units scored, by score: the published 1% for the published score and 0.5's
+# z score; 10% for the weighted one (chosen on the MNIST population's tune split, docs/mitigation.md).
+DEFAULT_TOP_FRACTION = {"weighted": 0.10, "z": 0.01, "mean": 0.01}
+
+
+def unit_score(acts: torch.Tensor, units: torch.Tensor, offset: torch.Tensor, scale: torch.Tensor,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Per input, the weighted mean z-value of the chosen units (equal weights when none are given);
+    offset 0 and scale 1 give their plain mean activation, the published score."""
+    z = (acts[:, units] - offset) / scale
+    return z.mean(1) if weight is None else (z * weight).sum(1) / weight.sum()
 
 
 @dataclass
@@ -36,12 +44,15 @@ class FilterRates:
 
 
 class InputFilter(Mitigation):
-    """Scores an input by the mean activation of the `top_fraction` of units the reversed trigger
-    excites most, and flags it when the score exceeds a threshold set on clean data for the
-    chosen `false_positive_rate` (the paper: top 1% of the second-to-last layer, 5% FPR).
-    `standardise=True` (default since 0.5) ranks units by the trigger's rise in units of their spread
-    on clean inputs and scores by the mean of those z-scores: a unit that varies a lot on clean images
-    is weak evidence however much the trigger moves it. `standardise=False` is the published score.
+    """Scores an input by the activation of the `top_fraction` of units the reversed trigger excites
+    most, and flags it when the score exceeds a threshold set on clean data for the chosen
+    `false_positive_rate` (the paper: mean activation of the top 1% of the second-to-last layer, 5% FPR).
+
+    `score`: "mean" is the published score. "z" (the default in 0.5) ranks units by the trigger's rise
+    in units of their spread on clean inputs (d') and scores the mean of their z-values: a unit that
+    varies a lot on clean images is weak evidence however much the trigger moves it. "weighted" (the
+    default since 0.6) weighs each unit's z-value by its d', a linear discriminant for independent
+    units, over the top 10% (`top_fraction` None: DEFAULT_TOP_FRACTION of the score).
 
     >>> filt = InputFilter().fit(model, backdoors, clean)
     >>> guarded = filt.apply()       # a FilteredClassifier: (logits, flagged) per input
@@ -49,10 +60,13 @@ class InputFilter(Mitigation):
     >>> filt.rates(held_out).false_negative_rate
     """
 
-    def __init__(self, top_fraction: float = 0.01, false_positive_rate: float = 0.05,
+    def __init__(self, top_fraction: float | None = None, false_positive_rate: float = 0.05,
                  layer: FeatureLayer | str | None = None, batch_size: int = 256,
-                 device: torch.device | str = "cpu", standardise: bool = True) -> None:
+                 device: torch.device | str = "cpu", score: str = "weighted") -> None:
         refuse_model_argument("InputFilter", top_fraction, "InputFilter(...).fit(model, backdoors, clean_data)")
+        if score not in SCORES:
+            raise InputError(f"unknown filter score {score!r}; use one of {', '.join(SCORES)}")
+        top_fraction = DEFAULT_TOP_FRACTION[score] if top_fraction is None else top_fraction
         check_fractions(top_fraction=top_fraction)
         check_fractions(include_one=False, false_positive_rate=false_positive_rate)
         self.top_fraction = top_fraction
@@ -60,9 +74,10 @@ class InputFilter(Mitigation):
         self.layer = layer
         self.batch_size = batch_size
         self.device = device
-        self.standardise = standardise
+        self.score_kind = score
         self.offset_: torch.Tensor | None = None
         self.scale_: torch.Tensor | None = None
+        self.weight_: torch.Tensor | None = None
         self.profile_: ActivationProfile | None = None
         self.units_: torch.Tensor | None = None
         self.threshold_: float | None = None
@@ -70,8 +85,14 @@ class InputFilter(Mitigation):
     def fit(self, model: nn.Module, backdoors: Sequence[Backdoor], data: ImageDataset) -> "InputFilter":
         self._remember(model, backdoors)
         self.profile_ = profile_activations(model, data, backdoors, self.layer, self.batch_size, self.device)
-        self.units_ = self.profile_.top_units(self.top_fraction, self.standardise)
-        if self.standardise:
+        units = self.profile_.top_units(self.top_fraction, standardised=self.score_kind != "mean")
+        self.weight_ = None
+        if self.score_kind == "weighted":
+            rise = (self.profile_.difference / self.profile_.clean_scale)[units]
+            units = units[rise > 0] if bool((rise > 0).any()) else units[:1]  # a unit the trigger lowers is no evidence
+            self.weight_ = (self.profile_.difference / self.profile_.clean_scale)[units].clamp_min(1e-6)
+        self.units_ = units
+        if self.score_kind != "mean":
             self.offset_ = self.profile_.clean_mean[self.units_]
             self.scale_ = self.profile_.clean_scale[self.units_]
         else:
@@ -89,7 +110,7 @@ class InputFilter(Mitigation):
     def _scores(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         layer = self.profile_.layer if self.profile_ else None
         acts = unit_activations(model, x, layer, self.batch_size, self.device)
-        return unit_score(acts, self.units_, self.offset_, self.scale_)
+        return unit_score(acts, self.units_, self.offset_, self.scale_, self.weight_)
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         self._fitted()
@@ -111,7 +132,7 @@ class InputFilter(Mitigation):
         """The fitted model (or `model`, e.g. the same weights elsewhere) behind the filter."""
         layer, units, threshold = self._fitted()
         return FilteredClassifier(self.source_model_ if model is None else model, layer, units, threshold,
-                                  self.offset_, self.scale_)
+                                  self.offset_, self.scale_, self.weight_)
 
     def measure_after(self, data: ImageDataset, backdoors: Sequence[Backdoor]) -> Measurement:
         """A flagged input counts as stopped: clean accuracy = correct and not flagged, attack
@@ -130,8 +151,9 @@ class InputFilter(Mitigation):
         layer, units, threshold = self._fitted()
         return {"layer": layer.to_dict(), "units": [int(u) for u in units], "threshold": threshold,
                 "top_fraction": self.top_fraction, "false_positive_rate": self.false_positive_rate,
-                "standardise": self.standardise,
-                **({"offset": self.offset_.tolist(), "scale": self.scale_.tolist()} if self.standardise else {})}
+                "score": self.score_kind,
+                **({"offset": self.offset_.tolist(), "scale": self.scale_.tolist()} if self.score_kind != "mean" else {}),
+                **({"weight": self.weight_.tolist()} if self.weight_ is not None else {})}
 
 
 class FilteredClassifier(nn.Module):
@@ -139,7 +161,8 @@ class FilteredClassifier(nn.Module):
     `predict` returns labels with `abstain` (default -1) for flagged inputs."""
 
     def __init__(self, model: nn.Module, layer: FeatureLayer, units: torch.Tensor | list[int], threshold: float,
-                 offset: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> None:
+                 offset: torch.Tensor | None = None, scale: torch.Tensor | None = None,
+                 weight: torch.Tensor | None = None) -> None:
         super().__init__()
         self.model = model
         self.layer = layer
@@ -147,12 +170,13 @@ class FilteredClassifier(nn.Module):
         n = len(self.units)
         self.register_buffer("offset", torch.zeros(n) if offset is None else torch.as_tensor(offset).float())
         self.register_buffer("scale", torch.ones(n) if scale is None else torch.as_tensor(scale).float())
+        self.register_buffer("weight", torch.ones(n) if weight is None else torch.as_tensor(weight).float())
         self.threshold = float(threshold)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with capture_units(self.model, self.layer) as seen:
             logits = self.model(x)
-        score = unit_score(seen[-1], self.units, self.offset, self.scale)
+        score = unit_score(seen[-1], self.units, self.offset, self.scale, self.weight)
         return logits, score > self.threshold
 
     @torch.no_grad()
@@ -172,6 +196,6 @@ class FilteredClassifier(nn.Module):
 
     @classmethod
     def from_dict(cls, model: nn.Module, d: dict[str, Any]) -> "FilteredClassifier":
-        # Filters saved before `standardise` existed carry no offset or scale: plain means.
+        # Filters saved before 0.5 carry no offset or scale (plain means), before 0.6 no weight (equal).
         return cls(model, FeatureLayer.from_dict(d["layer"]), d["units"], d["threshold"],
-                   d.get("offset"), d.get("scale"))
+                   d.get("offset"), d.get("scale"), d.get("weight"))

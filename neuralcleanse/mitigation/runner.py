@@ -91,7 +91,7 @@ def split_for_mitigation(data: DatasetSplits, seed: int = 0) -> tuple[ImageDatas
 
 def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: str, *,
              labels: Sequence[int] | None = None, real: Sequence[Backdoor] = (), layer: str | None = None,
-             top_fraction: float = 0.01, false_positive_rate: float = 0.05, standardise: bool = True,
+             top_fraction: float | None = None, false_positive_rate: float = 0.05, filter_score: str = "weighted",
              prune_step: float = 0.02, stop_success: float = 0.05, max_fraction: float = 1.0,
              steps: int = 300, epochs: int | None = None, trigger_share: float = 0.2, data_fraction: float = 1.0,
              lr: float | None = None, jitter: int | None = None, recipe: str = "sized",
@@ -102,7 +102,8 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
     """Runs `method` with the reversed triggers of the scan's flagged labels (or `labels`).
 
     `real` (the true triggers, when known) is used only to measure. `top_fraction`, `false_positive_rate`,
-    `standardise`: the filter's (InputFilter). `verify`: scan the patched
+    `filter_score`: the filter's (InputFilter `score`; fitted on the whole tuning split, up to
+    `tune_samples` + `curve_samples` images). `verify`: scan the patched
     model's treated labels again, beside `verify_others` more, and say no backdoor is found only when
     none of them is flagged any more (neuralcleanse.mitigation.verify). `rounds` (unlearning, sized
     recipe): up to this many rounds, rescanning on the tuning data between them, the first `min_rounds`
@@ -134,10 +135,14 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
     details: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     if method == "filter":
+        # No pruning curve to measure: the filter ranks and sets its threshold on all of the tuning draw
+        # (a 95% quantile of 250 clean scores, what half of a user's 500 gave, is a noisy threshold).
+        filter_set = tune.subset(order[: tune_samples + curve_samples])
         mitigation = InputFilter(top_fraction, false_positive_rate, layer, device=device,
-                                 standardise=standardise).fit(model, backdoors, fit_set)
+                                 score=filter_score).fit(model, backdoors, filter_set)
         rates = mitigation.rates(held_out, judge)
-        settings.update(top_fraction=top_fraction, false_positive_rate=false_positive_rate, standardise=standardise,
+        settings.update(top_fraction=mitigation.top_fraction, false_positive_rate=false_positive_rate,
+                        filter_score=filter_score, fit_samples=len(filter_set),
                         layer=mitigation.profile_.layer.to_dict())
         # The model itself is unchanged; its copy carries the filter's settings into the checkpoint.
         patched = clone_model(model)

@@ -1,0 +1,179 @@
+"""Input-filter scores compared offline, judged by the real trigger, on the infected population.
+
+For each kept infected model (population.py) this draws the user's N clean test images as
+mitigation_population.py does, scans them with the same settings, and caches the activations of the
+filter's layer (the input of the last dense layer) on: the tuning half, the tuning half carrying the
+reversed trigger, the held-out half, and the held-out half carrying the REAL trigger
+(benchmarks/models/filter_acts/<dataset>/<id>-<N>.pt, git-ignored; rebuilt when missing). Every score
+variant is then a few lines of tensor code over the cache: fitted on the tuning half (ranking and
+threshold at 5% false positives), measured on the held-out half. One JSON line per (model, variant)
+goes to benchmarks/results/filter_variants_<dataset>.jsonl, and a table per split is printed.
+
+    .venv/bin/python benchmarks/filter_variants.py --dataset mnist            # tune and test splits
+    .venv/bin/python benchmarks/filter_variants.py --dataset mnist --summary  # table from the file
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import take_shard  # noqa: E402
+from mitigation_population import model_of, population  # noqa: E402
+from population_recipes import trigger_of  # noqa: E402
+
+from neuralcleanse import NeuralCleanse, load_dataset  # noqa: E402
+from neuralcleanse.data.dataset import DatasetSplits  # noqa: E402
+from neuralcleanse.mitigation import Backdoor  # noqa: E402
+from neuralcleanse.mitigation.backdoors import reversed_backdoors, triggered_inputs  # noqa: E402
+from neuralcleanse.mitigation.profile import unit_activations  # noqa: E402
+from neuralcleanse.mitigation.runner import split_for_mitigation  # noqa: E402
+from neuralcleanse.models.layers import resolve_layer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+FPR = 0.05
+
+
+def activations(row: dict, dataset: str, size: int, test) -> dict[str, torch.Tensor]:
+    path = ROOT / "benchmarks" / "models" / "filter_acts" / dataset / f"{row['id']}-{size}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    model, recipe = model_of(row, dataset)
+    user = test.random_sample(size, seed=1000 + size)  # as mitigation_population.run_one
+    target = recipe["attack"]["target"]
+    scan = NeuralCleanse("fast", progress=False, seed=0).scan(model, user)
+    backdoors = reversed_backdoors(scan, [target])
+    tune, held = split_for_mitigation(DatasetSplits(user, user), 0)
+    layer = resolve_layer(model, None)
+    real = [Backdoor(target, trigger_of(recipe))]
+    # Every tuning image stamped (the target's own too), so that any subset can be profiled as the tool does.
+    stamped = backdoors[0].trigger.apply(tune.x)
+    acts = {name: unit_activations(model, x, layer) for name, x in (
+        ("tune_clean", tune.x), ("tune_stamped", stamped),
+        ("held_clean", held.x), ("held_real", triggered_inputs(held, real)))}
+    acts["tune_other"] = tune.y != target  # images the profile stamps (triggered_inputs leaves the target out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(acts, path)
+    return acts
+
+
+# A variant: (fit clean acts, fit triggered acts) -> a function scoring acts.
+Variant = Callable[[torch.Tensor, torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
+
+
+def _stats(clean: torch.Tensor, trig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    mean, std = clean.mean(0), clean.std(0, correction=0)
+    scale = std.clamp_min(1e-3 * float(std.max()) + 1e-8)  # as ActivationProfile.clean_scale
+    return mean, scale, trig.mean(0) - mean
+
+
+def _top(values: torch.Tensor, fraction: float) -> torch.Tensor:
+    return torch.argsort(values, descending=True, stable=True)[: max(1, int(round(fraction * len(values))))]
+
+
+def published(fraction: float) -> Variant:
+    def fit(clean, trig):
+        units = _top(_stats(clean, trig)[2], fraction)
+        return lambda a: a[:, units].mean(1)
+    return fit
+
+
+def zscore(fraction: float) -> Variant:
+    def fit(clean, trig):
+        mean, scale, rise = _stats(clean, trig)
+        units = _top(rise / scale, fraction)
+        return lambda a: ((a[:, units] - mean[units]) / scale[units]).mean(1)
+    return fit
+
+
+def weighted(fraction: float) -> Variant:
+    """Each unit's z-value weighted by the trigger's rise in z (a linear discriminant for independent
+    units), over the top units by that rise."""
+    def fit(clean, trig):
+        mean, scale, rise = _stats(clean, trig)
+        d = rise / scale
+        units = _top(d, fraction)
+        w = d[units].clamp_min(0)
+        return lambda a: ((a[:, units] - mean[units]) / scale[units] * w).sum(1) / w.sum().clamp_min(1e-12)
+    return fit
+
+
+VARIANTS: dict[str, tuple[Variant, bool]] = {  # name: (variant, fitted on the whole tuning half)
+    "published top1% (fit 250)": (published(0.01), False),
+    "z top1% (fit 250)": (zscore(0.01), False),
+    "z top1% (fit all)": (zscore(0.01), True),
+    "z top5% (fit all)": (zscore(0.05), True),
+    "z top10% (fit all)": (zscore(0.10), True),
+    "weighted top5% (fit all)": (weighted(0.05), True),
+    "weighted top10% (fit all)": (weighted(0.10), True),
+    "weighted top25% (fit all)": (weighted(0.25), True),
+    "weighted all (fit all)": (weighted(1.0), True),
+}
+
+
+def measure(acts: dict[str, torch.Tensor], variant: Variant, whole: bool) -> dict[str, float]:
+    keep = torch.arange(len(acts["tune_clean"]))
+    if not whole:  # the runner's draw (seed 0): half of a small tuning split ranks and thresholds
+        keep = torch.randperm(len(keep), generator=torch.Generator().manual_seed(0))[: len(keep) // 2]
+    clean = acts["tune_clean"][keep]
+    trig = acts["tune_stamped"][keep][acts["tune_other"][keep]]
+    score = variant(clean, trig)
+    threshold = float(torch.quantile(score(clean).double(), 1 - FPR))
+    return {"fpr": float((score(acts["held_clean"]) > threshold).float().mean()),
+            "fnr_real": float((score(acts["held_real"]) <= threshold).float().mean())}
+
+
+def summarise(path: Path) -> str:
+    rows = [json.loads(l) for l in path.open()] if path.exists() else []
+    lines = ["| split | variant | models | real missed ≤ 5% at 5% FPR | median missed | worst missed | median FPR |",
+             "|---|---|---|---|---|---|---|"]
+    for split in ("tune", "test"):
+        for name in VARIANTS:
+            sel = [r for r in rows if r["split"] == split and r["variant"] == name]
+            if sel:
+                fnr = [r["fnr_real"] for r in sel]
+                lines.append(f"| {split} | {name} | {len(sel)} | {sum(v <= 0.05 for v in fnr)}/{len(sel)} | "
+                             f"{statistics.median(fnr):.1%} | {max(fnr):.1%} | "
+                             f"{statistics.median(r['fpr'] for r in sel):.1%} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="mnist")
+    ap.add_argument("--split", default="all", choices=("tune", "test", "all"))
+    ap.add_argument("--size", type=int, default=1000)
+    ap.add_argument("--shard", default="0/1", metavar="I/N")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--summary", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    path = ROOT / "benchmarks" / "results" / f"filter_variants_{args.dataset}.jsonl"
+    if not args.summary:
+        done = {(r["id"], r["variant"]) for r in map(json.loads, path.open())} if path.exists() else set()
+        test = load_dataset(args.dataset).test
+        for row in take_shard(population(args.dataset, args.split), args.shard):
+            todo = [name for name in VARIANTS if (row["id"], name) not in done]
+            if not todo:
+                continue
+            start = time.perf_counter()
+            acts = activations(row, args.dataset, args.size, test)
+            with path.open("a") as f:
+                for name in todo:
+                    line = {"id": row["id"], "split": row["split"], "arch": row["recipe"]["arch"],
+                            "output": row["recipe"]["output"], "size": args.size, "variant": name,
+                            **measure(acts, *VARIANTS[name])}
+                    f.write(json.dumps(line) + "\n")
+            print(f"{row['id']} ({time.perf_counter() - start:.0f} s)", flush=True)
+    print(summarise(path))
+
+
+if __name__ == "__main__":
+    main()
