@@ -65,7 +65,7 @@ REAL_TRIGGER_FLAGS = {
 @click.option("--accuracy-tolerance", type=click.FloatRange(0, 1, max_open=True), default=0.02, show_default=True,
               help="unlearn (sized): clean accuracy the learning-rate search may give up on its held-back fifth "
                    "(0.01 before 0.5).")
-@click.option("--distill", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--distill", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="unlearn (sized): weight of the term that teaches each input, stamped or not, to answer as the "
                    "model given answers the plain image (0: cross-entropy on the labels only).")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
