@@ -206,7 +206,8 @@ class Unlearner(Mitigation):
             max(1, int(round(self.data_fraction * len(data)))), seed=self.seed)
         search: list[dict[str, float]] = []
         # The model as given, frozen: what a clean input should still get (see `distill`).
-        self._teacher = clone_model(model).eval() if self.distill > 0 else None
+        # (The published recipe stamps its set beforehand, keeping no plain image to distil from.)
+        self._teacher = clone_model(model).eval() if self.distill > 0 and self.jitter != 0 else None
         lr = self.lr if self.lr is not None else self._search_lr(model, backdoors, subset, search)
         patched, losses, stamped, epochs = self._train(model, backdoors, subset, lr, self.steps)
         rounds: list[dict[str, Any]] = []
@@ -221,6 +222,7 @@ class Unlearner(Mitigation):
             patched, more, added, _ = self._train(patched, current, subset, lr, self.steps)
             losses, stamped = losses + more, stamped + added
         self.unlearning_ = UnlearningResult(len(subset), stamped, lr, losses, patched, epochs, search, rounds)
+        self._teacher = None  # a copy of the model: not kept past fit
         return self
 
     def apply(self) -> nn.Module:
@@ -252,7 +254,7 @@ class Unlearner(Mitigation):
         # would otherwise pull them toward triggered inputs).
         norms = [m for m in patched.modules() if isinstance(m, NORM_LAYERS)] if self.freeze_norm else []
         # Distillation needs the plain image beside the stamped one, which only the jittered stamp keeps.
-        teacher = getattr(self, "_teacher", None) if stamp is not None else None
+        teacher = self._teacher if stamp is not None else None
         if teacher is not None:
             teacher = logits_view(teacher.to(self.device), data)
         losses = train_classifier(logits_view(patched, data), data, epochs=epochs, batch_size=self.batch_size, lr=lr,
