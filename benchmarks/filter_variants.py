@@ -20,8 +20,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable
-
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,7 +31,8 @@ from neuralcleanse import NeuralCleanse, load_dataset  # noqa: E402
 from neuralcleanse.data.dataset import DatasetSplits  # noqa: E402
 from neuralcleanse.mitigation import Backdoor  # noqa: E402
 from neuralcleanse.mitigation.backdoors import reversed_backdoors, triggered_inputs  # noqa: E402
-from neuralcleanse.mitigation.profile import unit_activations  # noqa: E402
+from neuralcleanse.mitigation.input_filter import scored_units, unit_score  # noqa: E402
+from neuralcleanse.mitigation.profile import ActivationProfile, unit_activations  # noqa: E402
 from neuralcleanse.mitigation.runner import split_for_mitigation  # noqa: E402
 from neuralcleanse.models.layers import resolve_layer  # noqa: E402
 
@@ -64,70 +63,31 @@ def activations(row: dict, dataset: str, size: int, test) -> dict[str, torch.Ten
     return acts
 
 
-# A variant: (fit clean acts, fit triggered acts) -> a function scoring acts.
-Variant = Callable[[torch.Tensor, torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
-
-
-def _stats(clean: torch.Tensor, trig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    mean, std = clean.mean(0), clean.std(0, correction=0)
-    scale = std.clamp_min(1e-3 * float(std.max()) + 1e-8)  # as ActivationProfile.clean_scale
-    return mean, scale, trig.mean(0) - mean
-
-
-def _top(values: torch.Tensor, fraction: float) -> torch.Tensor:
-    return torch.argsort(values, descending=True, stable=True)[: max(1, int(round(fraction * len(values))))]
-
-
-def published(fraction: float) -> Variant:
-    def fit(clean, trig):
-        units = _top(_stats(clean, trig)[2], fraction)
-        return lambda a: a[:, units].mean(1)
-    return fit
-
-
-def zscore(fraction: float) -> Variant:
-    def fit(clean, trig):
-        mean, scale, rise = _stats(clean, trig)
-        units = _top(rise / scale, fraction)
-        return lambda a: ((a[:, units] - mean[units]) / scale[units]).mean(1)
-    return fit
-
-
-def weighted(fraction: float) -> Variant:
-    """Each unit's z-value weighted by the trigger's rise in z (a linear discriminant for independent
-    units), over the top units by that rise."""
-    def fit(clean, trig):
-        mean, scale, rise = _stats(clean, trig)
-        d = rise / scale
-        units = _top(d, fraction)
-        w = d[units].clamp_min(0)
-        return lambda a: ((a[:, units] - mean[units]) / scale[units] * w).sum(1) / w.sum().clamp_min(1e-12)
-    return fit
-
-
-VARIANTS: dict[str, tuple[Variant, bool]] = {  # name: (variant, fitted on the whole tuning half)
-    "published top1% (fit 250)": (published(0.01), False),
-    "z top1% (fit 250)": (zscore(0.01), False),
-    "z top1% (fit all)": (zscore(0.01), True),
-    "z top5% (fit all)": (zscore(0.05), True),
-    "z top10% (fit all)": (zscore(0.10), True),
-    "weighted top5% (fit all)": (weighted(0.05), True),
-    "weighted top10% (fit all)": (weighted(0.10), True),
-    "weighted top25% (fit all)": (weighted(0.25), True),
-    "weighted all (fit all)": (weighted(1.0), True),
+VARIANTS: dict[str, tuple[str, float, bool]] = {  # name: (InputFilter score, top fraction, fitted on the whole tuning half)
+    "published top1% (fit 250)": ("mean", 0.01, False),
+    "z top1% (fit 250)": ("z", 0.01, False),
+    "z top1% (fit all)": ("z", 0.01, True),
+    "z top5% (fit all)": ("z", 0.05, True),
+    "z top10% (fit all)": ("z", 0.10, True),
+    "weighted top5% (fit all)": ("weighted", 0.05, True),
+    "weighted top10% (fit all)": ("weighted", 0.10, True),
+    "weighted top25% (fit all)": ("weighted", 0.25, True),
+    "weighted all (fit all)": ("weighted", 1.0, True),
 }
 
 
-def measure(acts: dict[str, torch.Tensor], variant: Variant, whole: bool) -> dict[str, float]:
+def measure(acts: dict[str, torch.Tensor], score: str, top_fraction: float, whole: bool) -> dict[str, float]:
+    """The tool's own scoring (scored_units, unit_score) on the cached activations, as InputFilter.fit does."""
     keep = torch.arange(len(acts["tune_clean"]))
-    if not whole:  # the runner's draw (seed 0): half of a small tuning split ranks and thresholds
+    if not whole:  # the runner's draw before 0.6 (seed 0): half of a small tuning split ranks and thresholds
         keep = torch.randperm(len(keep), generator=torch.Generator().manual_seed(0))[: len(keep) // 2]
     clean = acts["tune_clean"][keep]
     trig = acts["tune_stamped"][keep][acts["tune_other"][keep]]
-    score = variant(clean, trig)
-    threshold = float(torch.quantile(score(clean).double(), 1 - FPR))
-    return {"fpr": float((score(acts["held_clean"]) > threshold).float().mean()),
-            "fnr_real": float((score(acts["held_real"]) <= threshold).float().mean())}
+    profile = ActivationProfile(None, clean.mean(0), trig.mean(0), clean.std(0, correction=0))
+    chosen = scored_units(profile, score, top_fraction)
+    threshold = float(torch.quantile(unit_score(clean, *chosen).double(), 1 - FPR))
+    return {"fpr": float((unit_score(acts["held_clean"], *chosen) > threshold).float().mean()),
+            "fnr_real": float((unit_score(acts["held_real"], *chosen) <= threshold).float().mean())}
 
 
 def summarise(path: Path) -> str:

@@ -29,6 +29,21 @@ def unit_score(acts: torch.Tensor, units: torch.Tensor, offset: torch.Tensor, sc
     return z.mean(1) if weight is None else (z * weight).sum(1) / weight.sum()
 
 
+def scored_units(profile: ActivationProfile, score: str, top_fraction: float
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """What `unit_score` needs for a filter score (SCORES): the units, their offsets, scales and
+    weights (None: equal)."""
+    units = profile.top_units(top_fraction, standardised=score != "mean")
+    if score == "mean":
+        return units, torch.zeros(len(units)), torch.ones(len(units)), None
+    weight = None
+    if score == "weighted":
+        rise = profile.standardised_rise[units]
+        units = units[rise > 0] if bool((rise > 0).any()) else units[:1]  # a unit the trigger lowers is no evidence
+        weight = profile.standardised_rise[units].clamp_min(1e-6)
+    return units, profile.clean_mean[units], profile.clean_scale[units], weight
+
+
 @dataclass
 class FilterRates:
     """Measured on inputs the filter was not fitted on."""
@@ -85,18 +100,8 @@ class InputFilter(Mitigation):
     def fit(self, model: nn.Module, backdoors: Sequence[Backdoor], data: ImageDataset) -> "InputFilter":
         self._remember(model, backdoors)
         self.profile_ = profile_activations(model, data, backdoors, self.layer, self.batch_size, self.device)
-        units = self.profile_.top_units(self.top_fraction, standardised=self.score_kind != "mean")
-        self.weight_ = None
-        if self.score_kind == "weighted":
-            rise = (self.profile_.difference / self.profile_.clean_scale)[units]
-            units = units[rise > 0] if bool((rise > 0).any()) else units[:1]  # a unit the trigger lowers is no evidence
-            self.weight_ = (self.profile_.difference / self.profile_.clean_scale)[units].clamp_min(1e-6)
-        self.units_ = units
-        if self.score_kind != "mean":
-            self.offset_ = self.profile_.clean_mean[self.units_]
-            self.scale_ = self.profile_.clean_scale[self.units_]
-        else:
-            self.offset_, self.scale_ = torch.zeros(len(self.units_)), torch.ones(len(self.units_))
+        self.units_, self.offset_, self.scale_, self.weight_ = scored_units(self.profile_, self.score_kind,
+                                                                           self.top_fraction)
         scores = self._scores(model, data.x)
         # Flag strictly above the (1 - FPR) quantile of clean scores.
         self.threshold_ = float(torch.quantile(scores.double(), 1.0 - self.false_positive_rate))

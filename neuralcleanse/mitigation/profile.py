@@ -32,8 +32,13 @@ class ActivationProfile:
         return std.clamp_min(1e-3 * float(std.max()) + 1e-8)
 
     @property
+    def standardised_rise(self) -> torch.Tensor:
+        """The trigger's mean rise in units of the clean spread (d')."""
+        return self.difference / self.clean_scale
+
+    @property
     def standardised_ranking(self) -> torch.Tensor:
-        return torch.argsort(self.difference / self.clean_scale, descending=True, stable=True)
+        return torch.argsort(self.standardised_rise, descending=True, stable=True)
 
     @property
     def difference(self) -> torch.Tensor:
