@@ -73,6 +73,7 @@ VARIANTS: dict[str, tuple[str, float, bool]] = {  # name: (InputFilter score, to
     "weighted top10% (fit all)": ("weighted", 0.10, True),
     "weighted top25% (fit all)": ("weighted", 0.25, True),
     "weighted all (fit all)": ("weighted", 1.0, True),
+    "lda (fit all)": ("lda", 1.0, True),
 }
 
 
@@ -83,7 +84,7 @@ def measure(acts: dict[str, torch.Tensor], score: str, top_fraction: float, whol
         keep = torch.randperm(len(keep), generator=torch.Generator().manual_seed(0))[: len(keep) // 2]
     clean = acts["tune_clean"][keep]
     trig = acts["tune_stamped"][keep][acts["tune_other"][keep]]
-    profile = ActivationProfile(None, clean.mean(0), trig.mean(0), clean.std(0, correction=0))
+    profile = ActivationProfile(None, clean.mean(0), trig.mean(0), clean.std(0, correction=0), (clean, trig))
     chosen = scored_units(profile, score, top_fraction)
     threshold = float(torch.quantile(unit_score(clean, *chosen).double(), 1 - FPR))
     return {"fpr": float((unit_score(acts["held_clean"], *chosen) > threshold).float().mean()),

@@ -68,9 +68,9 @@ def recipe_label(recipe_name: str, rounds: int = 1, min_rounds: int = 1, toleran
 
 def filter_label(score: str, top_fraction: float | None) -> str:
     """Labels as recorded since 0.4: "default" is the published score at 1%, "default+z" 0.5's z score
-    (both fitted on half the tuning split before 0.6); "weighted" is 0.6's default."""
-    if score == "weighted":
-        return "weighted" + (f"+top{top_fraction:g}" if top_fraction is not None else "")
+    (both fitted on half the tuning split before 0.6); "weighted" is 0.6's default, "lda" 0.7's."""
+    if score in ("weighted", "lda"):
+        return score + (f"+top{top_fraction:g}" if top_fraction is not None else "")
     return ("default" if top_fraction in (None, 0.01) else f"top{top_fraction:g}") + ("+z" if score == "z" else "")
 
 
@@ -150,7 +150,7 @@ def main() -> None:
                     help="unlearn: weight of the distillation term (Unlearner(distill=)); labels get +kd<weight>")
     ap.add_argument("--arch", default=None, help="only models of this architecture (e.g. bn_gap)")
     ap.add_argument("--ids", default=None, help="only these model ids, comma-separated")
-    ap.add_argument("--filter-score", default="weighted", choices=("weighted", "z", "mean"),
+    ap.add_argument("--filter-score", default="weighted", choices=("lda", "weighted", "z", "mean"),
                     help="filter: InputFilter(score=); mean is the published score, z 0.5's default")
     ap.add_argument("--tolerance", type=float, default=LABEL_TOLERANCE,
                     help="unlearn: clean accuracy the learning-rate search may give up")

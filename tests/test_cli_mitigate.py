@@ -88,9 +88,9 @@ def test_filter_reports_rates(model, scan_dir, dataset, workdir) -> None:
     f = report["filter"]
     assert 0 <= f["false_positive_rate"] < 0.25 and 0 <= f["false_negative_rate"] <= 1
     assert len(f["units"]) <= 3 and f["layer"] == {"name": "5", "side": "input"}
-    # Weighted z-scored units by default; the published mean one flag away.
-    assert f["score"] == "weighted" and len(f["scale"]) == len(f["weight"]) == len(f["units"]) >= 1
-    assert min(f["scale"]) > 0 and min(f["weight"]) > 0
+    # Fisher's discriminant by default (offsets, unit scales, signed weights); the published mean one flag away.
+    assert f["score"] == "lda" and len(f["offset"]) == len(f["weight"]) == len(f["units"]) >= 1
+    assert set(f["scale"]) == {1.0}
     assert report["settings"]["fit_samples"] == report["settings"]["tune_samples"]  # all of a small tuning split
     out = workdir / "filter-mean"
     published = check_output(out, run(model, scan_dir, dataset, out, "filter", "--top-fraction", "0.1",

@@ -15,6 +15,7 @@ from neuralcleanse.mitigation import (Backdoor, FilteredClassifier, InputFilter,
                                       Unlearner, known_backdoors, measure, mitigate, profile_activations,
                                       reversed_backdoors)
 from neuralcleanse.mitigation.backdoors import triggered_inputs
+from neuralcleanse.mitigation.profile import unit_activations
 from neuralcleanse.mitigation.runner import split_for_mitigation
 from neuralcleanse.mitigation.unlearning import choose_rate
 from neuralcleanse.models.checkpoint import classifier_from_checkpoint, save_checkpoint
@@ -81,7 +82,7 @@ def test_filter_false_positive_rate_holds_on_held_out_data(infected, data, rever
     assert rates.triggered_scores.mean() > rates.clean_scores.mean()
 
 
-@pytest.mark.parametrize("score", ["mean", "z", "weighted"])
+@pytest.mark.parametrize("score", ["mean", "z", "weighted", "lda"])
 def test_filtered_classifier_abstains_on_triggered_inputs(infected, data, reversed_, held_out, trigger,
                                                           score) -> None:
     model, _ = infected
@@ -118,6 +119,41 @@ def test_standardised_filter_scores_z_values(infected, data, reversed_, held_out
     assert abs(rates.false_positive_rate - 0.1) < 0.05 and rates.false_negative_rate < 0.3
     # A unit silent on clean inputs must not divide by zero.
     assert torch.isfinite(profile.clean_scale).all() and float(profile.clean_scale.min()) > 0
+
+
+def test_lda_filter_is_fishers_discriminant(infected, data, reversed_, held_out) -> None:
+    model, _ = infected
+    filt = InputFilter(false_positive_rate=0.1).fit(model, reversed_, data.train)  # the default score
+    assert filt.score_kind == "lda" and filt.profile_.activations is None  # not kept after the fit
+    profile = profile_activations(model, data.train, reversed_, keep=True)
+    rise = profile.standardised_rise
+    assert torch.equal(filt.units_.sort().values, torch.nonzero(rise > 0).flatten())  # every unit the trigger raises
+    # The weights solve Σw = Δμ for the shrunk mean covariance of the two sets of inputs.
+    clean, trig = (a[:, filt.units_].double() for a in profile.activations)
+    pooled = (torch.cov(clean.T) + torch.cov(trig.T)) / 2
+    sigma = 0.8 * pooled + 0.2 * torch.diag(torch.diag(pooled))
+    torch.testing.assert_close((sigma @ filt.weight_.double()), (trig.mean(0) - clean.mean(0)), rtol=1e-3, atol=1e-4)
+    # Scores are the discriminant's projection, normalised by the weights' absolute sum.
+    acts = unit_activations(model, held_out.x, profile.layer)
+    expected = ((acts[:, filt.units_] - profile.clean_mean[filt.units_]) * filt.weight_).sum(1) / filt.weight_.abs().sum()
+    torch.testing.assert_close(filt.score(held_out.x), expected)
+    rates = filt.rates(held_out, known_backdoors(model.info.metadata))
+    assert abs(rates.false_positive_rate - 0.1) < 0.05 and rates.false_negative_rate < 0.3
+
+
+def test_discriminant_needs_the_activations_and_a_valid_shrinkage(infected, data, reversed_) -> None:
+    model, _ = infected
+    units = torch.arange(4)
+    with pytest.raises(ValueError, match="activations"):
+        profile_activations(model, data.train.random_sample(50), reversed_).discriminant(units, 0.2)
+    kept = profile_activations(model, data.train.random_sample(50), reversed_, keep=True)
+    with pytest.raises(ValueError, match="shrinkage"):
+        kept.discriminant(units, 1.5)
+    # Fully shrunk, the discriminant weighs each unit alone: its rise over its (pooled) variance.
+    clean, trig = (a[:, units].double() for a in kept.activations)
+    pooled_var = (clean.var(0) + trig.var(0)) / 2
+    torch.testing.assert_close(kept.discriminant(units, 1.0).double(), (trig.mean(0) - clean.mean(0)) / (pooled_var + 1e-6 * pooled_var.mean() + 1e-12),
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_pruning_lowers_attack_success_and_survives_a_checkpoint(infected, data, reversed_, held_out, tmp_path) -> None:

@@ -32,12 +32,13 @@ REAL_TRIGGER_FLAGS = {
 @click.option("--layer", default=None,
               help="Feature layer for filter/prune (default: input of the last dense layer); see the error for names.")
 @click.option("--top-fraction", type=float, default=None,
-              help="filter: share of top units scored. [default: 0.1 for the weighted score, 0.01 for z and mean]")
+              help="filter: share of top units scored. [default: every unit the trigger raises (at most 1,024) "
+                   "for lda, 0.1 for weighted, 0.01 for z and mean]")
 @click.option("--fpr", type=float, default=0.05, show_default=True, help="filter: false-positive rate on clean data.")
-@click.option("--filter-score", type=click.Choice(["weighted", "z", "mean"]), default="weighted", show_default=True,
-              help="filter: weighted = units' z-values (in units of their clean spread) weighted by how far the "
-                   "trigger moves them (default since 0.6); z = their plain mean (0.5); mean = their mean "
-                   "activation, as published.")
+@click.option("--filter-score", type=click.Choice(["lda", "weighted", "z", "mean"]), default="lda", show_default=True,
+              help="filter: lda = Fisher's linear discriminant of stamped against clean inputs over the units "
+                   "the trigger raises (default since 0.7); weighted = units' z-values weighted by how far the "
+                   "trigger moves them (0.6); z = their plain mean (0.5); mean = their mean activation, as published.")
 @click.option("--step", type=float, default=0.02, show_default=True, help="prune: share of the layer per step.")
 @click.option("--stop-success", type=float, default=0.05, show_default=True,
               help="prune: stop once the reversed trigger succeeds less often than this.")

@@ -22,6 +22,10 @@ class ReverseConfig:
     left out of that label's loss and success rate.
     start_cost: the cost before the schedule first sets it; the published code starts at 0
     and waits `patience` successful steps before setting `init_cost`.
+    smoothness: weight β of the mask's total variation in the size penalty, which becomes
+    cost·(|m|₁ + β·TV(m)) (TV: the summed absolute differences of neighbouring mask pixels). 0
+    (the published penalty) lets a mask scatter into single pixels; a planted trigger is a compact
+    patch, so TV raises natural labels' masks more than the planted one's.
     """
 
     max_steps: int = 1000
@@ -39,12 +43,15 @@ class ReverseConfig:
     early_stop_threshold: float = 0.99
     loss: str = "cross_entropy"
     exclude_target_samples: bool = True
+    smoothness: float = 0.0
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}")
         if self.batch_size < 1 or self.samples_per_step < 1 or self.max_steps < 1:
             raise ValueError("batch_size, samples_per_step and max_steps must be positive")
+        if not (self.smoothness >= 0.0 and self.smoothness < float("inf")):
+            raise ValueError(f"smoothness must be a finite number of at least 0, got {self.smoothness}")
         if not 0.0 < self.attack_threshold <= 1.0:
             raise ValueError("attack_threshold must lie in (0, 1]")
 

@@ -256,7 +256,7 @@ class TriggerReverseEngineer:
                     logits.flatten(0, 1), labels.repeat_interleave(bsz), reduction="none"
                 ).view(k, -1)
             ce = (per_sample * weight).sum(1) / denom
-            reg = mask.sum((1, 2, 3))
+            reg = mask_penalty(mask, cfg.smoothness)
             loss = (ce + s["cost"] * reg).sum()
             g_mask, g_pattern = torch.autograd.grad(loss, (mask_p, pattern_p))
             with torch.no_grad():
@@ -412,6 +412,18 @@ class TriggerReverseEngineer:
             "steps": t["steps"].cpu(),
             "cost": t["cost"].cpu(),
         }
+
+
+def total_variation(mask: torch.Tensor) -> torch.Tensor:
+    """Per mask of a (K, 1, H, W) stack: summed absolute differences of vertical and horizontal neighbours."""
+    return ((mask[..., 1:, :] - mask[..., :-1, :]).abs().sum((1, 2, 3))
+            + (mask[..., :, 1:] - mask[..., :, :-1]).abs().sum((1, 2, 3)))
+
+
+def mask_penalty(mask: torch.Tensor, smoothness: float = 0.0) -> torch.Tensor:
+    """The size term the cost multiplies: |m|₁, plus `smoothness`·TV(m) when asked."""
+    reg = mask.sum((1, 2, 3))
+    return reg + smoothness * total_variation(mask) if smoothness else reg
 
 
 def check_precision(precision: str) -> None:

@@ -91,7 +91,7 @@ def split_for_mitigation(data: DatasetSplits, seed: int = 0) -> tuple[ImageDatas
 
 def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: str, *,
              labels: Sequence[int] | None = None, real: Sequence[Backdoor] = (), layer: str | None = None,
-             top_fraction: float | None = None, false_positive_rate: float = 0.05, filter_score: str = "weighted",
+             top_fraction: float | None = None, false_positive_rate: float = 0.05, filter_score: str = "lda",
              prune_step: float = 0.02, stop_success: float = 0.05, max_fraction: float = 1.0,
              steps: int = 300, epochs: int | None = None, trigger_share: float = 0.2, data_fraction: float = 1.0,
              lr: float | None = None, jitter: int | None = None, recipe: str = "sized",

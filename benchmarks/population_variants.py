@@ -1,0 +1,158 @@
+"""Search variants measured on the population: the same models scanned with other reverse-engineering settings.
+
+    .venv/bin/python benchmarks/population_variants.py --dataset mnist --variant tv1 --split tune
+    .venv/bin/python benchmarks/population_variants.py --dataset mnist --report
+
+Every kept model of benchmarks/results/population_<dataset>.jsonl (of --split) is scanned once per
+variant with `NeuralCleanse("fast", seed=0, restarts=0, **overrides)`: a single seed, so the
+variants are compared on like terms (population.py's seed-0 norms are the "published" variant's).
+Each scan writes one line to benchmarks/results/population_<dataset>_variants.jsonl as it finishes
+(the label norms, each label's mask total variation, the target); a restart skips what is there.
+Models are rebuilt by population.py (`--rebuild-kept all`) when missing.
+
+The report judges every variant by the default rule's statistic (MAD of log norms) with one
+threshold per variant chosen on the tune split: the smallest that flags at most 5% of its clean
+models (as the default's alpha was chosen). Test-split figures are reported as they fall.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+sys.path.insert(0, str(ROOT))
+
+from mitigation_population import model_of  # noqa: E402
+from population_report import auroc  # noqa: E402
+from population_restarts import index_and_min  # noqa: E402
+
+from neuralcleanse.data import load_dataset  # noqa: E402
+from neuralcleanse.detection import NeuralCleanse  # noqa: E402
+from neuralcleanse.detection.reverse_engineer import total_variation  # noqa: E402
+
+# name -> overrides of the fast preset's reverse-engineering settings
+VARIANTS: dict[str, dict] = {
+    "published": {},
+    "tv0.5": {"smoothness": 0.5},
+    "tv1": {"smoothness": 1.0},
+    "tv2": {"smoothness": 2.0},
+}
+MAX_FALSE_ALARMS = 0.05
+
+
+def scan_rows(dataset: str, rows: list[dict], variant: str, out: Path, threads: int) -> None:
+    done = {(r["id"], r["variant"]) for r in read(out)}
+    todo = [r for r in rows if (r["id"], variant) not in done]
+    print(f"{len(todo)} models to scan with variant {variant} {VARIANTS[variant]}", flush=True)
+    torch.set_num_threads(threads)
+    test = load_dataset(dataset).test
+    for r in todo:
+        model, _ = model_of(r, dataset)
+        start = time.perf_counter()
+        result = NeuralCleanse("fast", seed=0, restarts=0, progress=False, **VARIANTS[variant]).scan(model, test)
+        line = {"id": r["id"], "split": r["split"], "kind": r["kind"], "target": r["true_target"],
+                "arch": r["recipe"]["arch"], "variant": variant, "norms": result.l1_norms,
+                "tv": total_variation(result.masks[:, None]).tolist(),
+                "seconds": round(time.perf_counter() - start, 1)}
+        with out.open("a") as fh:
+            fh.write(json.dumps(line) + "\n")
+        index, low = index_and_min(result.l1_norms)
+        print(f"{r['id']} {variant}: index {index:.2f} min label {low} target {r['true_target']} "
+              f"({line['seconds']} s)", flush=True)
+
+
+def read(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip().endswith("}")]
+
+
+def scores(lines: list[dict], score: str) -> dict[str, tuple[float, int]]:
+    """(index, smallest label) per model; `score` "l1" judges the L1 norms, "l1+tv" the penalty itself."""
+    out = {}
+    for line in lines:
+        norms = np.asarray(line["norms"])
+        if score == "l1+tv":
+            norms = norms + VARIANTS[line["variant"]].get("smoothness", 0.0) * np.asarray(line["tv"])
+        out[line["id"]] = index_and_min(norms)
+    return out
+
+
+def figures(lines: list[dict], judged: dict[str, tuple[float, int]], threshold: float) -> dict:
+    bad = [l for l in lines if l["target"] is not None]
+    clean = [l for l in lines if l["target"] is None]
+    hits = sum(judged[l["id"]][0] > threshold and judged[l["id"]][1] == l["target"] for l in bad)
+    alarms = sum(judged[l["id"]][0] > threshold for l in clean)
+    return {"auroc": auroc([judged[l["id"]][0] for l in bad], [judged[l["id"]][0] for l in clean]),
+            "hits": f"{hits}/{len(bad)}", "alarms": f"{alarms}/{len(clean)}"}
+
+
+def tuned_threshold(clean_indices: list[float], floor: float = 2.0) -> float:
+    """The smallest threshold (at least `floor`) flagging at most 5% of these clean models."""
+    allowed = int(MAX_FALSE_ALARMS * len(clean_indices))
+    ordered = sorted(clean_indices, reverse=True)
+    return max(floor, ordered[allowed] if allowed < len(ordered) else floor)
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.3f}"
+
+
+def report(dataset: str, population: list[dict], out: Path) -> str:
+    lines = read(out)
+    by_variant: dict[str, list[dict]] = {}
+    for l in lines:
+        by_variant.setdefault(l["variant"], []).append(l)
+    recorded = [{"id": r["id"], "split": r["split"], "kind": r["kind"], "target": r["true_target"],
+                 "arch": r["recipe"]["arch"], "variant": "published", "norms": r["scan"]["l1_norms"],
+                 "tv": [0.0] * len(r["scan"]["l1_norms"])} for r in population]
+    by_variant.setdefault("published", recorded)
+    table = ["| variant | score | threshold (tune) | tune AUROC | tune hits | tune false alarms | test AUROC | "
+             "test hits | test false alarms | bn_gap test hits / alarms |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for variant, vl in by_variant.items():
+        for score in (("l1",) if variant == "published" else ("l1", "l1+tv")):
+            judged = scores(vl, score)
+            tune = [l for l in vl if l["split"] == "tune"]
+            test = [l for l in vl if l["split"] == "test"]
+            if not tune:
+                continue
+            t = tuned_threshold([judged[l["id"]][0] for l in tune if l["target"] is None])
+            a, b = figures(tune, judged, t), figures(test, judged, t) if test else {"auroc": float("nan"),
+                                                                                  "hits": "-", "alarms": "-"}
+            bn = figures([l for l in test if l["arch"] == "bn_gap"], judged, t) if test else {"hits": "-", "alarms": "-"}
+            table.append(f"| {variant} | {score} | {t:.2f} | {fmt(a['auroc'])} | {a['hits']} | {a['alarms']} | "
+                         f"{fmt(b['auroc'])} | {b['hits']} | {b['alarms']} | {bn['hits']} / {bn['alarms']} |")
+    return "\n".join(table)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", choices=("mnist", "gtsrb"), default="mnist")
+    ap.add_argument("--variant", choices=tuple(VARIANTS), action="append", default=[])
+    ap.add_argument("--split", choices=("all", "tune", "test"), default="all")
+    ap.add_argument("--kind", choices=("all", "clean", "badnets"), default="all")
+    ap.add_argument("--report", action="store_true", help="report only, scan nothing")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    population = [r for r in read(ROOT / "results" / f"population_{args.dataset}.jsonl") if r["kept"]]
+    out = ROOT / "results" / f"population_{args.dataset}_variants.jsonl"
+    if not args.report:
+        rows = [r for r in population if args.split in ("all", r["split"]) and args.kind in ("all", r["kind"])]
+        for variant in args.variant:
+            scan_rows(args.dataset, rows, variant, out, args.threads)
+    text = report(args.dataset, population, out)
+    print(text)
+    (ROOT / "results" / f"population_{args.dataset}_variants.md").write_text(
+        f"# Search variants on the {args.dataset} population\n\n`benchmarks/population_variants.py --report`; "
+        "thresholds chosen on the tune split (at most 5% of its clean models flagged).\n\n" + text + "\n")
+
+
+if __name__ == "__main__":
+    main()
