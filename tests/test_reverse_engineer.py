@@ -9,7 +9,7 @@ import torch
 from neuralcleanse.attacks import apply_trigger, patch_trigger
 from neuralcleanse.data.dataset import DatasetSplits, ImageDataset
 from neuralcleanse.detection import NeuralCleanse, ReverseConfig, ScanPlan, TriggerReverseEngineer
-from neuralcleanse.detection.reverse_engineer import _STATE_KEYS, squash, unsquash
+from neuralcleanse.detection.reverse_engineer import _STATE_KEYS, mask_penalty, squash, total_variation, unsquash
 from neuralcleanse.errors import InputError
 from neuralcleanse.metrics import attack_success_rate
 from tiny_task import K, SIDE, TARGET, TRIGGER_COLS, TRIGGER_ROWS
@@ -281,6 +281,28 @@ def test_reverse_config_validation() -> None:
     assert cfg.with_overrides(max_steps=7, loss=None).max_steps == 7
     assert cfg.with_overrides(loss=None).loss == "cross_entropy"
     assert cfg.to_dict()["betas"] == [0.5, 0.9]
+
+
+def test_total_variation_penalises_scattered_masks_more_than_a_patch() -> None:
+    patch = torch.zeros(1, 1, 8, 8)
+    patch[..., 2:4, 2:4] = 1.0  # a 2x2 square: 8 unit edges
+    scattered = torch.zeros(1, 1, 8, 8)
+    scattered[..., [1, 1, 5, 5], [1, 5, 1, 5]] = 1.0  # four lone pixels, 4 edges each
+    assert total_variation(patch).tolist() == [8.0] and total_variation(scattered).tolist() == [16.0]
+    assert float(mask_penalty(patch)) == float(mask_penalty(scattered)) == 4.0  # the published penalty: |m|1
+    assert float(mask_penalty(patch, 0.5)) == 8.0 and float(mask_penalty(scattered, 0.5)) == 12.0
+    with pytest.raises(ValueError, match="smoothness"):
+        ReverseConfig(smoothness=-1.0)
+    with pytest.raises(ValueError, match="smoothness"):
+        ReverseConfig(smoothness=float("nan"))
+
+
+def test_smoothness_reaches_the_search_and_is_recorded(infected, data) -> None:
+    model, _ = infected
+    result = NeuralCleanse(ScanPlan(config=small_config(), samples=240), progress=False,
+                           smoothness=1.0).scan(model, data.test)
+    assert result.settings["config"]["smoothness"] == 1.0
+    assert min(range(K), key=lambda i: result.l1_norms[i]) == TARGET  # a 2x2 patch stays the smallest trigger
 
 
 def test_bf16_autocast_keeps_the_verdict(infected, data) -> None:
