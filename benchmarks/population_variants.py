@@ -5,7 +5,7 @@
 
 Every kept model of benchmarks/results/population_<dataset>.jsonl (of --split) is scanned once per
 variant with `NeuralCleanse("fast", seed=0, restarts=0, **overrides)`: a single seed, so the
-variants are compared on like terms (population.py's seed-0 norms are the "published" variant's).
+variants are compared on like terms (population.py's seed-0 norms are variant "tv0"'s, the published penalty).
 Each scan writes one line to benchmarks/results/population_<dataset>_variants.jsonl as it finishes
 (the label norms, each label's mask total variation, the target); a restart skips what is there.
 Models are rebuilt by population.py (`--rebuild-kept all`) when missing.
@@ -39,8 +39,7 @@ from neuralcleanse.detection.reverse_engineer import total_variation  # noqa: E4
 
 # name -> overrides of the fast preset's reverse-engineering settings
 VARIANTS: dict[str, dict] = {
-    "published": {},
-    "tv0.5": {"smoothness": 0.5},
+    "tv0": {},  # the published penalty; population.py recorded its seed-0 scans
     "tv1": {"smoothness": 1.0},
     "tv2": {"smoothness": 2.0},
 }
@@ -60,7 +59,7 @@ def scan_rows(dataset: str, rows: list[dict], variant: str, out: Path, threads: 
         line = {"id": r["id"], "split": r["split"], "kind": r["kind"], "target": r["true_target"],
                 "arch": r["recipe"]["arch"], "variant": variant, "norms": result.l1_norms,
                 "tv": total_variation(result.masks[:, None]).tolist(),
-                "seconds": round(time.perf_counter() - start, 1)}
+                "seconds": round(time.perf_counter() - start, 1), "image_passes": int(result.passes)}
         with out.open("a") as fh:
             fh.write(json.dumps(line) + "\n")
         index, low = index_and_min(result.l1_norms)
@@ -111,13 +110,13 @@ def report(dataset: str, population: list[dict], out: Path) -> str:
     for l in lines:
         by_variant.setdefault(l["variant"], []).append(l)
     recorded = [{"id": r["id"], "split": r["split"], "kind": r["kind"], "target": r["true_target"],
-                 "arch": r["recipe"]["arch"], "variant": "published", "norms": r["scan"]["l1_norms"],
+                 "arch": r["recipe"]["arch"], "variant": "tv0", "norms": r["scan"]["l1_norms"],
                  "tv": [0.0] * len(r["scan"]["l1_norms"])} for r in population]
-    by_variant.setdefault("published", recorded)
+    by_variant.setdefault("tv0", recorded)
     table = ["| variant | score | threshold (tune) | tune AUROC | tune hits | tune false alarms | test AUROC | "
              "test hits | test false alarms | bn_gap test hits / alarms |", "|---|---|---|---|---|---|---|---|---|---|"]
     for variant, vl in by_variant.items():
-        for score in (("l1",) if variant == "published" else ("l1", "l1+tv")):
+        for score in (("l1",) if variant == "tv0" else ("l1", "l1+tv")):
             judged = scores(vl, score)
             tune = [l for l in vl if l["split"] == "tune"]
             test = [l for l in vl if l["split"] == "test"]
