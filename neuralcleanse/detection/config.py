@@ -24,8 +24,9 @@ class ReverseConfig:
     and waits `patience` successful steps before setting `init_cost`.
     smoothness: weight β of the mask's total variation in the size penalty, which becomes
     cost·(|m|₁ + β·TV(m)) (TV: the summed absolute differences of neighbouring mask pixels). 0
-    (the published penalty) lets a mask scatter into single pixels; a planted trigger is a compact
-    patch, so TV raises natural labels' masks more than the planted one's.
+    (the published penalty, and every preset's) lets a mask scatter into single pixels. Meant to
+    make natural labels' scattered masks cost more than a compact planted patch; on the MNIST model
+    population it did not separate them better on held-out models (docs/presets.md).
     """
 
     max_steps: int = 1000
