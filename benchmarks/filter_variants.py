@@ -31,7 +31,7 @@ from neuralcleanse import NeuralCleanse, load_dataset  # noqa: E402
 from neuralcleanse.data.dataset import DatasetSplits  # noqa: E402
 from neuralcleanse.mitigation import Backdoor  # noqa: E402
 from neuralcleanse.mitigation.backdoors import reversed_backdoors, triggered_inputs  # noqa: E402
-from neuralcleanse.mitigation.input_filter import scored_units, unit_score  # noqa: E402
+from neuralcleanse.mitigation.input_filter import calibration_scores, scored_units, unit_score  # noqa: E402
 from neuralcleanse.mitigation.profile import ActivationProfile, unit_activations  # noqa: E402
 from neuralcleanse.mitigation.runner import split_for_mitigation  # noqa: E402
 from neuralcleanse.models.layers import resolve_layer  # noqa: E402
@@ -63,46 +63,52 @@ def activations(row: dict, dataset: str, size: int, test) -> dict[str, torch.Ten
     return acts
 
 
-VARIANTS: dict[str, tuple[str, float, bool]] = {  # name: (InputFilter score, top fraction, fitted on the whole tuning half)
-    "published top1% (fit 250)": ("mean", 0.01, False),
-    "z top1% (fit 250)": ("z", 0.01, False),
-    "z top1% (fit all)": ("z", 0.01, True),
-    "z top5% (fit all)": ("z", 0.05, True),
-    "z top10% (fit all)": ("z", 0.10, True),
-    "weighted top5% (fit all)": ("weighted", 0.05, True),
-    "weighted top10% (fit all)": ("weighted", 0.10, True),
-    "weighted top25% (fit all)": ("weighted", 0.25, True),
-    "weighted all (fit all)": ("weighted", 1.0, True),
-    "lda (fit all)": ("lda", 1.0, True),
+VARIANTS: dict[str, tuple[str, float, bool, bool]] = {
+    # name: (InputFilter score, top fraction, fitted on the whole tuning half, threshold cross-fitted as 0.7's)
+    "published top1% (fit 250)": ("mean", 0.01, False, False),
+    "z top1% (fit 250)": ("z", 0.01, False, False),
+    "z top1% (fit all)": ("z", 0.01, True, False),
+    "z top5% (fit all)": ("z", 0.05, True, False),
+    "z top10% (fit all)": ("z", 0.10, True, False),
+    "weighted top5% (fit all)": ("weighted", 0.05, True, False),
+    "weighted top10% (fit all)": ("weighted", 0.10, True, False),
+    "weighted top25% (fit all)": ("weighted", 0.25, True, False),
+    "weighted all (fit all)": ("weighted", 1.0, True, False),
+    "lda (fit all)": ("lda", 1.0, True, False),
+    "weighted top10% (fit all, cross-fitted)": ("weighted", 0.10, True, True),
+    "lda (fit all, cross-fitted)": ("lda", 1.0, True, True),
 }
 
 
-def measure(acts: dict[str, torch.Tensor], score: str, top_fraction: float, whole: bool) -> dict[str, float]:
-    """The tool's own scoring (scored_units, unit_score) on the cached activations, as InputFilter.fit does."""
+def measure(acts: dict[str, torch.Tensor], score: str, top_fraction: float, whole: bool,
+            crossfit: bool) -> dict[str, float]:
+    """The tool's own scoring (scored_units, unit_score, calibration_scores) on the cached activations,
+    as InputFilter.fit does; without `crossfit` the threshold is the in-sample quantile (before 0.7)."""
     keep = torch.arange(len(acts["tune_clean"]))
     if not whole:  # the runner's draw before 0.6 (seed 0): half of a small tuning split ranks and thresholds
         keep = torch.randperm(len(keep), generator=torch.Generator().manual_seed(0))[: len(keep) // 2]
-    clean = acts["tune_clean"][keep]
-    trig = acts["tune_stamped"][keep][acts["tune_other"][keep]]
-    profile = ActivationProfile(None, clean.mean(0), trig.mean(0), clean.std(0, correction=0), (clean, trig))
+    other = acts["tune_other"][keep]
+    clean, trig = acts["tune_clean"][keep], acts["tune_stamped"][keep][other]
+    profile = ActivationProfile.of(None, clean, trig, torch.nonzero(other).flatten())
     chosen = scored_units(profile, score, top_fraction)
-    threshold = float(torch.quantile(unit_score(clean, *chosen).double(), 1 - FPR))
+    scores = calibration_scores(profile, score, top_fraction, chosen) if crossfit else unit_score(clean, *chosen)
+    threshold = float(torch.quantile(scores.double(), 1 - FPR))
     return {"fpr": float((unit_score(acts["held_clean"], *chosen) > threshold).float().mean()),
             "fnr_real": float((unit_score(acts["held_real"], *chosen) <= threshold).float().mean())}
 
 
 def summarise(path: Path) -> str:
     rows = [json.loads(l) for l in path.open()] if path.exists() else []
-    lines = ["| split | variant | models | real missed ≤ 5% at 5% FPR | mean missed | median missed | worst missed | "
-             "median FPR |", "|---|---|---|---|---|---|---|---|"]
-    for split in ("tune", "test"):
-        for name in VARIANTS:
-            sel = [r for r in rows if r["split"] == split and r["variant"] == name]
-            if sel:
-                fnr = [r["fnr_real"] for r in sel]
-                lines.append(f"| {split} | {name} | {len(sel)} | {sum(v <= 0.05 for v in fnr)}/{len(sel)} | "
-                             f"{statistics.mean(fnr):.2%} | {statistics.median(fnr):.1%} | {max(fnr):.1%} | "
-                             f"{statistics.median(r['fpr'] for r in sel):.1%} |")
+    lines = ["| split | N | variant | models | real missed ≤ 5% at 5% FPR | mean missed | median missed | worst missed | "
+             "median FPR |", "|---|---|---|---|---|---|---|---|---|"]
+    sizes = sorted({r["size"] for r in rows})
+    for split, size, name in [(sp, n, v) for sp in ("tune", "test") for n in sizes for v in VARIANTS]:
+        sel = [r for r in rows if r["split"] == split and r["variant"] == name and r["size"] == size]
+        if sel:
+            fnr = [r["fnr_real"] for r in sel]
+            lines.append(f"| {split} | {size} | {name} | {len(sel)} | {sum(v <= 0.05 for v in fnr)}/{len(sel)} | "
+                         f"{statistics.mean(fnr):.2%} | {statistics.median(fnr):.1%} | {max(fnr):.1%} | "
+                         f"{statistics.median(r['fpr'] for r in sel):.1%} |")
     return "\n".join(lines)
 
 
@@ -118,10 +124,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     path = ROOT / "benchmarks" / "results" / f"filter_variants_{args.dataset}.jsonl"
     if not args.summary:
-        done = {(r["id"], r["variant"]) for r in map(json.loads, path.open())} if path.exists() else set()
+        done = {(r["id"], r["variant"], r["size"]) for r in map(json.loads, path.open())} if path.exists() else set()
         test = load_dataset(args.dataset).test
         for row in take_shard(population(args.dataset, args.split), args.shard):
-            todo = [name for name in VARIANTS if (row["id"], name) not in done]
+            todo = [name for name in VARIANTS if (row["id"], name, args.size) not in done]
             if not todo:
                 continue
             start = time.perf_counter()

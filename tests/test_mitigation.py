@@ -14,7 +14,8 @@ from neuralcleanse.metrics import attack_success_rate, clean_accuracy
 from neuralcleanse.mitigation import (Backdoor, FilteredClassifier, InputFilter, NeuronPruner, NothingToMitigate,
                                       Unlearner, known_backdoors, measure, mitigate, profile_activations,
                                       reversed_backdoors)
-from neuralcleanse.mitigation.backdoors import triggered_inputs
+from neuralcleanse.mitigation.backdoors import triggered_inputs, triggered_sources
+from neuralcleanse.mitigation.input_filter import calibration_scores, scored_units, unit_score
 from neuralcleanse.mitigation.profile import unit_activations
 from neuralcleanse.mitigation.runner import split_for_mitigation
 from neuralcleanse.mitigation.unlearning import choose_rate
@@ -139,6 +140,34 @@ def test_lda_filter_is_fishers_discriminant(infected, data, reversed_, held_out)
     torch.testing.assert_close(filt.score(held_out.x), expected)
     rates = filt.rates(held_out, known_backdoors(model.info.metadata))
     assert abs(rates.false_positive_rate - 0.1) < 0.05 and rates.false_negative_rate < 0.3
+
+
+def test_threshold_is_set_on_scores_of_images_left_out_of_the_fit(infected, data, reversed_) -> None:
+    model, _ = infected
+    clean = data.train.random_sample(200, seed=3)
+    profile = profile_activations(model, clean, reversed_, keep=True)
+    # Leaving an image out drops its stamped copies too (the target's own images have none).
+    sources = triggered_sources(clean, reversed_)
+    assert torch.equal(sources, torch.nonzero(clean.y != TARGET).flatten())
+    first_other = int(sources[0])
+    smaller = profile.leaving_out(torch.tensor([first_other]))
+    assert len(smaller.activations[0]) == 199 and len(smaller.activations[1]) == len(sources) - 1
+    assert int(smaller.sources.max()) <= 198
+    # Each clean image is scored by the filter fitted on the other folds ...
+    chosen = scored_units(profile, "lda", 1.0)
+    scores = calibration_scores(profile, "lda", 1.0, chosen, folds=10)
+    order = torch.randperm(200, generator=torch.Generator().manual_seed(0))
+    held = order[3::10]
+    again = unit_score(profile.activations[0][held], *scored_units(profile.leaving_out(held), "lda", 1.0))
+    torch.testing.assert_close(scores[held], again)
+    in_sample = unit_score(profile.activations[0], *chosen)
+    assert not torch.allclose(scores, in_sample)  # ... not by the filter fitted on it
+    # The published score keeps the published in-sample threshold, and InputFilter uses these scores.
+    mean_chosen = scored_units(profile, "mean", 0.1)
+    torch.testing.assert_close(calibration_scores(profile, "mean", 0.1, mean_chosen),
+                               unit_score(profile.activations[0], *mean_chosen))
+    filt = InputFilter(false_positive_rate=0.1).fit(model, reversed_, clean)
+    assert filt.threshold_ == pytest.approx(float(torch.quantile(scores.double(), 0.9)))
 
 
 def test_discriminant_needs_the_activations_and_a_valid_shrinkage(infected, data, reversed_) -> None:

@@ -77,3 +77,9 @@ def triggered_inputs(data: ImageDataset, backdoors: Sequence[Backdoor]) -> torch
     (all backdoors, concatenated): the inputs an attacker would send."""
     parts = [b.trigger.apply(data.x[data.y != b.target]) for b in backdoors]
     return torch.cat(parts) if parts else data.x[:0]
+
+
+def triggered_sources(data: ImageDataset, backdoors: Sequence[Backdoor]) -> torch.Tensor:
+    """For each row of `triggered_inputs(data, backdoors)`, the index of the clean image it was made from."""
+    parts = [torch.nonzero(data.y != b.target).flatten() for b in backdoors]
+    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)

@@ -9,7 +9,7 @@ from torch import nn
 
 from neuralcleanse.data.dataset import ImageDataset
 from neuralcleanse.errors import InputError
-from neuralcleanse.mitigation.backdoors import Backdoor, triggered_inputs
+from neuralcleanse.mitigation.backdoors import Backdoor, triggered_inputs, triggered_sources
 from neuralcleanse.models.layers import FeatureLayer, capture_units, resolve_layer
 
 
@@ -18,13 +18,15 @@ class ActivationProfile:
     """Mean unit values on clean inputs and on the same inputs carrying the reversed trigger(s);
     `ranking` orders units by how much the trigger raises them, most first; `standardised_ranking`
     by that rise in units of the unit's spread on clean inputs. `activations` (clean, triggered),
-    when kept, are what `discriminant` needs."""
+    when kept, are what `discriminant` needs; `sources[i]` is the clean image triggered row i was
+    made from (what leaving an image out of a fit must also leave out)."""
 
     layer: FeatureLayer
     clean_mean: torch.Tensor
     triggered_mean: torch.Tensor
     clean_std: torch.Tensor | None = None
     activations: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+    sources: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def clean_scale(self) -> torch.Tensor:
@@ -80,7 +82,23 @@ class ActivationProfile:
         return torch.linalg.solve(sigma, (trig.mean(0) - clean.mean(0))).float()
 
     def without_activations(self) -> "ActivationProfile":
-        return replace(self, activations=None)
+        return replace(self, activations=None, sources=None)
+
+    @classmethod
+    def of(cls, layer: FeatureLayer | None, clean: torch.Tensor, triggered: torch.Tensor,
+           sources: torch.Tensor | None = None) -> "ActivationProfile":
+        """The profile of these activations, keeping them."""
+        return cls(layer, clean.mean(0), triggered.mean(0), clean.std(0, correction=0), (clean, triggered), sources)
+
+    def leaving_out(self, images: torch.Tensor) -> "ActivationProfile":
+        """The profile of the kept activations without these clean images and their stamped copies."""
+        if self.activations is None or self.sources is None:
+            raise ValueError("the profile was made without its activations (profile_activations(keep=True))")
+        clean, trig = self.activations
+        keep = torch.ones(len(clean), dtype=torch.bool)
+        keep[images] = False
+        return ActivationProfile.of(self.layer, clean[keep], trig[keep[self.sources]], torch.cumsum(keep, 0)[
+            self.sources[keep[self.sources]]] - 1)
 
     def to_dict(self, top: int = 20) -> dict[str, Any]:
         r = self.ranking[:top]
@@ -118,5 +136,6 @@ def profile_activations(model: nn.Module, clean: ImageDataset, backdoors: Sequen
         layer = resolve_layer(model, layer)
     clean_acts = unit_activations(model, clean.x, layer, batch_size, device)
     trig_acts = unit_activations(model, triggered_inputs(clean, backdoors), layer, batch_size, device)
-    return ActivationProfile(layer, clean_acts.mean(0), trig_acts.mean(0), clean_acts.std(0, correction=0),
-                             (clean_acts, trig_acts) if keep else None)
+    if keep:
+        return ActivationProfile.of(layer, clean_acts, trig_acts, triggered_sources(clean, backdoors))
+    return ActivationProfile(layer, clean_acts.mean(0), trig_acts.mean(0), clean_acts.std(0, correction=0))
