@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 
 from mitigation_population import model_of  # noqa: E402
-from population_report import auroc  # noqa: E402
+from population_report import auroc, fmt_auc, read_rows, tune_threshold  # noqa: E402
 from population_restarts import index_and_min  # noqa: E402
 
 from neuralcleanse.data import load_dataset  # noqa: E402
@@ -93,17 +93,6 @@ def figures(lines: list[dict], judged: dict[str, tuple[float, int]], threshold: 
             "hits": f"{hits}/{len(bad)}", "alarms": f"{alarms}/{len(clean)}"}
 
 
-def tuned_threshold(clean_indices: list[float], floor: float = 2.0) -> float:
-    """The smallest threshold (at least `floor`) flagging at most 5% of these clean models."""
-    allowed = int(MAX_FALSE_ALARMS * len(clean_indices))
-    ordered = sorted(clean_indices, reverse=True)
-    return max(floor, ordered[allowed] if allowed < len(ordered) else floor)
-
-
-def fmt(value: float | None) -> str:
-    return "-" if value is None or value != value else f"{value:.3f}"
-
-
 def report(dataset: str, population: list[dict], out: Path) -> str:
     lines = read(out)
     by_variant: dict[str, list[dict]] = {}
@@ -122,12 +111,13 @@ def report(dataset: str, population: list[dict], out: Path) -> str:
             test = [l for l in vl if l["split"] == "test"]
             if not tune:
                 continue
-            t = tuned_threshold([judged[l["id"]][0] for l in tune if l["target"] is None])
-            a, b = figures(tune, judged, t), figures(test, judged, t) if test else {"auroc": float("nan"),
-                                                                                  "hits": "-", "alarms": "-"}
+            # The smallest threshold (at least the published 2) flagging at most 5% of tune's clean models.
+            t = max(2.0, tune_threshold([judged[l["id"]][0] for l in tune if l["target"] is None], MAX_FALSE_ALARMS))
+            a, b = figures(tune, judged, t), figures(test, judged, t) if test else {"auroc": None, "hits": "-",
+                                                                                  "alarms": "-"}
             bn = figures([l for l in test if l["arch"] == "bn_gap"], judged, t) if test else {"hits": "-", "alarms": "-"}
-            table.append(f"| {variant} | {score} | {t:.2f} | {fmt(a['auroc'])} | {a['hits']} | {a['alarms']} | "
-                         f"{fmt(b['auroc'])} | {b['hits']} | {b['alarms']} | {bn['hits']} / {bn['alarms']} |")
+            table.append(f"| {variant} | {score} | {t:.2f} | {fmt_auc(a['auroc'])} | {a['hits']} | {a['alarms']} | "
+                         f"{fmt_auc(b['auroc'])} | {b['hits']} | {b['alarms']} | {bn['hits']} / {bn['alarms']} |")
     return "\n".join(table)
 
 
@@ -140,7 +130,7 @@ def main() -> None:
     ap.add_argument("--report", action="store_true", help="report only, scan nothing")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    population = [r for r in read(ROOT / "results" / f"population_{args.dataset}.jsonl") if r["kept"]]
+    population = [r for r in read_rows(ROOT / "results" / f"population_{args.dataset}.jsonl") if r["kept"]]
     out = ROOT / "results" / f"population_{args.dataset}_variants.jsonl"
     if not args.report:
         rows = [r for r in population if args.split in ("all", r["split"]) and args.kind in ("all", r["kind"])]

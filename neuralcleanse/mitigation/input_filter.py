@@ -43,15 +43,14 @@ def scored_units(profile: ActivationProfile, score: str, top_fraction: float
     units = profile.top_units(top_fraction, standardised=score != "mean")
     if score == "mean":
         return units, torch.zeros(len(units)), torch.ones(len(units)), None
-    weight = None
-    if score in ("weighted", "lda"):
-        rise = profile.standardised_rise[units]
-        units = units[rise > 0] if bool((rise > 0).any()) else units[:1]  # a unit the trigger lowers is no evidence
-        weight = profile.standardised_rise[units].clamp_min(1e-6)
+    if score == "z":
+        return units, profile.clean_mean[units], profile.clean_scale[units], None
+    rise = profile.standardised_rise[units]
+    units = units[rise > 0] if bool((rise > 0).any()) else units[:1]  # a unit the trigger lowers is no evidence
     if score == "lda":
         units = units[:LDA_MAX_UNITS]
         return units, profile.clean_mean[units], torch.ones(len(units)), profile.discriminant(units, LDA_SHRINKAGE)
-    return units, profile.clean_mean[units], profile.clean_scale[units], weight
+    return units, profile.clean_mean[units], profile.clean_scale[units], profile.standardised_rise[units].clamp_min(1e-6)
 
 
 def calibration_scores(profile: ActivationProfile, score: str, top_fraction: float,
@@ -62,9 +61,7 @@ def calibration_scores(profile: ActivationProfile, score: str, top_fraction: flo
     image's from a filter fitted without it and its stamped copies (`folds`-fold): a filter fitted on an
     image scores it lower than a new one, so the in-sample quantile flags more new clean inputs than
     asked (on 250 images, 8.9% held-out false positives for a 5% setting with the discriminant)."""
-    if profile.activations is None:
-        raise ValueError("the profile was made without its activations (profile_activations(keep=True))")
-    clean = profile.activations[0]
+    clean = profile.kept_activations()[0]
     folds = min(folds, len(clean) // 2)
     if score == "mean" or folds < 2:
         return unit_score(clean, *chosen)

@@ -68,11 +68,9 @@ class ActivationProfile:
         Σ⁻¹(μ_triggered − μ_clean), Σ the two sets' mean covariance shrunk by `shrinkage` towards its
         diagonal (the units outnumber what a few hundred images estimate well). Unlike a weight per
         unit, it discounts units that only echo each other."""
-        if self.activations is None:
-            raise ValueError("the profile was made without its activations (profile_activations(keep=True))")
         if not 0.0 <= shrinkage <= 1.0:
             raise ValueError(f"shrinkage must lie in [0, 1], got {shrinkage}")
-        clean, trig = (a[:, units].double() for a in self.activations)
+        clean, trig = (a[:, units].double() for a in self.kept_activations())
         covs = [torch.cov(a.T).reshape(len(units), len(units)) if len(a) > 1 else torch.zeros(len(units), len(units),
                 dtype=torch.float64) for a in (clean, trig)]
         pooled = (covs[0] + covs[1]) / 2
@@ -80,6 +78,12 @@ class ActivationProfile:
         ridge = 1e-6 * float(torch.diag(pooled).mean()) + 1e-12
         sigma = (1 - shrinkage) * pooled + shrinkage * diag + ridge * torch.eye(len(units), dtype=torch.float64)
         return torch.linalg.solve(sigma, (trig.mean(0) - clean.mean(0))).float()
+
+    def kept_activations(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(clean, triggered) activations; ValueError when the profile was made without them."""
+        if self.activations is None:
+            raise ValueError("the profile was made without its activations (profile_activations(keep=True))")
+        return self.activations
 
     def without_activations(self) -> "ActivationProfile":
         return replace(self, activations=None, sources=None)
@@ -92,13 +96,14 @@ class ActivationProfile:
 
     def leaving_out(self, images: torch.Tensor) -> "ActivationProfile":
         """The profile of the kept activations without these clean images and their stamped copies."""
-        if self.activations is None or self.sources is None:
-            raise ValueError("the profile was made without its activations (profile_activations(keep=True))")
-        clean, trig = self.activations
+        clean, trig = self.kept_activations()
+        if self.sources is None:
+            raise ValueError("the profile does not say which clean image each triggered one was made from")
         keep = torch.ones(len(clean), dtype=torch.bool)
         keep[images] = False
-        return ActivationProfile.of(self.layer, clean[keep], trig[keep[self.sources]], torch.cumsum(keep, 0)[
-            self.sources[keep[self.sources]]] - 1)
+        rows = keep[self.sources]  # triggered rows whose clean image stays
+        new_index = torch.cumsum(keep, 0) - 1  # where each kept clean image lands
+        return ActivationProfile.of(self.layer, clean[keep], trig[rows], new_index[self.sources[rows]])
 
     def to_dict(self, top: int = 20) -> dict[str, Any]:
         r = self.ranking[:top]
