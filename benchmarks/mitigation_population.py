@@ -37,6 +37,7 @@ from population_recipes import build_net, trigger_of  # noqa: E402
 from neuralcleanse import NeuralCleanse, load_dataset  # noqa: E402
 from neuralcleanse.data.dataset import DatasetSplits  # noqa: E402
 from neuralcleanse.mitigation import Backdoor, mitigate  # noqa: E402
+from neuralcleanse.mitigation.unlearning import LR_CANDIDATES  # noqa: E402
 from neuralcleanse.mitigation.verify import REMOVED  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,14 +57,19 @@ def model_of(row: dict, dataset: str):
     return classifier(net, entry["recipe"]).eval(), entry["recipe"]
 
 
+SHARE = 0.2  # Unlearner's trigger_share; records without a "+share" suffix used it
+STEPS = 300  # and its steps a round
 LABEL_TOLERANCE = 0.01  # the rate search's tolerance before 0.5: records without a "+tol" suffix used it
 
 
 def recipe_label(recipe_name: str, rounds: int = 1, min_rounds: int = 1, tolerance: float = LABEL_TOLERANCE,
-                 freeze_norm: bool = False, distill: float = 0.0) -> str:
+                 freeze_norm: bool = False, distill: float = 0.0, share: float = SHARE,
+                 rates: tuple[float, ...] = LR_CANDIDATES, steps: int = STEPS, mixup: float = 0.0) -> str:
     return (recipe_name + (f"+rounds{rounds}" if rounds > 1 else "") + (f"+min{min_rounds}" if min_rounds > 1 else "")
             + (f"+tol{tolerance:g}" if tolerance != LABEL_TOLERANCE else "") + ("+frozennorm" if freeze_norm else "")
-            + (f"+kd{distill:g}" if distill else ""))
+            + (f"+kd{distill:g}" if distill else "") + (f"+share{share:g}" if share != SHARE else "")
+            + ("+rates" + "/".join(f"{r:g}" for r in rates) if tuple(rates) != LR_CANDIDATES else "")
+            + (f"+steps{steps}" if steps != STEPS else "") + (f"+mix{mixup:g}" if mixup else ""))
 
 
 def filter_label(score: str, top_fraction: float | None) -> str:
@@ -77,7 +83,8 @@ def filter_label(score: str, top_fraction: float | None) -> str:
 def run_one(row: dict, dataset: str, size: int, recipe_name: str, test, method: str = "unlearn",
             rounds: int = 1, min_rounds: int = 1, tolerance: float = LABEL_TOLERANCE,
             top_fraction: float | None = None, filter_score: str = "weighted", freeze_norm: bool = False,
-            distill: float = 0.0) -> dict:
+            distill: float = 0.0, share: float = SHARE, rates: tuple[float, ...] = LR_CANDIDATES,
+            steps: int = STEPS, mixup: float = 0.0) -> dict:
     model, recipe = model_of(row, dataset)
     user = test.random_sample(size, seed=1000 + size)
     real = [Backdoor(recipe["attack"]["target"], trigger_of(recipe))]
@@ -86,14 +93,16 @@ def run_one(row: dict, dataset: str, size: int, recipe_name: str, test, method: 
     out = mitigate(model, scan, DatasetSplits(user, user), method, labels=[real[0].target], real=real,
                    recipe=recipe_name if method == "unlearn" else "sized", baselines=False, rounds=rounds,
                    min_rounds=min_rounds, accuracy_tolerance=tolerance, top_fraction=top_fraction,
-                   filter_score=filter_score, freeze_norm=freeze_norm, distill=distill)
+                   filter_score=filter_score, freeze_norm=freeze_norm, distill=distill, trigger_share=share,
+                   lr_candidates=rates, steps=steps, mixup=mixup)
     extra = {}
     if out.filter_rates is not None:
         extra = {"filter_fpr": out.filter_rates.false_positive_rate, "filter_fnr_real": out.filter_rates.false_negative_rate}
     if out.pruning is not None:
         extra = {"pruned_fraction": out.pruning.fraction, "prune_reached": out.pruning.reached}
     return {"id": row["id"], "split": row["split"], "arch": recipe["arch"], "output": recipe["output"],
-            "method": method, "size": size, "recipe": recipe_label(recipe_name, rounds, min_rounds, tolerance, freeze_norm, distill), **extra,
+            "method": method, "size": size, "recipe": recipe_label(recipe_name, rounds, min_rounds, tolerance, freeze_norm, distill, share, rates,
+                                                                    steps, mixup), **extra,
             "lr_search": out.details.get("unlearning", {}).get("lr_search"),
             "rounds_run": out.settings.get("rounds"), "target_flagged_by_scan": real[0].target in scan.flagged,
             "real_before": out.before.worst_attack_success, "real_after": out.after.worst_attack_success,
@@ -108,24 +117,65 @@ def run_one(row: dict, dataset: str, size: int, recipe_name: str, test, method: 
 
 def summarise(path: Path) -> str:
     rows = [json.loads(l) for l in path.open()] if path.exists() else []
-    lines = ["| recipe | N | models | real attack after (median) | real ≤ 5% | clean accuracy drop (median) | "
+    lines = ["| recipe | split | N | models | real attack after (median) | real ≤ 5% | clean accuracy drop (median) | "
              "filter: real triggers missed (median) | rescan finds none | of those, real > 5% |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for recipe in sorted({r["recipe"] for r in rows}):
-        for size in sorted({r["size"] for r in rows}):
-            sel = [r for r in rows if r["recipe"] == recipe and r["size"] == size]
-            if not sel:
-                continue
-            # Runs recorded before the verdict's wording changed said "backdoor removed".
-            removed = [r for r in sel if r["verdict"] in (REMOVED, "backdoor removed")]
-            fnr = [r["filter_fnr_real"] for r in sel if "filter_fnr_real" in r]
-            lines.append(
-                f"| {recipe} | {size} | {len(sel)} | {statistics.median(r['real_after'] for r in sel):.1%} | "
-                f"{sum(r['real_after'] <= 0.05 for r in sel)}/{len(sel)} | "
-                f"{statistics.median(r['clean_before'] - r['clean_after'] for r in sel):.1%} | "
-                f"{f'{statistics.median(fnr):.1%}' if fnr else '–'} | "
-                f"{len(removed)}/{len(sel)} | {sum(r['real_after'] > 0.05 for r in removed)}/{len(removed)} |")
+        for split in ("tune", "test"):
+            for size in sorted({r["size"] for r in rows}):
+                sel = [r for r in rows if r["recipe"] == recipe and r["size"] == size and r["split"] == split]
+                if not sel:
+                    continue
+                # Runs recorded before the verdict's wording changed said "backdoor removed".
+                removed = [r for r in sel if r["verdict"] in (REMOVED, "backdoor removed")]
+                fnr = [r["filter_fnr_real"] for r in sel if "filter_fnr_real" in r]
+                lines.append(
+                    f"| {recipe} | {split} | {size} | {len(sel)} | {statistics.median(r['real_after'] for r in sel):.1%} | "
+                    f"{sum(r['real_after'] <= 0.05 for r in sel)}/{len(sel)} | "
+                    f"{statistics.median(r['clean_before'] - r['clean_after'] for r in sel):.1%} | "
+                    f"{f'{statistics.median(fnr):.1%}' if fnr else '–'} | "
+                    f"{len(removed)}/{len(sel)} | {sum(r['real_after'] > 0.05 for r in removed)}/{len(removed)} |")
     return "\n".join(lines)
+
+
+def plot_sizes(path: Path, recipe: str, split: str, out: Path) -> None:
+    """The real attack left and the accuracy given up against the number of clean images the user has:
+    one dot a model, the median joined, the issue's 5% line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in map(json.loads, path.open()) if r["recipe"] == recipe and r["split"] == split]
+    sizes = sorted({r["size"] for r in rows})
+    if not sizes:
+        raise SystemExit(f"nothing recorded for {recipe} on the {split} split in {path}")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, key, label in ((axes[0], lambda r: r["real_after"], "real trigger's attack success after (%)"),
+                           (axes[1], lambda r: r["clean_before"] - r["clean_after"], "clean accuracy given up (points)")):
+        for i, size in enumerate(sizes):
+            vals = [100 * key(r) for r in rows if r["size"] == size]
+            ax.scatter([i + 0.25 * (j / max(len(vals) - 1, 1) - 0.5) for j in range(len(vals))], vals, s=14, alpha=0.6,
+                       color="tab:blue")
+        medians = [100 * statistics.median(key(r) for r in rows if r["size"] == size) for size in sizes]
+        ax.plot(range(len(sizes)), medians, "o-", color="black", label="median")
+        ax.set_xticks(range(len(sizes)), [f"{s:,}" for s in sizes])
+        ax.set_xlim(-0.5, len(sizes) - 0.5)
+        ax.set_xlabel("clean images the user has (half tune, half held out)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].axhline(5, color="tab:red", ls="--", lw=1, label="5% (the goal)")
+    axes[0].set_yscale("symlog", linthresh=1)
+    axes[0].set_ylim(0, 100)
+    axes[1].axhline(1.5, color="tab:red", ls="--", lw=1, label="1.5 points (the goal)")
+    for ax in axes:
+        ax.legend(loc="upper right")
+    n = len({r["id"] for r in rows})
+    fig.suptitle(f"Unlearning ({recipe}) on {n} infected {path.stem.split('_')[2]} models, {split} split; "
+                 "judged by the real trigger")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -141,6 +191,8 @@ def main() -> None:
     ap.add_argument("--method", default="unlearn", choices=("unlearn", "filter", "prune"))
     ap.add_argument("--tag", default="", help="suffix of the results file, e.g. for a run recording more fields")
     ap.add_argument("--summary", action="store_true", help="only print the table of what is recorded")
+    ap.add_argument("--plot", default=None, metavar="PNG",
+                    help="draw the real attack left and the accuracy cost against N for this run's recipe and split")
     ap.add_argument("--rounds", type=int, default=1, help="unlearn: up to this many rounds, rescanning between them")
     ap.add_argument("--min-rounds", type=int, default=1, help="unlearn: rounds run whatever the rescan finds")
     ap.add_argument("--top-fraction", type=float, default=None,
@@ -154,7 +206,12 @@ def main() -> None:
                     help="filter: InputFilter(score=); mean is the published score, z 0.5's default")
     ap.add_argument("--tolerance", type=float, default=LABEL_TOLERANCE,
                     help="unlearn: clean accuracy the learning-rate search may give up")
+    ap.add_argument("--share", type=float, default=SHARE, help="unlearn: the share of inputs stamped (trigger_share)")
+    ap.add_argument("--steps", type=int, default=STEPS, help="unlearn: optimiser steps a round")
+    ap.add_argument("--mixup", type=float, default=0.0, help="unlearn: share of images mixed (Unlearner(mixup=))")
+    ap.add_argument("--rates", default=None, help="unlearn: the rates the search tries, comma-separated")
     args = ap.parse_args()
+    rates = tuple(float(v) for v in args.rates.split(",")) if args.rates else LR_CANDIDATES
     torch.set_num_threads(args.threads)
     name = (f"unlearning_population_{args.dataset}{args.tag}" if args.method == "unlearn"
             else f"mitigation_population_{args.dataset}_{args.method}{args.tag}")
@@ -170,17 +227,22 @@ def main() -> None:
             for size in (int(v) for v in args.sizes.split(",")):
                 for recipe in recipes:
                     if (row["id"], size, recipe_label(recipe, args.rounds, args.min_rounds, args.tolerance,
-                                                     args.freeze_norm, args.distill)) in done:
+                                                     args.freeze_norm, args.distill, args.share, rates, args.steps,
+                                                     args.mixup)) in done:
                         continue
                     line = run_one(row, args.dataset, size, recipe, test, args.method, args.rounds, args.min_rounds,
                                    args.tolerance, args.top_fraction, args.filter_score, args.freeze_norm,
-                                   args.distill)
+                                   args.distill, args.share, rates, args.steps, args.mixup)
                     with path.open("a") as f:
                         f.write(json.dumps(line) + "\n")
                     print(f"{line['id']} N={size} {recipe:5s} real {line['real_before']:.0%} -> {line['real_after']:.0%}"
                           f" clean {line['clean_before']:.1%} -> {line['clean_after']:.1%} lr {line['lr']} "
                           f"{line['verdict']} {line.get('filter_fnr_real', '')} ({line['seconds']} s)", flush=True)
     print(summarise(path))
+    if args.plot:
+        plot_sizes(path, recipe_label(recipes[0], args.rounds, args.min_rounds, args.tolerance, args.freeze_norm,
+                                      args.distill, args.share, rates, args.steps, args.mixup), args.split,
+                   Path(args.plot))
 
 
 if __name__ == "__main__":

@@ -248,6 +248,12 @@ def test_unlearning_rate_paper_uses_training_rate_sized_searches(infected, data,
     for bad in (-0.1, 1.0):
         with pytest.raises(InputError, match="accuracy_tolerance"):
             Unlearner(accuracy_tolerance=bad)
+    # The candidates are a parameter: exactly those rates are tried, in order.
+    two = Unlearner(steps=40, search_steps=20, lr_candidates=(3e-3, 1e-2)).fit(foreign, reversed_, data.train).unlearning_
+    assert [r["lr"] for r in two.lr_search] == [3e-3, 1e-2] and two.lr in (3e-3, 1e-2)
+    for bad in ((), (1e-3, 0.0), (-1e-3,)):
+        with pytest.raises(InputError, match="lr_candidates"):
+            Unlearner(lr_candidates=bad)
 
 
 @pytest.mark.parametrize("base_correct", range(60, 101))

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from neuralcleanse.data.augment import Mixup
 from neuralcleanse.errors import InputError
 from neuralcleanse.metrics import attack_success_rate, clean_accuracy
 from neuralcleanse.mitigation import Backdoor
@@ -74,3 +75,32 @@ def test_distillation_term_and_setting(infected, data, trigger) -> None:
     # The term changes the training (the losses differ) and the model given is left as it was.
     assert runs[0.0].unlearning_.losses != runs[1.0].unlearning_.losses
     assert attack_success_rate(model, data.test, trigger, TARGET) > 0.9
+
+
+def test_mixup_mixes_a_share_and_keeps_labels_only_on_the_rest() -> None:
+    x = torch.rand(400, 1, SIDE, SIDE)
+    out, labelled = Mixup(0.5)(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and labelled.dtype == torch.bool
+    assert torch.equal(out[labelled], x[labelled])  # unmixed rows are the images themselves
+    assert 0.35 < float((~labelled).float().mean()) < 0.65
+    assert not torch.equal(out[~labelled], x[~labelled])
+    # A mixed row lies between two images of the batch: within their pixel range.
+    assert float(out.min()) >= float(x.min()) and float(out.max()) <= float(x.max())
+    none, all_labelled = Mixup(0.0)(x, torch.Generator().manual_seed(0))
+    assert torch.equal(none, x) and bool(all_labelled.all())
+
+
+def test_unlearning_with_mixup(infected, data, trigger) -> None:
+    model, _ = infected
+    for bad in (-0.1, 1.0):
+        with pytest.raises(InputError, match="mixup"):
+            Unlearner(mixup=bad)
+    backdoor = [Backdoor(TARGET, trigger)]
+    runs = {m: Unlearner(steps=60, lr=3e-3, mixup=m).fit(model, backdoor, data.train) for m in (0.0, 0.5)}
+    assert runs[0.0].unlearning_.losses != runs[0.5].unlearning_.losses  # the mixed rows change the training
+    patched = runs[0.5].apply()
+    assert attack_success_rate(patched, data.test, trigger, TARGET) < 0.2
+    assert clean_accuracy(patched, data.test) > clean_accuracy(model, data.test) - 0.05
+    # Without a teacher a mixed image would have nothing to learn from.
+    with pytest.raises(InputError, match="mixup needs the distillation term"):
+        Unlearner(distill=0.0, mixup=0.5)

@@ -59,3 +59,21 @@ class Augmentation:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Mixup:
+    """Mixes a `share` of a batch's images each with another image of the batch (weight drawn uniformly
+    in [0, 1]); returns the batch and which rows still show one image (their label holds). For
+    distillation, where a teacher answers the same mixed image: the student is held to the teacher
+    between the few images a user has, not only on them ("function matching", Beyer et al. 2022)."""
+
+    share: float = 0.5
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(x)
+        mixed = (torch.rand(n, generator=gen) < self.share).to(x.device)
+        partner = torch.randperm(n, generator=gen).to(x.device)
+        weight = torch.rand(n, generator=gen).to(x.device).view(-1, *([1] * (x.dim() - 1)))
+        blend = weight * x + (1 - weight) * x[partner]
+        return torch.where(mixed.view_as(weight), blend, x), ~mixed

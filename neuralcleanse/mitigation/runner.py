@@ -16,7 +16,8 @@ from neuralcleanse.models.classifier import clone_model
 from neuralcleanse.mitigation.backdoors import Backdoor, Measurement, reversed_backdoors
 from neuralcleanse.mitigation.input_filter import FilterRates, InputFilter
 from neuralcleanse.mitigation.pruning import NeuronPruner, PruningResult
-from neuralcleanse.mitigation.unlearning import ACCURACY_TOLERANCE, DISTILL, RECIPES, Unlearner, training_lr
+from neuralcleanse.mitigation.unlearning import (ACCURACY_TOLERANCE, DISTILL, LR_CANDIDATES, RECIPES, Unlearner,
+                                                 training_lr)
 from neuralcleanse.mitigation.verify import FILTERED, PRUNED_UNSEEN, Rescan, rescan
 
 METHODS = ("filter", "prune", "unlearn")
@@ -98,7 +99,8 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
              baselines: bool = True, tune_samples: int = 2000, curve_samples: int = 2000, seed: int = 0,
              verify: bool = True, verify_others: int = 10, rounds: int = 3, min_rounds: int | None = None,
              accuracy_tolerance: float = ACCURACY_TOLERANCE, freeze_norm: bool = False, distill: float = DISTILL,
-             device: torch.device | str = "cpu", progress: bool = False) -> MitigationOutcome:
+             lr_candidates: Sequence[float] = LR_CANDIDATES, mixup: float = 0.0, device: torch.device | str = "cpu",
+             progress: bool = False) -> MitigationOutcome:
     """Runs `method` with the reversed triggers of the scan's flagged labels (or `labels`).
 
     `real` (the true triggers, when known) is used only to measure. `top_fraction`, `false_positive_rate`,
@@ -109,7 +111,8 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
     recipe): up to this many rounds, rescanning on the tuning data between them, the first `min_rounds`
     of them (default: 3, or `rounds` if fewer) whatever the rescan finds (Unlearner); `accuracy_tolerance`:
     the clean accuracy its learning-rate search may give up; `freeze_norm`: batch-norm statistics kept;
-    `distill`: weight of the term that keeps outputs on clean inputs (Unlearner). Raises NothingToMitigate when the scan flagged nothing and no labels were named: nothing
+    `distill`: weight of the term that keeps outputs on clean inputs; `lr_candidates`: the rates its search
+    tries; `mixup`: the share of images mixed for the distillation term (Unlearner). Raises NothingToMitigate when the scan flagged nothing and no labels were named: nothing
     is changed then.
     """
     if method not in METHODS:
@@ -174,7 +177,7 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
                 return Unlearner.paper(model, lr=lr, epochs=epochs or 1, data_fraction=data_fraction, **common)
             return Unlearner(steps, data_fraction=data_fraction, lr=lr, jitter=jitter, epochs=epochs, rounds=rounds,
                              min_rounds=min_rounds, accuracy_tolerance=accuracy_tolerance, freeze_norm=freeze_norm,
-                             distill=distill, **common)
+                             distill=distill, lr_candidates=lr_candidates, mixup=mixup, **common)
 
         def recheck(patched: torch.nn.Module, every: bool) -> tuple[list, dict]:
             # On the tuning data: the held-out part stays unseen for the measurements and the final rescan.
@@ -186,7 +189,8 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
                         epochs=mitigation.unlearning_.epochs, jitter=jitter if recipe == "sized" else 0,
                         trigger_share=trigger_share, data_fraction=data_fraction,
                         lr=mitigation.unlearning_.lr, accuracy_tolerance=accuracy_tolerance, freeze_norm=freeze_norm,
-                        distill=distill if recipe == "sized" else 0.0, min_rounds=min_rounds if recipe == "sized" else 1,
+                        distill=distill if recipe == "sized" else 0.0,
+                        mixup=mixup if recipe == "sized" else 0.0, min_rounds=min_rounds if recipe == "sized" else 1,
                         rounds=1 + sum(bool(r["triggers_added"])
                                                                       for r in mitigation.unlearning_.rounds),
                         lr_source="given" if lr else ("searched" if recipe == "sized" else

@@ -11,6 +11,7 @@ from torch import nn
 
 from neuralcleanse.attacks.stamping import stamp_shares
 from neuralcleanse.attacks.trigger import apply_trigger
+from neuralcleanse.data.augment import Mixup
 from neuralcleanse.data.dataset import ImageDataset
 from neuralcleanse.errors import InputError, check_fractions, refuse_model_argument
 from neuralcleanse.mitigation.base import Mitigation
@@ -125,7 +126,7 @@ class Unlearner(Mitigation):
     The default ("sized") recipe is built for what users have: a few hundred to a few thousand clean
     images, no training data, no record of the model's learning rate. It uses all of `data`, for a
     budget of `steps` optimiser steps (cycling over the data), stamps the trigger jittered in place
-    and strength, and picks the learning rate by short runs at each of LR_CANDIDATES scored on a
+    and strength, and picks the learning rate by short runs at each of `lr_candidates` scored on a
     fifth of the data held back (reversed trigger's success, with clean accuracy kept within
     `accuracy_tolerance`, two points since 0.5: on a 100-image fifth one point is one image).
     `Unlearner.paper()` is the published recipe: one epoch on 10% of the data, 20% stamped exactly,
@@ -151,7 +152,7 @@ class Unlearner(Mitigation):
                  search_steps: int = 60, seed: int = 0, device: torch.device | str = "cpu",
                  progress: bool = False, rounds: int = 1, min_rounds: int = 1,
                  accuracy_tolerance: float = ACCURACY_TOLERANCE, freeze_norm: bool = False,
-                 distill: float = DISTILL) -> None:
+                 distill: float = DISTILL, lr_candidates: Sequence[float] = LR_CANDIDATES, mixup: float = 0.0) -> None:
         refuse_model_argument("Unlearner", steps, "Unlearner(...).fit(model, backdoors, clean_data)")
         if epochs is not None and epochs < 1:
             raise InputError(f"epochs must be at least 1, got {epochs}")
@@ -173,8 +174,16 @@ class Unlearner(Mitigation):
         self.accuracy_tolerance = accuracy_tolerance
         if not distill >= 0:
             raise InputError(f"distill must be 0 or more, got {distill!r}")
+        if not lr_candidates or not all(r > 0 for r in lr_candidates):
+            raise InputError(f"lr_candidates must be positive rates, got {lr_candidates!r}")
         self.freeze_norm = freeze_norm
         self.distill = distill
+        self.lr_candidates = tuple(lr_candidates)
+        if not 0 <= mixup < 1:
+            raise InputError(f"mixup must lie in [0, 1), got {mixup!r}")
+        if mixup > 0 and distill == 0:
+            raise InputError("mixup needs the distillation term (distill > 0): a mixed image has no label of its own")
+        self.mixup = mixup
         self.steps = steps
         self.epochs = epochs
         self.trigger_share = trigger_share
@@ -259,7 +268,8 @@ class Unlearner(Mitigation):
             teacher = logits_view(teacher.to(self.device), data)
         losses = train_classifier(logits_view(patched, data), data, epochs=epochs, batch_size=self.batch_size, lr=lr,
                                   seed=self.seed, device=self.device, progress=self.progress, desc="unlearn",
-                                  augment=stamp, keep_eval=norms, teacher=teacher, distill=self.distill)
+                                  augment=stamp, keep_eval=norms, teacher=teacher, distill=self.distill,
+                                  mixup=Mixup(self.mixup) if self.mixup > 0 else None)
         if not all(math.isfinite(v) for v in losses):
             raise InputError(f"unlearning diverged (loss {losses[-1]}) at lr {lr:g}; give a lower `lr`")
         # A pruned model's zeroed weights may have moved: zero them again, so the model measured
@@ -277,7 +287,7 @@ class Unlearner(Mitigation):
         cut = max(1, len(data) // 5)
         val, train = data.subset(order[:cut]), data.subset(order[cut:])
         base = clean_accuracy(model, val, device=self.device)
-        for lr in LR_CANDIDATES:
+        for lr in self.lr_candidates:
             try:
                 trial = self._train(model, backdoors, train, lr, self.search_steps)[0].to(self.device)
             except InputError:  # diverged: not a candidate

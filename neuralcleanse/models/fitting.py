@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from neuralcleanse.data.augment import Augmentation
+from neuralcleanse.data.augment import Augmentation, Mixup
 from neuralcleanse.data.dataset import ImageDataset
 
 
@@ -43,6 +43,7 @@ def train_classifier(
     optimizer: str = "adam",
     teacher: nn.Module | None = None,
     distill: float = 0.0,
+    mixup: Mixup | None = None,
 ) -> list[float]:
     """Adam on cross-entropy with a cosine learning-rate decay; returns each epoch's mean loss.
 
@@ -53,7 +54,9 @@ def train_classifier(
 
     `teacher` with `distill` > 0 adds `distill` x the KL divergence (at temperature DISTILL_TEMPERATURE,
     scaled by its square) from the teacher's outputs on each batch *before* `augment` to the model's
-    on the batch after it: an augmented input is taught to answer as the teacher answers the plain one."""
+    on the batch after it: an augmented input is taught to answer as the teacher answers the plain one.
+    `mixup` (with a teacher) mixes images first; the teacher answers the mixed image, and cross-entropy
+    is taken only on the rows left unmixed (a mixed image has no one label)."""
     seed_everything(seed)
     # A stream of its own: seeded like BadNets' poison draw, the first epoch would visit all
     # poisoned images first and the model would collapse onto the target label.
@@ -76,11 +79,15 @@ def train_classifier(
                    disable=None if progress else True, leave=False, unit="batch")
         for start in bar:
             idx = order[start : start + batch_size]
-            xb = x[idx] if augment is None else augment(x[idx], gen)
+            plain, labelled = (x[idx], None) if mixup is None or teacher is None else mixup(x[idx], gen)
+            xb = plain if augment is None else augment(plain, gen)
             out = model(xb)
-            loss = F.cross_entropy(out, y[idx])
+            if labelled is None:
+                loss = F.cross_entropy(out, y[idx])
+            else:  # the batch's mean, with the mixed rows' terms left out
+                loss = (F.cross_entropy(out, y[idx], reduction="none") * labelled).sum() / len(idx)
             if teacher is not None and distill > 0:
-                loss = loss + distill * distillation_loss(out, teacher, x[idx])
+                loss = loss + distill * distillation_loss(out, teacher, plain)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
