@@ -69,6 +69,9 @@ REAL_TRIGGER_FLAGS = {
 @click.option("--distill", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="unlearn (sized): weight of the term that teaches each input, stamped or not, to answer as the "
                    "model given answers the plain image (0: cross-entropy on the labels only).")
+@click.option("--mixup", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="unlearn (sized): share of each batch mixed with another image for the distillation term "
+                   "(function matching); costs less accuracy, removes less (docs/mitigation.md, \"Session 12\").")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="unlearn: also fine-tune with no trigger and with the real trigger (when known).")
 @click.option("--real-target", type=int, default=None, help="Label of the real backdoor, to measure against.")
@@ -92,7 +95,7 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
              stop_success: float, max_fraction: float, recipe: str, steps: int, epochs: int | None,
              trigger_share: float, data_fraction: float | None,
              lr: float | None, rounds: int, min_rounds: int | None, accuracy_tolerance: float, distill: float,
-             baselines: bool, real_target: int | None, real_size: int | None, real_position: str,
+             mixup: float, baselines: bool, real_target: int | None, real_size: int | None, real_position: str,
              real_colour: str, real_mask: str | None, real_pattern: str | None, verify: bool, seed: int, force: bool,
              as_json: bool, device: str, **model_flags: Any) -> int:
     """Remove or block a backdoor found by `scan`: input filter, neuron pruning or unlearning.
@@ -140,7 +143,7 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
                 stop_success=stop_success, max_fraction=max_fraction, recipe=recipe, steps=steps, epochs=epochs,
                 trigger_share=trigger_share, data_fraction=data_fraction or (0.1 if recipe == "paper" else 1.0), lr=lr,
                 rounds=rounds, min_rounds=min_rounds, accuracy_tolerance=accuracy_tolerance,
-                distill=distill, baselines=baselines, seed=seed, verify=verify, device=parse_device(device),
+                distill=distill, mixup=mixup, baselines=baselines, seed=seed, verify=verify, device=parse_device(device),
                 progress=ctx.obj["progress"])
         except ValueError as exc:
             raise InputError(str(exc)) from None
