@@ -80,7 +80,7 @@ def filter_label(score: str, top_fraction: float | None) -> str:
     return ("default" if top_fraction in (None, 0.01) else f"top{top_fraction:g}") + ("+z" if score == "z" else "")
 
 
-def run_one(row: dict, dataset: str, size: int, recipe_name: str, test, method: str = "unlearn",
+def run_one(row: dict, dataset: str, size: int, recipe_name: str, label: str, test, method: str = "unlearn",
             rounds: int = 1, min_rounds: int = 1, tolerance: float = LABEL_TOLERANCE,
             top_fraction: float | None = None, filter_score: str = "weighted", freeze_norm: bool = False,
             distill: float = 0.0, share: float = SHARE, rates: tuple[float, ...] = LR_CANDIDATES,
@@ -101,8 +101,7 @@ def run_one(row: dict, dataset: str, size: int, recipe_name: str, test, method: 
     if out.pruning is not None:
         extra = {"pruned_fraction": out.pruning.fraction, "prune_reached": out.pruning.reached}
     return {"id": row["id"], "split": row["split"], "arch": recipe["arch"], "output": recipe["output"],
-            "method": method, "size": size, "recipe": recipe_label(recipe_name, rounds, min_rounds, tolerance, freeze_norm, distill, share, rates,
-                                                                    steps, mixup), **extra,
+            "method": method, "size": size, "recipe": label, **extra,
             "lr_search": out.details.get("unlearning", {}).get("lr_search"),
             "rounds_run": out.settings.get("rounds"), "target_flagged_by_scan": real[0].target in scan.flagged,
             "real_before": out.before.worst_attack_success, "real_after": out.after.worst_attack_success,
@@ -218,6 +217,9 @@ def main() -> None:
     path = ROOT / "benchmarks" / "results" / f"{name}.jsonl"
     recipes = (args.recipes.split(",") if args.method == "unlearn"
                else [filter_label(args.filter_score, args.top_fraction)])
+    # The label each run is recorded (and found again) under.
+    labels = {recipe: recipe_label(recipe, args.rounds, args.min_rounds, args.tolerance, args.freeze_norm, args.distill,
+                                   args.share, rates, args.steps, args.mixup) for recipe in recipes}
     if not args.summary:
         done = {(r["id"], r["size"], r["recipe"]) for r in map(json.loads, path.open())} if path.exists() else set()
         test = load_dataset(args.dataset).test
@@ -226,12 +228,10 @@ def main() -> None:
         for row in take_shard(rows[: args.limit], args.shard):
             for size in (int(v) for v in args.sizes.split(",")):
                 for recipe in recipes:
-                    if (row["id"], size, recipe_label(recipe, args.rounds, args.min_rounds, args.tolerance,
-                                                     args.freeze_norm, args.distill, args.share, rates, args.steps,
-                                                     args.mixup)) in done:
+                    if (row["id"], size, labels[recipe]) in done:
                         continue
-                    line = run_one(row, args.dataset, size, recipe, test, args.method, args.rounds, args.min_rounds,
-                                   args.tolerance, args.top_fraction, args.filter_score, args.freeze_norm,
+                    line = run_one(row, args.dataset, size, recipe, labels[recipe], test, args.method, args.rounds,
+                                   args.min_rounds, args.tolerance, args.top_fraction, args.filter_score, args.freeze_norm,
                                    args.distill, args.share, rates, args.steps, args.mixup)
                     with path.open("a") as f:
                         f.write(json.dumps(line) + "\n")
@@ -240,9 +240,7 @@ def main() -> None:
                           f"{line['verdict']} {line.get('filter_fnr_real', '')} ({line['seconds']} s)", flush=True)
     print(summarise(path))
     if args.plot:
-        plot_sizes(path, recipe_label(recipes[0], args.rounds, args.min_rounds, args.tolerance, args.freeze_norm,
-                                      args.distill, args.share, rates, args.steps, args.mixup), args.split,
-                   Path(args.plot))
+        plot_sizes(path, labels[recipes[0]], args.split, Path(args.plot))
 
 
 if __name__ == "__main__":
