@@ -173,6 +173,21 @@ def test_scan_label_subset(trained, dataset: Path, tmp_path: Path) -> None:
     assert result.exit_code == (EXIT_INFECTED if report["infected"] else EXIT_CLEAN)
 
 
+def test_scan_confirm_rescans_near_the_threshold(trained, dataset: Path, tmp_path: Path) -> None:
+    model_path, _ = trained
+    args = ("scan", str(model_path), "--data", str(dataset), "--max-steps", "3", "--samples", "80", "--restarts", "0")
+    first = json.loads(invoke(*args, "--out", str(tmp_path / "a"), "--json").stdout)
+    # A threshold at the first scan's own index puts it within the band, so --confirm must rescan.
+    index = max(first["anomaly_index"], 0.01)
+    result = invoke(*args, "--out", str(tmp_path / "b"), "--confirm", "original", "--threshold", str(index))
+    assert result.exit_code in (EXIT_CLEAN, EXIT_INFECTED), result.output
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    confirmed = report["settings"]["confirmed"]
+    assert confirmed["preset"] == "original" and confirmed["l1_norms_first"] == pytest.approx(first["l1_norms"])
+    assert report["settings"]["config"]["batch_size"] == 32  # the original preset's, not fast's 8
+    assert "with the original preset" in (tmp_path / "b" / "report.html").read_text()
+
+
 def test_scan_torchscript_model(torchscript_model: Path, dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "ts"
     result = invoke("scan", str(torchscript_model), "--data", str(dataset), "--out", str(out), "--num-classes",
@@ -305,6 +320,7 @@ def test_scan_bad_labels(trained, dataset: Path, tmp_path: Path, labels: str, me
     (["--samples", "-5"], "Invalid value for '--samples': -5"),
     (["--labels", "0,1.5,2"], "expected comma-separated label numbers, got '0,1.5,2'"),
     (["--threshold", "-1"], "Invalid value for '--threshold': -1"),
+    (["--confirm", "thorough"], "Invalid value for '--confirm'"),
 ])
 def test_scan_rejects_bad_numbers(trained, dataset: Path, tmp_path: Path, extra: list[str], message: str) -> None:
     model_path, _ = trained

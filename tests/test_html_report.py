@@ -143,6 +143,11 @@ def test_restarts_are_explained_on_the_page(tmp_path: Path) -> None:
     assert "seeds 0, 1, 2 (indices 2.73, 2.32, 2.45)" in page and "seed 2's, the median" in page
     plain = write_html_report(fake_scan(tmp_path / "one", norms=[5.0, 6.0, 7.0], flagged=[], infected=False)).read_text()
     assert "the median" not in plain
+    confirmed = {"preset": "fast", "confirmed": {"preset": "original", "anomaly_index_first": 2.31}}
+    page = write_html_report(fake_scan(tmp_path / "slow", norms=[5.0, 6.0, 7.0], flagged=[], infected=False,
+                                       settings=confirmed)).read_text()
+    assert "first index (2.31) lay near the threshold" in page and "with the original preset" in page
+    assert "scanned again" not in plain
 
 
 def test_missing_image_shows_placeholder(tmp_path: Path) -> None:

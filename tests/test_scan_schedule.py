@@ -197,3 +197,27 @@ def test_restarts_near_the_threshold_take_the_median_seed(infected, data) -> Non
     assert "restarts" not in single.settings and single.l1_norms == pytest.approx(runs[0].l1_norms)
     with pytest.raises(InputError, match="restarts"):
         NeuralCleanse(restarts=-1)
+
+
+def test_confirm_rescans_near_the_threshold_with_another_preset(infected, data) -> None:
+    model, _ = infected
+    kw = dict(samples=240, progress=False, max_steps=20, samples_per_step=64, block_size=2)
+    result = NeuralCleanse("fast", confirm="original", restart_band=1e9, **kw).scan(model, data.test)
+    first = NeuralCleanse("fast", restarts=0, **kw).scan(model, data.test)
+    slow = NeuralCleanse("original", restarts=0, **kw).scan(model, data.test)
+    # The result is the original preset's scan, whole; the first scan is kept on record.
+    assert result.l1_norms == pytest.approx(slow.l1_norms, abs=1e-5)
+    assert torch.allclose(result.masks, slow.masks, atol=1e-5) and result.flagged == slow.flagged
+    info = result.settings["confirmed"]
+    assert info["preset"] == "original" and info["anomaly_index_first"] == pytest.approx(first.anomaly_index)
+    assert info["l1_norms_first"] == pytest.approx(first.l1_norms, abs=1e-5)
+    assert result.settings["preset"] == "fast" and "restarts" not in result.settings
+    assert result.settings["config"]["batch_size"] == slow.settings["config"]["batch_size"] != \
+        first.settings["config"]["batch_size"]
+    again = ScanResult.from_dict(result.to_dict(), result.masks, result.patterns)
+    assert again.settings["confirmed"]["preset"] == "original"
+    # Far from the threshold the first scan stands.
+    far = NeuralCleanse("fast", confirm="original", restart_band=0.0, **kw).scan(model, data.test)
+    assert "confirmed" not in far.settings and far.l1_norms == pytest.approx(first.l1_norms, abs=1e-5)
+    with pytest.raises(InputError, match="confirm"):
+        NeuralCleanse(confirm="thorough")

@@ -41,6 +41,9 @@ from neuralcleanse.errors import InputError
 @click.option("--restarts", type=click.IntRange(min=0), default=2, show_default=True,
               help="When the anomaly index lies within 1 of the threshold, scan again with this many more seeds "
                    "and report the seed whose index is the median (0: never).")
+@click.option("--confirm", type=click.Choice(["original"]), default=None,
+              help="When the anomaly index lies within 1 of the threshold, scan again with this preset and report "
+                   "that scan instead of restarting (slower: minutes a model; docs/results.md, 'Session 13').")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Split the labels across this many local processes (one model, merged into one result).")
 @click.option("--ray", "ray_address", default=None, metavar="auto|ADDRESS",
@@ -56,7 +59,7 @@ from neuralcleanse.errors import InputError
 @guard(PREPROCESSING_FLAGS)
 def scan(ctx: click.Context, model_path: str, data_source: str, out: str, preset: str, samples: int | None,
          labels: str | None, loss: str | None, max_steps: int | None, rule: str, threshold: float | None, seed: int,
-         block_size: int | None, schedule: str, restarts: int, workers: int, ray_address: str | None, resume: bool, force: bool,
+         block_size: int | None, schedule: str, restarts: int, confirm: str | None, workers: int, ray_address: str | None, resume: bool, force: bool,
          as_json: bool, device: str, precision: str, **model_flags: Any) -> int:
     """Reverse-engineer a trigger for every label and flag the outliers.
 
@@ -73,7 +76,7 @@ def scan(ctx: click.Context, model_path: str, data_source: str, out: str, preset
         out, lambda: load_model_and_data_from_flags(model_path, data_source, **model_flags), resume=resume, force=force,
         preset=preset, samples=samples, labels=label_list, loss=loss, max_steps=max_steps, rule=rule,
         threshold=threshold, seed=seed, block_size=block_size, device=parse_device(device), precision=precision,
-        schedule=schedule, restarts=restarts, workers=max(workers, 2) if ray_address and workers == 1 else workers, ray=ray_address,
+        schedule=schedule, restarts=restarts, confirm=confirm, workers=max(workers, 2) if ray_address and workers == 1 else workers, ray=ray_address,
         progress=ctx.obj["progress"], model_desc={"path": str(model_path)}, data_desc={"source": data_source})
     if finished is not None:
         read_run_folder(Path(out))  # what the page shows, checked before anything is printed

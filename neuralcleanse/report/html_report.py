@@ -314,6 +314,11 @@ class _Page:
                      f"{_e(', '.join(str(v) for v in restarts.get('seeds') or []))} (indices "
                      f"{_e(', '.join(_num(v) for v in restarts['anomaly_indices']))}); the one shown is seed "
                      f"{_e(restarts.get('chosen_seed'))}'s, the median.")
+        confirmed = settings.get("confirmed") if isinstance(settings, dict) else None
+        if isinstance(confirmed, dict) and confirmed.get("preset"):
+            text += (f" The first index ({_e(_num(confirmed.get('anomaly_index_first')))}) lay near the threshold, so "
+                     f"the labels were scanned again with the {_e(confirmed['preset'])} preset; the figures shown "
+                     "are that scan's.")
         facts = [
             _fact(_labels(flagged), "flagged label(s)"),
             _fact(_num(scan.get("anomaly_index")), "anomaly index"),
