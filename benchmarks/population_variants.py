@@ -111,7 +111,7 @@ def report(dataset: str, population: list[dict], out: Path) -> str:
     table = ["| variant | score | threshold (tune) | tune AUROC | tune hits | tune false alarms | test AUROC | "
              "test hits | test false alarms | bn_gap test hits / alarms |", "|---|---|---|---|---|---|---|---|---|---|"]
     for variant, vl in by_variant.items():
-        for score in (("l1",) if variant == "tv0" else ("l1", "l1+tv")):
+        for score in (("l1", "l1+tv") if VARIANTS[variant].get("smoothness") else ("l1",)):
             judged = scores(vl, score)
             tune = [l for l in vl if l["split"] == "tune"]
             test = [l for l in vl if l["split"] == "test"]
