@@ -92,7 +92,8 @@ def run_one(row: dict, dataset: str, size: int, recipe_name: str, label: str, te
     real = [Backdoor(recipe["attack"]["target"], trigger_of(recipe))]
     start = time.perf_counter()
     # Another preset's scan also sets the rescans between unlearning rounds (they repeat its settings).
-    scan = NeuralCleanse(scan_preset, progress=False, seed=0, restarts=2 if scan_preset == "fast" else 0).scan(model, user)
+    scan = NeuralCleanse(scan_preset, progress=False, seed=0, **({} if scan_preset == "fast" else {"restarts": 0})
+                         ).scan(model, user)
     out = mitigate(model, scan, DatasetSplits(user, user), method, labels=[real[0].target], real=real,
                    recipe=recipe_name if method == "unlearn" else "sized", baselines=False, rounds=rounds,
                    min_rounds=min_rounds, accuracy_tolerance=tolerance, top_fraction=top_fraction,

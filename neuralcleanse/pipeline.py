@@ -63,7 +63,7 @@ def run_scan(model: Classifier, data: ImageDataset, out: str | Path, *, preset: 
              max_steps: int | None = None, rule: str = DEFAULT_RULE, threshold: float | None = None, seed: int = 0,
              block_size: int | None = None,
              device: torch.device | str = "cpu", precision: str = "fp32", progress: bool = True, resume: bool = False,
-             schedule: str = "auto", restarts: int = 2, confirm: str | None = None, workers: int = 1,
+             schedule: str = "auto", restarts: int = 4, confirm: str | None = None, workers: int = 1,
              ray: str | None = None, model_desc: dict[str, Any] | None = None, data_desc: dict[str, Any] | None = None) -> ScanResult:
     """Scans and writes the report into `out`. The scan's state is saved in `out` as labels finish
     and removed once the report is written; `resume=True` goes on from it."""

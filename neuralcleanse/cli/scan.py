@@ -38,7 +38,7 @@ from neuralcleanse.errors import InputError
 @click.option("--schedule", type=click.Choice(["auto", "full", "coarse-to-fine"]), default="auto", show_default=True,
               help="coarse-to-fine: a short pass over every label, the full budget for the smallest and a random "
                    "reference; auto picks it from 200 labels on (docs/scale.md).")
-@click.option("--restarts", type=click.IntRange(min=0), default=2, show_default=True,
+@click.option("--restarts", type=click.IntRange(min=0), default=4, show_default=True,
               help="When the anomaly index lies within 1 of the threshold, scan again with this many more seeds "
                    "and report the seed whose index is the median (0: never).")
 @click.option("--confirm", type=click.Choice(["original"]), default=None,

@@ -69,7 +69,7 @@ class NeuralCleanse:
         coarse_to_fine: CoarseToFine | None = None,
         workers: int = 1,
         ray: str | None = None,
-        restarts: int = 2,
+        restarts: int = 4,
         restart_band: float = 1.0,
         confirm: str | None = None,
         **config_overrides: Any,
