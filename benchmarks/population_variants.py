@@ -139,8 +139,7 @@ def escalation_table(population: list[dict], original: list[dict], seeded: list[
     if not population:
         return ""
     threshold = get_rule("log-mad").threshold_for(len(population[0]["scan"]["l1_norms"]))
-    again = {json.loads(line)["id"]: json.loads(line)
-             for line in (ROOT / "results" / f"population_{population[0]['dataset']}_restarts.jsonl").open()}
+    again = {line["id"]: line for line in read(ROOT / "results" / f"population_{population[0]['dataset']}_restarts.jsonl")}
     slow = {l["id"]: l["norms"] for l in original}
     seeds: dict[str, dict[int, list]] = {}
     for l in seeded:
