@@ -124,9 +124,9 @@ def report(dataset: str, population: list[dict], out: Path) -> str:
             bn = figures([l for l in test if l["arch"] == "bn_gap"], judged, t) if test else {"hits": "-", "alarms": "-"}
             table.append(f"| {variant} | {score} | {t:.2f} | {fmt_auc(a['auroc'])} | {a['hits']} | {a['alarms']} | "
                          f"{fmt_auc(b['auroc'])} | {b['hits']} | {b['alarms']} | {bn['hits']} / {bn['alarms']} |")
-    return "\n".join(table) + "\n\n" + escalation_table(
-        population, by_variant.get("original", []),
-        [l for v, vl in by_variant.items() if v.startswith("seed") for l in vl])
+    seeded = [l for v, vl in by_variant.items() if v.startswith("seed") for l in vl]
+    return ("\n".join(table) + "\n\n" + escalation_table(population, by_variant.get("original", []), seeded)
+            + "\n\n" + architecture_table(population, seeded))
 
 
 BAND = 1.0  # the scan's restart band: models whose first index lies this close to the threshold
@@ -183,6 +183,39 @@ def escalation_table(population: list[dict], original: list[dict], seeded: list[
                 continue  # the scans this rule needs are not all recorded
             f = figures(rows, judged, threshold)
             lines.append(f"| {name} | {split} | {fmt_auc(f['auroc'])} | {f['hits']} | {f['alarms']} |")
+    return "\n".join(lines)
+
+
+def architecture_table(population: list[dict], seeded: list[dict]) -> str:
+    """Per architecture, both splits (a diagnosis, nothing chosen from it): how far below the median
+    label the smallest one lies in clean models (median/smallest norm), against the target in infected
+    ones, on each label's median norm over seeds 0-4; and the separation (AUROC) of that ratio and of the
+    default's index (median of the five seeds' indices) within the architecture."""
+    seeds: dict[str, dict[int, list]] = {}
+    for l in seeded:
+        seeds.setdefault(l["id"], {})[VARIANTS[l["variant"]]["seed"]] = l["norms"]
+    lines = ["Per architecture, both splits, seeds 0-4 (median norm per label): median/smallest norm of clean models, "
+             "median/target norm of infected ones.", "",
+             "| architecture | clean | infected | clean: median/smallest | infected: median/target | infected within "
+             "the clean range | target smallest at every seed | AUROC of the ratio | AUROC of the index |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for arch in sorted({r["recipe"]["arch"] for r in population}):
+        rows = [r for r in population if r["recipe"]["arch"] == arch and len(seeds.get(r["id"], {})) == 5]
+        if not rows:
+            continue
+        runs = {r["id"]: np.asarray([seeds[r["id"]][k] for k in range(5)], dtype=np.float64) for r in rows}
+        ratio = {i: float(np.median(np.median(v, axis=0)) / (np.median(v, axis=0)[r["true_target"]] if r["true_target"]
+                 is not None else np.median(v, axis=0).min())) for r in rows for i, v in [(r["id"], runs[r["id"]])]}
+        index = {i: sorted(index_and_min(n)[0] for n in v)[2] for i, v in runs.items()}
+        clean = [r["id"] for r in rows if r["true_target"] is None]
+        bad = [r for r in rows if r["true_target"] is not None]
+        top = max(ratio[i] for i in clean) if clean else float("nan")
+        smallest = sum(all(int(np.argmin(n)) == r["true_target"] for n in runs[r["id"]]) for r in bad)
+        span = (lambda v: f"{min(v):.1f}–{max(v):.1f}" if v else "–")
+        lines.append(f"| {arch} | {len(clean)} | {len(bad)} | {span([ratio[i] for i in clean])} | "
+                     f"{span([ratio[r['id']] for r in bad])} | {sum(ratio[r['id']] <= top for r in bad)}/{len(bad)} | "
+                     f"{smallest}/{len(bad)} | {fmt_auc(auroc([ratio[r['id']] for r in bad], [ratio[i] for i in clean]))} | "
+                     f"{fmt_auc(auroc([index[r['id']] for r in bad], [index[i] for i in clean]))} |")
     return "\n".join(lines)
 
 

@@ -12,7 +12,8 @@ from neuralcleanse.data.augment import Mixup
 from neuralcleanse.errors import InputError
 from neuralcleanse.metrics import attack_success_rate, clean_accuracy
 from neuralcleanse.mitigation import Backdoor
-from neuralcleanse.mitigation.unlearning import Unlearner, logits_view
+from neuralcleanse.attacks.trigger import Trigger
+from neuralcleanse.mitigation.unlearning import JitteredStamp, Unlearner, logits_view
 from neuralcleanse.models.classifier import Classifier, ModelInfo
 from neuralcleanse.models.fitting import distillation_loss
 from tiny_task import K, SIDE, TARGET
@@ -104,3 +105,27 @@ def test_unlearning_with_mixup(infected, data, trigger) -> None:
     # Without a teacher a mixed image would have nothing to learn from.
     with pytest.raises(InputError, match="mixup needs the distillation term"):
         Unlearner(distill=0.0, mixup=0.5)
+
+
+def test_roaming_stamps_move_anywhere_and_the_default_stays_in_place() -> None:
+    mask = torch.zeros(SIDE, SIDE)
+    mask[:2, :2] = 1.0  # a corner patch
+    backdoor = [Backdoor(TARGET, Trigger(mask, torch.ones(1, SIDE, SIDE)))]
+    x = torch.zeros(400, 1, SIDE, SIDE)
+
+    def corners(roam: float) -> torch.Tensor:
+        stamp = JitteredStamp(backdoor, share=1.0, jitter=0, min_strength=1.0, roam=roam)
+        out = stamp(x, torch.Generator().manual_seed(0))
+        return (out[:, 0, :2, :2].sum((1, 2)) == 4).float()  # whole patch still at the corner
+
+    assert bool(corners(0.0).all())
+    moved = 1 - float(corners(1.0).mean())
+    assert moved > 0.9  # nearly every stamp lands elsewhere (a few draws land on the corner)
+    assert 0.3 < 1 - float(corners(0.5).mean()) < 0.7
+    stamped = JitteredStamp(backdoor, share=1.0, jitter=0, min_strength=1.0, roam=1.0)(x, torch.Generator().manual_seed(0))
+    assert torch.equal(stamped.sum((1, 2, 3)), torch.full((400,), 4.0))  # moved whole (wrapping), never cut
+    rows_lit = stamped[:, 0].sum(2).gt(0).float().mean(0)
+    assert bool((rows_lit > 0).all())  # over 400 stamps every row of the image was reached
+    for bad in (-0.1, 1.5):
+        with pytest.raises(InputError, match="roam"):
+            Unlearner(roam=bad)

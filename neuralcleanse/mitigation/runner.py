@@ -99,7 +99,8 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
              baselines: bool = True, tune_samples: int = 2000, curve_samples: int = 2000, seed: int = 0,
              verify: bool = True, verify_others: int = 10, rounds: int = 3, min_rounds: int | None = None,
              accuracy_tolerance: float = ACCURACY_TOLERANCE, freeze_norm: bool = False, distill: float = DISTILL,
-             lr_candidates: Sequence[float] = LR_CANDIDATES, mixup: float = 0.0, device: torch.device | str = "cpu",
+             lr_candidates: Sequence[float] = LR_CANDIDATES, mixup: float = 0.0, roam: float = 0.0,
+             device: torch.device | str = "cpu",
              progress: bool = False) -> MitigationOutcome:
     """Runs `method` with the reversed triggers of the scan's flagged labels (or `labels`).
 
@@ -112,7 +113,8 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
     of them (default: 3, or `rounds` if fewer) whatever the rescan finds (Unlearner); `accuracy_tolerance`:
     the clean accuracy its learning-rate search may give up; `freeze_norm`: batch-norm statistics kept;
     `distill`: weight of the term that keeps outputs on clean inputs; `lr_candidates`: the rates its search
-    tries; `mixup`: the share of images mixed for the distillation term (Unlearner). Raises NothingToMitigate when the scan flagged nothing and no labels were named: nothing
+    tries; `mixup`: the share of images mixed for the distillation term; `roam`: the share of stamps moved
+    anywhere in the image (Unlearner). Raises NothingToMitigate when the scan flagged nothing and no labels were named: nothing
     is changed then.
     """
     if method not in METHODS:
@@ -177,7 +179,7 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
                 return Unlearner.paper(model, lr=lr, epochs=epochs or 1, data_fraction=data_fraction, **common)
             return Unlearner(steps, data_fraction=data_fraction, lr=lr, jitter=jitter, epochs=epochs, rounds=rounds,
                              min_rounds=min_rounds, accuracy_tolerance=accuracy_tolerance, freeze_norm=freeze_norm,
-                             distill=distill, lr_candidates=lr_candidates, mixup=mixup, **common)
+                             distill=distill, lr_candidates=lr_candidates, mixup=mixup, roam=roam, **common)
 
         def recheck(patched: torch.nn.Module, every: bool) -> tuple[list, dict]:
             # On the tuning data: the held-out part stays unseen for the measurements and the final rescan.
@@ -190,7 +192,8 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
                         trigger_share=trigger_share, data_fraction=data_fraction,
                         lr=mitigation.unlearning_.lr, accuracy_tolerance=accuracy_tolerance, freeze_norm=freeze_norm,
                         distill=distill if recipe == "sized" else 0.0,
-                        mixup=mixup if recipe == "sized" else 0.0, min_rounds=min_rounds if recipe == "sized" else 1,
+                        mixup=mixup if recipe == "sized" else 0.0, roam=roam if recipe == "sized" else 0.0,
+                        min_rounds=min_rounds if recipe == "sized" else 1,
                         rounds=1 + sum(bool(r["triggers_added"])
                                                                       for r in mitigation.unlearning_.rounds),
                         lr_source="given" if lr else ("searched" if recipe == "sized" else

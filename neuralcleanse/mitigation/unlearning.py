@@ -93,12 +93,15 @@ class JitteredStamp:
     """Stamps the triggers on a `share` of each training batch, each time shifted by up to `jitter`
     pixels and at a random strength in [`min_strength`, 1], labels kept: the model unlearns the
     reversed trigger's neighbourhood, not one exact pattern (the real trigger is never exactly the
-    reversed one). An Augmentation-like callable for train_classifier."""
+    reversed one). `roam`: the share of stamps moved anywhere in the image instead (wrapping round),
+    for networks that answer a pattern wherever it lies (global pooling), where the reversed trigger
+    is often found far from the real one. An Augmentation-like callable for train_classifier."""
 
-    def __init__(self, backdoors: Sequence[Backdoor], share: float, jitter: int = 2, min_strength: float = 0.7) -> None:
+    def __init__(self, backdoors: Sequence[Backdoor], share: float, jitter: int = 2, min_strength: float = 0.7,
+                 roam: float = 0.0) -> None:
         self.masks = torch.stack([b.trigger.mask for b in backdoors])
         self.patterns = torch.stack([b.trigger.pattern for b in backdoors])
-        self.share, self.jitter, self.min_strength = share, jitter, min_strength
+        self.share, self.jitter, self.min_strength, self.roam = share, jitter, min_strength, roam
         self.stamped = 0
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -108,6 +111,10 @@ class JitteredStamp:
             return x
         which = torch.randint(0, len(self.masks), (len(rows),), generator=gen)
         shifts = torch.randint(-self.jitter, self.jitter + 1, (len(rows), 2), generator=gen)
+        if self.roam > 0:  # drawn only when asked, so the default's random stream is unchanged
+            far = torch.rand(len(rows), generator=gen) < self.roam
+            size = torch.tensor(self.masks.shape[-2:])
+            shifts[far] = (torch.rand(int(far.sum()), 2, generator=gen) * size).long()
         strength = self.min_strength + (1 - self.min_strength) * torch.rand(len(rows), generator=gen)
         masks = torch.stack([self.masks[w].roll(tuple(d.tolist()), (0, 1)) for w, d in zip(which, shifts)])
         patterns = torch.stack([self.patterns[w].roll(tuple(d.tolist()), (1, 2)) for w, d in zip(which, shifts)])
@@ -152,7 +159,8 @@ class Unlearner(Mitigation):
                  search_steps: int = 60, seed: int = 0, device: torch.device | str = "cpu",
                  progress: bool = False, rounds: int = 1, min_rounds: int = 1,
                  accuracy_tolerance: float = ACCURACY_TOLERANCE, freeze_norm: bool = False,
-                 distill: float = DISTILL, lr_candidates: Sequence[float] = LR_CANDIDATES, mixup: float = 0.0) -> None:
+                 distill: float = DISTILL, lr_candidates: Sequence[float] = LR_CANDIDATES, mixup: float = 0.0,
+                 roam: float = 0.0) -> None:
         refuse_model_argument("Unlearner", steps, "Unlearner(...).fit(model, backdoors, clean_data)")
         if epochs is not None and epochs < 1:
             raise InputError(f"epochs must be at least 1, got {epochs}")
@@ -184,6 +192,9 @@ class Unlearner(Mitigation):
         if mixup > 0 and distill == 0:
             raise InputError("mixup needs the distillation term (distill > 0): a mixed image has no label of its own")
         self.mixup = mixup
+        if not 0 <= roam <= 1:
+            raise InputError(f"roam must lie in [0, 1], got {roam!r}")
+        self.roam = roam
         self.steps = steps
         self.epochs = epochs
         self.trigger_share = trigger_share
@@ -253,7 +264,7 @@ class Unlearner(Mitigation):
         else:
             # Default: a sixteenth of the image side (1 px on 8x8, 2 px on MNIST and GTSRB).
             jitter = self.jitter if self.jitter is not None else max(1, round(min(data.input_shape[1:]) / 16))
-            stamp = JitteredStamp(backdoors, self.trigger_share, jitter) if backdoors else None
+            stamp = JitteredStamp(backdoors, self.trigger_share, jitter, roam=self.roam) if backdoors else None
             stamped = 0
         if steps is not None and self.epochs is None:
             data = budget_subset(data, steps * self.batch_size, self.seed)
