@@ -72,6 +72,10 @@ REAL_TRIGGER_FLAGS = {
 @click.option("--mixup", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="unlearn (sized): share of each batch mixed with another image for the distillation term "
                    "(function matching); costs less accuracy, removes less (docs/mitigation.md, \"Session 12\").")
+@click.option("--roam", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="unlearn (sized): share of the stamps moved anywhere in the image instead of near the reversed "
+                   "trigger's place (for global-pooling networks); measured, not the default "
+                   "(docs/mitigation.md, \"Session 14\").")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="unlearn: also fine-tune with no trigger and with the real trigger (when known).")
 @click.option("--real-target", type=int, default=None, help="Label of the real backdoor, to measure against.")
@@ -95,7 +99,7 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
              stop_success: float, max_fraction: float, recipe: str, steps: int, epochs: int | None,
              trigger_share: float, data_fraction: float | None,
              lr: float | None, rounds: int, min_rounds: int | None, accuracy_tolerance: float, distill: float,
-             mixup: float, baselines: bool, real_target: int | None, real_size: int | None, real_position: str,
+             mixup: float, roam: float, baselines: bool, real_target: int | None, real_size: int | None, real_position: str,
              real_colour: str, real_mask: str | None, real_pattern: str | None, verify: bool, seed: int, force: bool,
              as_json: bool, device: str, **model_flags: Any) -> int:
     """Remove or block a backdoor found by `scan`: input filter, neuron pruning or unlearning.
@@ -143,7 +147,7 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
                 stop_success=stop_success, max_fraction=max_fraction, recipe=recipe, steps=steps, epochs=epochs,
                 trigger_share=trigger_share, data_fraction=data_fraction or (0.1 if recipe == "paper" else 1.0), lr=lr,
                 rounds=rounds, min_rounds=min_rounds, accuracy_tolerance=accuracy_tolerance,
-                distill=distill, mixup=mixup, baselines=baselines, seed=seed, verify=verify, device=parse_device(device),
+                distill=distill, mixup=mixup, roam=roam, baselines=baselines, seed=seed, verify=verify, device=parse_device(device),
                 progress=ctx.obj["progress"])
         except ValueError as exc:
             raise InputError(str(exc)) from None

@@ -145,6 +145,9 @@ class Unlearner(Mitigation):
     `min_rounds` rounds run whatever the recheck says, each with every treated label's fresh trigger:
     a label that no longer stands out can still answer to the rest of the real trigger.
 
+    `roam` moves that share of the stamps anywhere in the image (JitteredStamp); off by default, as it
+    did not remove more on the population (docs/mitigation.md, "Session 14").
+
     `distill` > 0 adds a distillation term (train_classifier): every training input, stamped or not,
     is also taught to answer as the model given answers the plain image. The clean behaviour is then
     kept from the model's own soft outputs rather than from a few hundred hard labels, which is what
