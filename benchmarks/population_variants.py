@@ -129,6 +129,14 @@ def report(dataset: str, population: list[dict], out: Path) -> str:
             + "\n\n" + architecture_table(population, seeded))
 
 
+def norms_by_seed(seeded: list[dict]) -> dict[str, dict[int, list]]:
+    """model id -> seed -> the label norms of the `seedK` variants' scans."""
+    seeds: dict[str, dict[int, list]] = {}
+    for l in seeded:
+        seeds.setdefault(l["id"], {})[VARIANTS[l["variant"]]["seed"]] = l["norms"]
+    return seeds
+
+
 BAND = 1.0  # the scan's restart band: models whose first index lies this close to the threshold
 
 
@@ -141,9 +149,7 @@ def escalation_table(population: list[dict], original: list[dict], seeded: list[
     threshold = get_rule("log-mad").threshold_for(len(population[0]["scan"]["l1_norms"]))
     again = {line["id"]: line for line in read(ROOT / "results" / f"population_{population[0]['dataset']}_restarts.jsonl")}
     slow = {l["id"]: l["norms"] for l in original}
-    seeds: dict[str, dict[int, list]] = {}
-    for l in seeded:
-        seeds.setdefault(l["id"], {})[VARIANTS[l["variant"]]["seed"]] = l["norms"]
+    seeds = norms_by_seed(seeded)
     rules: dict[str, dict[str, tuple[float, int]]] = {"fast, one seed": {}, "median of 3 fast seeds (0.5)": {},
                                                       "fast, then original (escalation)": {},
                                                       "median of 5 fast seeds in the band": {},
@@ -191,9 +197,7 @@ def architecture_table(population: list[dict], seeded: list[dict]) -> str:
     label the smallest one lies in clean models (median/smallest norm), against the target in infected
     ones, on each label's median norm over seeds 0-4; and the separation (AUROC) of that ratio and of the
     default's index (median of the five seeds' indices) within the architecture."""
-    seeds: dict[str, dict[int, list]] = {}
-    for l in seeded:
-        seeds.setdefault(l["id"], {})[VARIANTS[l["variant"]]["seed"]] = l["norms"]
+    seeds = norms_by_seed(seeded)
     lines = ["Per architecture, both splits, seeds 0-4 (median norm per label): median/smallest norm of clean models, "
              "median/target norm of infected ones.", "",
              "| architecture | clean | infected | clean: median/smallest | infected: median/target | infected within "
@@ -204,8 +208,11 @@ def architecture_table(population: list[dict], seeded: list[dict]) -> str:
         if not rows:
             continue
         runs = {r["id"]: np.asarray([seeds[r["id"]][k] for k in range(5)], dtype=np.float64) for r in rows}
-        ratio = {i: float(np.median(np.median(v, axis=0)) / (np.median(v, axis=0)[r["true_target"]] if r["true_target"]
-                 is not None else np.median(v, axis=0).min())) for r in rows for i, v in [(r["id"], runs[r["id"]])]}
+        ratio = {}
+        for r in rows:
+            label_norms = np.median(runs[r["id"]], axis=0)  # each label's median over the seeds
+            judged = label_norms[r["true_target"]] if r["true_target"] is not None else label_norms.min()
+            ratio[r["id"]] = float(np.median(label_norms) / judged)
         index = {i: sorted(index_and_min(n)[0] for n in v)[2] for i, v in runs.items()}
         clean = [r["id"] for r in rows if r["true_target"] is None]
         bad = [r for r in rows if r["true_target"] is not None]

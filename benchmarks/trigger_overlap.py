@@ -50,7 +50,7 @@ def scan_all(dataset: str, out: Path, threads: int) -> None:
         line = {"id": row["id"], "split": row["split"], "arch": recipe["arch"], "pattern": recipe["attack"]["pattern"],
                 "side": recipe["attack"]["side"], "target": target, "target_l1": float(found.sum()),
                 "on_real_share": float(found[real].sum() / found.sum().clamp_min(1e-12)),
-                "target_smallest": int(scan.labels[int(torch.tensor(scan.l1_norms).argmin())]) == target,
+                "target_smallest": scan.labels[min(range(len(scan.labels)), key=scan.l1_norms.__getitem__)] == target,
                 "seconds": round(time.perf_counter() - start, 1)}
         with out.open("a") as fh:
             fh.write(json.dumps(line) + "\n")
@@ -58,7 +58,7 @@ def scan_all(dataset: str, out: Path, threads: int) -> None:
               f"({line['seconds']} s)", flush=True)
 
 
-def report(dataset: str, out: Path, unlearning: Path, recipe: str) -> str:
+def report(out: Path, unlearning: Path, recipe: str) -> str:
     lines = [json.loads(l) for l in out.open()] if out.exists() else []
     after = {}
     if unlearning.exists():
@@ -95,7 +95,7 @@ def main() -> None:
         ROOT / "benchmarks" / "results" / f"unlearning_population_{args.dataset}_s10.jsonl")
     if not args.report:
         scan_all(args.dataset, out, args.threads)
-    text = report(args.dataset, out, unlearning, args.recipe)
+    text = report(out, unlearning, args.recipe)
     print(text)
     (ROOT / "benchmarks" / "results" / f"trigger_overlap_{args.dataset}.md").write_text(
         f"# Reversed and real triggers on the {args.dataset} population\n\n`benchmarks/trigger_overlap.py`\n\n"
