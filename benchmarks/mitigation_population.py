@@ -65,13 +65,16 @@ LABEL_TOLERANCE = 0.01  # the rate search's tolerance before 0.5: records withou
 def recipe_label(recipe_name: str, rounds: int = 1, min_rounds: int = 1, tolerance: float = LABEL_TOLERANCE,
                  freeze_norm: bool = False, distill: float = 0.0, share: float = SHARE,
                  rates: tuple[float, ...] = LR_CANDIDATES, steps: int = STEPS, mixup: float = 0.0,
-                 scan_preset: str = "fast", roam: float = 0.0) -> str:
+                 scan_preset: str = "fast", roam: float = 0.0, adversarial: float = 0.0,
+                 refresh: int = 10, budget: float = 3.0) -> str:
     return (recipe_name + (f"+rounds{rounds}" if rounds > 1 else "") + (f"+min{min_rounds}" if min_rounds > 1 else "")
             + (f"+tol{tolerance:g}" if tolerance != LABEL_TOLERANCE else "") + ("+frozennorm" if freeze_norm else "")
             + (f"+kd{distill:g}" if distill else "") + (f"+share{share:g}" if share != SHARE else "")
             + ("+rates" + "/".join(f"{r:g}" for r in rates) if tuple(rates) != LR_CANDIDATES else "")
             + (f"+steps{steps}" if steps != STEPS else "") + (f"+mix{mixup:g}" if mixup else "")
-            + (f"+scan{scan_preset}" if scan_preset != "fast" else "") + (f"+roam{roam:g}" if roam else ""))
+            + (f"+scan{scan_preset}" if scan_preset != "fast" else "") + (f"+roam{roam:g}" if roam else "")
+            + (f"+adv{adversarial:g}" + (f"/{refresh}" if refresh != 10 else "")
+               + (f"/b{budget:g}" if budget != 3.0 else "") if adversarial else ""))
 
 
 def filter_label(score: str, top_fraction: float | None) -> str:
@@ -86,7 +89,8 @@ def run_one(row: dict, dataset: str, size: int, recipe_name: str, label: str, te
             rounds: int = 1, min_rounds: int = 1, tolerance: float = LABEL_TOLERANCE,
             top_fraction: float | None = None, filter_score: str = "weighted", freeze_norm: bool = False,
             distill: float = 0.0, share: float = SHARE, rates: tuple[float, ...] = LR_CANDIDATES,
-            steps: int = STEPS, mixup: float = 0.0, scan_preset: str = "fast", roam: float = 0.0) -> dict:
+            steps: int = STEPS, mixup: float = 0.0, scan_preset: str = "fast", roam: float = 0.0,
+            adversarial: float = 0.0, refresh: int = 10, budget: float = 3.0) -> dict:
     model, recipe = model_of(row, dataset)
     user = test.random_sample(size, seed=1000 + size)
     real = [Backdoor(recipe["attack"]["target"], trigger_of(recipe))]
@@ -98,7 +102,8 @@ def run_one(row: dict, dataset: str, size: int, recipe_name: str, label: str, te
                    recipe=recipe_name if method == "unlearn" else "sized", baselines=False, rounds=rounds,
                    min_rounds=min_rounds, accuracy_tolerance=tolerance, top_fraction=top_fraction,
                    filter_score=filter_score, freeze_norm=freeze_norm, distill=distill, trigger_share=share,
-                   lr_candidates=rates, steps=steps, mixup=mixup, roam=roam)
+                   lr_candidates=rates, steps=steps, mixup=mixup, roam=roam, adversarial=adversarial,
+                   refresh=refresh, adversarial_budget=budget)
     extra = {}
     if out.filter_rates is not None:
         extra = {"filter_fpr": out.filter_rates.false_positive_rate, "filter_fnr_real": out.filter_rates.false_negative_rate}
@@ -216,6 +221,11 @@ def main() -> None:
                     help="the scan whose triggers are treated (original: one seed, no restarts)")
     ap.add_argument("--rates", default=None, help="unlearn: the rates the search tries, comma-separated")
     ap.add_argument("--roam", type=float, default=0.0, help="unlearn: share of stamps moved anywhere (Unlearner(roam=))")
+    ap.add_argument("--adversarial", type=float, default=0.0,
+                    help="unlearn: share of each batch stamped with triggers re-found during training")
+    ap.add_argument("--refresh", type=int, default=10, help="unlearn: batches between re-finding them")
+    ap.add_argument("--budget", type=float, default=3.0,
+                    help="unlearn: re-found triggers' L1 budget, in reversed triggers' norms")
     args = ap.parse_args()
     rates = tuple(float(v) for v in args.rates.split(",")) if args.rates else LR_CANDIDATES
     torch.set_num_threads(args.threads)
@@ -226,7 +236,8 @@ def main() -> None:
                else [filter_label(args.filter_score, args.top_fraction)])
     # The label each run is recorded (and found again) under.
     labels = {recipe: recipe_label(recipe, args.rounds, args.min_rounds, args.tolerance, args.freeze_norm, args.distill,
-                                   args.share, rates, args.steps, args.mixup, args.scan_preset, args.roam)
+                                   args.share, rates, args.steps, args.mixup, args.scan_preset, args.roam,
+                                   args.adversarial, args.refresh, args.budget)
               for recipe in recipes}
     if not args.summary:
         done = {(r["id"], r["size"], r["recipe"]) for r in map(json.loads, path.open())} if path.exists() else set()
@@ -240,7 +251,8 @@ def main() -> None:
                         continue
                     line = run_one(row, args.dataset, size, recipe, labels[recipe], test, args.method, args.rounds,
                                    args.min_rounds, args.tolerance, args.top_fraction, args.filter_score, args.freeze_norm,
-                                   args.distill, args.share, rates, args.steps, args.mixup, args.scan_preset, args.roam)
+                                   args.distill, args.share, rates, args.steps, args.mixup, args.scan_preset, args.roam,
+                                   args.adversarial, args.refresh, args.budget)
                     with path.open("a") as f:
                         f.write(json.dumps(line) + "\n")
                     print(f"{line['id']} N={size} {recipe:5s} real {line['real_before']:.0%} -> {line['real_after']:.0%}"

@@ -271,6 +271,15 @@ def test_rate_search_tolerance_counts_images(base_correct: int) -> None:
     assert choose_rate([], rate(base_correct), 100, 0.02) == 1e-3  # nothing ran: the fallback
 
 
+def test_rate_search_scores_the_refound_trigger_when_recorded() -> None:
+    """A rate that only beat the pattern it was shown (its re-found trigger still works) loses to one
+    that closed the label, though both took the reversed trigger to 0%."""
+    record = [{"lr": 3e-3, "clean_accuracy": 0.95, "reversed_success": 0.0, "refound_success": 0.9},
+              {"lr": 1e-3, "clean_accuracy": 0.95, "reversed_success": 0.0, "refound_success": 0.1}]
+    assert choose_rate(record, 0.95, 100, 0.02) == 1e-3
+    assert choose_rate([{k: v for k, v in r.items() if k != "refound_success"} for r in record], 0.95, 100, 0.02) == 3e-3
+
+
 def test_mitigate_runner_measures_before_and_after(infected, data, scan) -> None:
     model, _ = infected
     out = mitigate(model, scan, data, "unlearn", labels=[TARGET], real=known_backdoors(model.info.metadata), epochs=2,

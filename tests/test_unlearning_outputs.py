@@ -13,6 +13,8 @@ from neuralcleanse.errors import InputError
 from neuralcleanse.metrics import attack_success_rate, clean_accuracy
 from neuralcleanse.mitigation import Backdoor
 from neuralcleanse.attacks.trigger import Trigger
+from neuralcleanse.attacks.trigger import patch_trigger
+from neuralcleanse.mitigation.adversarial import RefoundTriggers
 from neuralcleanse.mitigation.unlearning import JitteredStamp, Unlearner, logits_view
 from neuralcleanse.models.classifier import Classifier, ModelInfo
 from neuralcleanse.models.fitting import distillation_loss
@@ -129,3 +131,49 @@ def test_roaming_stamps_move_anywhere_and_the_default_stays_in_place() -> None:
     for bad in (-0.1, 1.5):
         with pytest.raises(InputError, match="roam"):
             Unlearner(roam=bad)
+
+
+def test_refound_triggers_move_toward_the_label_and_leave_the_model_alone(infected, data) -> None:
+    """A search started from a trigger that does not work ends at one that sends inputs to the label,
+    without touching the model's weights, gradients or batch-norm statistics."""
+    model, _ = infected
+    net = nn.Sequential(nn.BatchNorm2d(1), copy.deepcopy(model))  # statistics the search must not move
+    net.train()
+    decoy = patch_trigger((1, SIDE, SIDE), size=2, position="top-left", margin=1)
+    found = RefoundTriggers(net, [Backdoor(TARGET, decoy)], search_steps=30, budget=3.0)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = data.test.x[data.test.y != TARGET][:128]
+    start = Trigger(found.masks[0], found.patterns[0])
+    for _ in range(3):  # warm-started: each search goes on from where the last ended
+        found.refresh(x)
+    assert found.searches == 3 and net.training  # the mode given back
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert all(p.grad is None for p in net.parameters())
+    hit = Trigger(found.masks[0], found.patterns[0])
+    assert attack_success_rate(model, data.test, hit, TARGET) > attack_success_rate(model, data.test, start, TARGET) + 0.5
+    assert hit.l1 <= 3.0 * decoy.l1 + 1.0  # the budget holds (to within the hinge's slack)
+
+
+def test_adversarial_unlearning_removes_a_backdoor_the_reversed_trigger_missed(infected, data, trigger) -> None:
+    """Given a decoy (a trigger elsewhere, as a search on a global-pooling net can return), plain
+    unlearning leaves the planted trigger working; re-finding triggers while training removes it."""
+    model, _ = infected
+    decoy = [Backdoor(TARGET, patch_trigger((1, SIDE, SIDE), size=2, position="top-left", margin=1))]
+    for bad in (-0.1, 1.0):
+        with pytest.raises(InputError, match="adversarial"):
+            Unlearner(adversarial=bad)
+    with pytest.raises(InputError, match="refresh"):
+        Unlearner(refresh=0)
+    rates = {}
+    for share in (0.0, 0.3):
+        run = Unlearner(steps=60, lr=3e-3, adversarial=share, refresh=2).fit(model, decoy, data.train)
+        patched = run.apply()
+        rates[share] = attack_success_rate(patched, data.test, trigger, TARGET)
+        refound = run.unlearning_.to_dict().get("refound_triggers")
+        if share:  # what was re-found is on record: 30 searches (one every 2 of 60 steps), within budget
+            assert refound["labels"] == [TARGET] and refound["searches"] == 30
+            assert refound["l1_norms"][0] <= refound["budgets"][0] + 1.0
+        else:
+            assert refound is None
+        assert clean_accuracy(patched, data.test) > clean_accuracy(model, data.test) - 0.05
+    assert rates[0.0] > 0.8 and rates[0.3] < 0.2, rates

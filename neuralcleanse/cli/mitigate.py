@@ -76,6 +76,12 @@ REAL_TRIGGER_FLAGS = {
               help="unlearn (sized): share of the stamps moved anywhere in the image instead of near the reversed "
                    "trigger's place (for global-pooling networks); measured, not the default "
                    "(docs/mitigation.md, \"Session 14\").")
+@click.option("--adversarial", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="unlearn (sized): share of each batch stamped with triggers re-found for the treated labels on the "
+                   "model being trained (adversarial unlearning), beside the reversed ones; the learning-rate "
+                   "search then scores rates by a re-found trigger too (docs/mitigation.md, \"Session 15\").")
+@click.option("--refresh", type=click.IntRange(min=1), default=10, show_default=True,
+              help="unlearn (sized, --adversarial): optimiser steps between re-finding the triggers.")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="unlearn: also fine-tune with no trigger and with the real trigger (when known).")
 @click.option("--real-target", type=int, default=None, help="Label of the real backdoor, to measure against.")
@@ -99,7 +105,7 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
              stop_success: float, max_fraction: float, recipe: str, steps: int, epochs: int | None,
              trigger_share: float, data_fraction: float | None,
              lr: float | None, rounds: int, min_rounds: int | None, accuracy_tolerance: float, distill: float,
-             mixup: float, roam: float, baselines: bool, real_target: int | None, real_size: int | None, real_position: str,
+             mixup: float, roam: float, adversarial: float, refresh: int, baselines: bool, real_target: int | None, real_size: int | None, real_position: str,
              real_colour: str, real_mask: str | None, real_pattern: str | None, verify: bool, seed: int, force: bool,
              as_json: bool, device: str, **model_flags: Any) -> int:
     """Remove or block a backdoor found by `scan`: input filter, neuron pruning or unlearning.
@@ -147,7 +153,8 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
                 stop_success=stop_success, max_fraction=max_fraction, recipe=recipe, steps=steps, epochs=epochs,
                 trigger_share=trigger_share, data_fraction=data_fraction or (0.1 if recipe == "paper" else 1.0), lr=lr,
                 rounds=rounds, min_rounds=min_rounds, accuracy_tolerance=accuracy_tolerance,
-                distill=distill, mixup=mixup, roam=roam, baselines=baselines, seed=seed, verify=verify, device=parse_device(device),
+                distill=distill, mixup=mixup, roam=roam, adversarial=adversarial, refresh=refresh,
+                baselines=baselines, seed=seed, verify=verify, device=parse_device(device),
                 progress=ctx.obj["progress"])
         except ValueError as exc:
             raise InputError(str(exc)) from None

@@ -100,7 +100,7 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
              verify: bool = True, verify_others: int = 10, rounds: int = 3, min_rounds: int | None = None,
              accuracy_tolerance: float = ACCURACY_TOLERANCE, freeze_norm: bool = False, distill: float = DISTILL,
              lr_candidates: Sequence[float] = LR_CANDIDATES, mixup: float = 0.0, roam: float = 0.0,
-             device: torch.device | str = "cpu",
+             adversarial: float = 0.0, refresh: int = 10, adversarial_budget: float = 3.0, device: torch.device | str = "cpu",
              progress: bool = False) -> MitigationOutcome:
     """Runs `method` with the reversed triggers of the scan's flagged labels (or `labels`).
 
@@ -179,7 +179,9 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
                 return Unlearner.paper(model, lr=lr, epochs=epochs or 1, data_fraction=data_fraction, **common)
             return Unlearner(steps, data_fraction=data_fraction, lr=lr, jitter=jitter, epochs=epochs, rounds=rounds,
                              min_rounds=min_rounds, accuracy_tolerance=accuracy_tolerance, freeze_norm=freeze_norm,
-                             distill=distill, lr_candidates=lr_candidates, mixup=mixup, roam=roam, **common)
+                             distill=distill, lr_candidates=lr_candidates, mixup=mixup, roam=roam,
+                             adversarial=adversarial, refresh=refresh,
+                             adversarial_budget=adversarial_budget, **common)
 
         def recheck(patched: torch.nn.Module, every: bool) -> tuple[list, dict]:
             # On the tuning data: the held-out part stays unseen for the measurements and the final rescan.
@@ -193,6 +195,8 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
                         lr=mitigation.unlearning_.lr, accuracy_tolerance=accuracy_tolerance, freeze_norm=freeze_norm,
                         distill=distill if recipe == "sized" else 0.0,
                         mixup=mixup if recipe == "sized" else 0.0, roam=roam if recipe == "sized" else 0.0,
+                        adversarial=adversarial if recipe == "sized" else 0.0, refresh=refresh,
+                        adversarial_budget=adversarial_budget,
                         min_rounds=min_rounds if recipe == "sized" else 1,
                         rounds=1 + sum(bool(r["triggers_added"])
                                                                       for r in mitigation.unlearning_.rounds),
