@@ -105,7 +105,8 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
              stop_success: float, max_fraction: float, recipe: str, steps: int, epochs: int | None,
              trigger_share: float, data_fraction: float | None,
              lr: float | None, rounds: int, min_rounds: int | None, accuracy_tolerance: float, distill: float,
-             mixup: float, roam: float, adversarial: float, refresh: int, baselines: bool, real_target: int | None, real_size: int | None, real_position: str,
+             mixup: float, roam: float, adversarial: float, refresh: int, baselines: bool, real_target: int | None,
+             real_size: int | None, real_position: str,
              real_colour: str, real_mask: str | None, real_pattern: str | None, verify: bool, seed: int, force: bool,
              as_json: bool, device: str, **model_flags: Any) -> int:
     """Remove or block a backdoor found by `scan`: input filter, neuron pruning or unlearning.

@@ -41,14 +41,11 @@ class RefoundTriggers:
         self.pattern_vars = unsquash(patterns).clone()
         self.search_steps, self.step_size, self.weight = search_steps, step_size, weight
         self.searches = 0
+        self._squash()
 
-    @property
-    def masks(self) -> torch.Tensor:
-        return squash(self.mask_vars)
-
-    @property
-    def patterns(self) -> torch.Tensor:
-        return squash(self.pattern_vars)
+    def _squash(self) -> None:
+        # Kept in [0, 1] once a search ends: every training batch stamps them.
+        self.masks, self.patterns = squash(self.mask_vars), squash(self.pattern_vars)
 
     def summary(self) -> dict[str, list | int]:
         """The last triggers' labels, mask L1 norms and budgets, for the record."""
@@ -66,10 +63,11 @@ class RefoundTriggers:
                 b = self.pattern_vars[k].to(device).requires_grad_(True)
                 opt = torch.optim.Adam([a, b], lr=self.step_size)
                 goal = torch.full((len(x),), target, device=device)
+                budget = self.budgets[k].to(device)
                 for _ in range(self.search_steps):
                     mask = squash(a)
                     out = self.model(apply_trigger(x, mask[None, None], squash(b)[None]))
-                    excess = F.relu(mask.sum() - self.budgets[k].to(device))
+                    excess = F.relu(mask.sum() - budget)
                     loss = F.cross_entropy(out, goal) + self.weight * excess
                     ga, gb = torch.autograd.grad(loss, [a, b])  # the model's own gradients stay untouched
                     a.grad, b.grad = ga, gb
@@ -79,6 +77,7 @@ class RefoundTriggers:
         finally:
             for m, mode in zip(self.model.modules(), modes):
                 m.training = mode
+        self._squash()
         self.searches += 1
 
 

@@ -321,9 +321,8 @@ class Unlearner(Mitigation):
         patched = clone_model(model).requires_grad_(True)  # every layer is fine-tuned, whatever froze the source
         trained = logits_view(patched, data)
         if stamp is not None and self.adversarial > 0:
-            stamp = AdversarialStamp(stamp, RefoundTriggers(trained, first_per_label(backdoors), budget=self.adversarial_budget),
-                                     self.adversarial,
-                                     self.refresh)
+            found = RefoundTriggers(trained, first_per_label(backdoors), budget=self.adversarial_budget)
+            stamp = AdversarialStamp(stamp, found, self.adversarial, self.refresh)
         if steps is not None and self.epochs is None:
             data = budget_subset(data, steps * self.batch_size, self.seed)
             epochs = 1
@@ -382,8 +381,9 @@ def first_per_label(backdoors: Sequence[Backdoor]) -> list[Backdoor]:
 
 def choose_rate(record: Sequence[dict[str, float]], base: float, scored_on: int, tolerance: float) -> float:
     """The rate search's pick: the lowest reversed-trigger success (or re-found trigger's, when the
-    runs recorded one and it is higher) among the short runs whose clean accuracy on `scored_on` held-back images lost at most `tolerance` of them against the model's
-    `base` (ties: the larger rate); with none keeping it, the most accurate run."""
+    runs recorded one and it is higher) among the short runs whose clean accuracy on `scored_on`
+    held-back images lost at most `tolerance` of them against the model's `base` (ties: the larger
+    rate); with none keeping it, the most accurate run."""
     # Compared in images, not in rates: a float32 rate exactly `tolerance` below the base can read a
     # hair below it, and dropped the rate the tolerance allows (seen on a 100-image fifth: 98 -> 96).
     allowed = math.floor(tolerance * scored_on + 1e-6)
