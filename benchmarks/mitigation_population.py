@@ -37,7 +37,9 @@ from population_recipes import build_net, trigger_of  # noqa: E402
 from neuralcleanse import NeuralCleanse, load_dataset  # noqa: E402
 from neuralcleanse.data.dataset import DatasetSplits  # noqa: E402
 from neuralcleanse.mitigation import Backdoor, mitigate  # noqa: E402
-from neuralcleanse.mitigation.unlearning import LR_CANDIDATES  # noqa: E402
+from neuralcleanse.mitigation.backdoors import measure  # noqa: E402
+from neuralcleanse.mitigation.runner import split_for_mitigation  # noqa: E402
+from neuralcleanse.mitigation.unlearning import LR_CANDIDATES, Unlearner  # noqa: E402
 from neuralcleanse.mitigation.verify import REMOVED  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +68,7 @@ def recipe_label(recipe_name: str, rounds: int = 1, min_rounds: int = 1, toleran
                  freeze_norm: bool = False, distill: float = 0.0, share: float = SHARE,
                  rates: tuple[float, ...] = LR_CANDIDATES, steps: int = STEPS, mixup: float = 0.0,
                  scan_preset: str = "fast", roam: float = 0.0, adversarial: float = 0.0,
-                 refresh: int = 10, budget: float = 3.0) -> str:
+                 refresh: int = 10, budget: float = 3.0, gate: float | None = None) -> str:
     return (recipe_name + (f"+rounds{rounds}" if rounds > 1 else "") + (f"+min{min_rounds}" if min_rounds > 1 else "")
             + (f"+tol{tolerance:g}" if tolerance != LABEL_TOLERANCE else "") + ("+frozennorm" if freeze_norm else "")
             + (f"+kd{distill:g}" if distill else "") + (f"+share{share:g}" if share != SHARE else "")
@@ -74,7 +76,8 @@ def recipe_label(recipe_name: str, rounds: int = 1, min_rounds: int = 1, toleran
             + (f"+steps{steps}" if steps != STEPS else "") + (f"+mix{mixup:g}" if mixup else "")
             + (f"+scan{scan_preset}" if scan_preset != "fast" else "") + (f"+roam{roam:g}" if roam else "")
             + (f"+adv{adversarial:g}" + (f"/{refresh}" if refresh != 10 else "")
-               + (f"/b{budget:g}" if budget != 3.0 else "") if adversarial else ""))
+               + (f"/b{budget:g}" if budget != 3.0 else "") if adversarial else "")
+            + (f"+gate{gate:g}" if gate is not None else ""))
 
 
 def filter_label(score: str, top_fraction: float | None) -> str:
@@ -90,10 +93,13 @@ def run_one(row: dict, dataset: str, size: int, recipe_name: str, label: str, te
             top_fraction: float | None = None, filter_score: str = "weighted", freeze_norm: bool = False,
             distill: float = 0.0, share: float = SHARE, rates: tuple[float, ...] = LR_CANDIDATES,
             steps: int = STEPS, mixup: float = 0.0, scan_preset: str = "fast", roam: float = 0.0,
-            adversarial: float = 0.0, refresh: int = 10, budget: float = 3.0) -> dict:
+            adversarial: float = 0.0, refresh: int = 10, budget: float = 3.0, gate: float | None = None) -> dict:
     model, recipe = model_of(row, dataset)
     user = test.random_sample(size, seed=1000 + size)
     real = [Backdoor(recipe["attack"]["target"], trigger_of(recipe))]
+    entering: list[dict] = []
+    if gate is not None:
+        entering = record_gated_phase(real, split_for_mitigation(DatasetSplits(user, user))[1])
     start = time.perf_counter()
     # Another preset's scan also sets the rescans between unlearning rounds (they repeat its settings).
     scan = NeuralCleanse(scan_preset, progress=False, seed=0, **({} if scan_preset == "fast" else {"restarts": 0})
@@ -103,12 +109,18 @@ def run_one(row: dict, dataset: str, size: int, recipe_name: str, label: str, te
                    min_rounds=min_rounds, accuracy_tolerance=tolerance, top_fraction=top_fraction,
                    filter_score=filter_score, freeze_norm=freeze_norm, distill=distill, trigger_share=share,
                    lr_candidates=rates, steps=steps, mixup=mixup, roam=roam, adversarial=adversarial,
-                   refresh=refresh, adversarial_budget=budget)
+                   refresh=refresh, adversarial_budget=budget, adversarial_gate=gate)
     extra = {}
     if out.filter_rates is not None:
         extra = {"filter_fpr": out.filter_rates.false_positive_rate, "filter_fnr_real": out.filter_rates.false_negative_rate}
     if out.pruning is not None:
         extra = {"pruned_fraction": out.pruning.fraction, "prune_reached": out.pruning.reached}
+    if gate is not None:
+        # What the plain rounds left (the model entering the gated phase) and the gate's checks: from
+        # one run with the gate at 0 the outcome at any gate can be read off (`gate_outcomes`).
+        extra = {"plain_real_after": entering[0]["real"], "plain_clean_after": entering[0]["clean"],
+                 "plain_checks_by_budget": entering[0]["checks"],
+                 "gate_checks": out.details["unlearning"].get("adversarial_gate", [])}
     return {"id": row["id"], "split": row["split"], "arch": recipe["arch"], "output": recipe["output"],
             "method": method, "size": size, "recipe": label, **extra,
             "lr_search": out.details.get("unlearning", {}).get("lr_search"),
@@ -121,6 +133,44 @@ def run_one(row: dict, dataset: str, size: int, recipe_name: str, label: str, te
                 "rescan_norm_ratio_after": out.rescan.norms_after[real[0].target] / float(statistics.median(
                     scan.l1_norms)),
                 "rescan_flagged_after": out.rescan.flagged_after} if out.rescan is not None else {})}
+
+
+def record_gated_phase(real: list[Backdoor], held_out) -> list[dict]:
+    """Measures, with the real trigger on the held-out half, each model that enters Unlearner's gated
+    phase (benchmark instrumentation: the library itself never sees the real trigger)."""
+    seen: list[dict] = []
+    original = getattr(Unlearner._gated_rounds, "__wrapped__", Unlearner._gated_rounds)
+
+    def measured(self, model, backdoors, data, *args, **kwargs):
+        m = measure(model.to(self.device), held_out, real, device=self.device)
+        # The gate's check at other budgets too (the library's is GATE_BUDGET), to choose it on tune.
+        seen.append({"real": m.worst_attack_success, "clean": m.clean_accuracy,
+                     "checks": {b: round(self.gate_check(model, backdoors, data, budget=b), 4) for b in (0.5, 1, 2, 3)}})
+        return original(self, model, backdoors, data, *args, **kwargs)
+
+    measured.__wrapped__ = original
+    Unlearner._gated_rounds = measured  # one model at a time in this process
+    return seen
+
+
+def gate_outcomes(path: Path, label: str, gates: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)) -> str:
+    """From runs with every gated round taken (gate 0): the outcome at each gate and check budget, a
+    model taking the adversarial round when its check reached the gate, else keeping what the plain
+    rounds left."""
+    rows = [r for r in map(json.loads, path.open()) if r["recipe"] == label and "plain_checks_by_budget" in r]
+    lines = ["| split | check budget | gate | models | rounds taken | real ≤ 5% | clean drop (median) |",
+             "|---|---|---|---|---|---|---|"]
+    for split in ("tune", "test"):
+        sel = [r for r in rows if r["split"] == split]
+        for budget in sel[0]["plain_checks_by_budget"] if sel else ():
+            for g in gates:
+                took = [r["plain_checks_by_budget"][budget] >= g for r in sel]
+                real = [r["real_after"] if t else r["plain_real_after"] for r, t in zip(sel, took)]
+                clean = [r["clean_before"] - (r["clean_after"] if t else r["plain_clean_after"])
+                         for r, t in zip(sel, took)]
+                lines.append(f"| {split} | {budget} | {g:g} | {len(sel)} | {sum(took)} | "
+                             f"{sum(v <= 0.05 for v in real)}/{len(sel)} | {statistics.median(clean):.1%} |")
+    return "\n".join(lines)
 
 
 def summarise(path: Path) -> str:
@@ -226,6 +276,9 @@ def main() -> None:
     ap.add_argument("--refresh", type=int, default=10, help="unlearn: batches between re-finding them")
     ap.add_argument("--budget", type=float, default=3.0,
                     help="unlearn: re-found triggers' L1 budget, in reversed triggers' norms")
+    ap.add_argument("--gate", type=float, default=None,
+                    help="unlearn: Unlearner(adversarial_gate=); at 0 every model takes the round, and the summary "
+                         "reads off the outcome at other gates")
     args = ap.parse_args()
     rates = tuple(float(v) for v in args.rates.split(",")) if args.rates else LR_CANDIDATES
     torch.set_num_threads(args.threads)
@@ -237,7 +290,7 @@ def main() -> None:
     # The label each run is recorded (and found again) under.
     labels = {recipe: recipe_label(recipe, args.rounds, args.min_rounds, args.tolerance, args.freeze_norm, args.distill,
                                    args.share, rates, args.steps, args.mixup, args.scan_preset, args.roam,
-                                   args.adversarial, args.refresh, args.budget)
+                                   args.adversarial, args.refresh, args.budget, args.gate)
               for recipe in recipes}
     if not args.summary:
         done = {(r["id"], r["size"], r["recipe"]) for r in map(json.loads, path.open())} if path.exists() else set()
@@ -252,13 +305,15 @@ def main() -> None:
                     line = run_one(row, args.dataset, size, recipe, labels[recipe], test, args.method, args.rounds,
                                    args.min_rounds, args.tolerance, args.top_fraction, args.filter_score, args.freeze_norm,
                                    args.distill, args.share, rates, args.steps, args.mixup, args.scan_preset, args.roam,
-                                   args.adversarial, args.refresh, args.budget)
+                                   args.adversarial, args.refresh, args.budget, args.gate)
                     with path.open("a") as f:
                         f.write(json.dumps(line) + "\n")
                     print(f"{line['id']} N={size} {recipe:5s} real {line['real_before']:.0%} -> {line['real_after']:.0%}"
                           f" clean {line['clean_before']:.1%} -> {line['clean_after']:.1%} lr {line['lr']} "
                           f"{line['verdict']} {line.get('filter_fnr_real', '')} ({line['seconds']} s)", flush=True)
     print(summarise(path))
+    if args.gate is not None:
+        print(gate_outcomes(path, labels[recipes[0]]))
     if args.plot:
         plot_sizes(path, labels[recipes[0]], args.split, Path(args.plot))
 

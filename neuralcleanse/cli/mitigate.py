@@ -82,6 +82,10 @@ REAL_TRIGGER_FLAGS = {
                    "search then scores rates by a re-found trigger too (docs/mitigation.md, \"Session 15\").")
 @click.option("--refresh", type=click.IntRange(min=1), default=10, show_default=True,
               help="unlearn (sized, --adversarial): optimiser steps between re-finding the triggers.")
+@click.option("--adversarial-gate", type=click.FloatRange(0, 1), default=None,
+              help="unlearn (sized, --adversarial): stamp re-found triggers only in a round after the plain ones, "
+                   "run when a trigger re-found on the patched model still succeeds on at least this share of the "
+                   "tuning images (docs/mitigation.md, \"Session 16\").")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="unlearn: also fine-tune with no trigger and with the real trigger (when known).")
 @click.option("--real-target", type=int, default=None, help="Label of the real backdoor, to measure against.")
@@ -105,7 +109,8 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
              stop_success: float, max_fraction: float, recipe: str, steps: int, epochs: int | None,
              trigger_share: float, data_fraction: float | None,
              lr: float | None, rounds: int, min_rounds: int | None, accuracy_tolerance: float, distill: float,
-             mixup: float, roam: float, adversarial: float, refresh: int, baselines: bool, real_target: int | None,
+             mixup: float, roam: float, adversarial: float, refresh: int,
+             adversarial_gate: float | None, baselines: bool, real_target: int | None,
              real_size: int | None, real_position: str,
              real_colour: str, real_mask: str | None, real_pattern: str | None, verify: bool, seed: int, force: bool,
              as_json: bool, device: str, **model_flags: Any) -> int:
@@ -155,6 +160,7 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
                 trigger_share=trigger_share, data_fraction=data_fraction or (0.1 if recipe == "paper" else 1.0), lr=lr,
                 rounds=rounds, min_rounds=min_rounds, accuracy_tolerance=accuracy_tolerance,
                 distill=distill, mixup=mixup, roam=roam, adversarial=adversarial, refresh=refresh,
+                adversarial_gate=adversarial_gate,
                 baselines=baselines, seed=seed, verify=verify, device=parse_device(device),
                 progress=ctx.obj["progress"])
         except ValueError as exc:

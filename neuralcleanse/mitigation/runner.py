@@ -100,7 +100,8 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
              verify: bool = True, verify_others: int = 10, rounds: int = 3, min_rounds: int | None = None,
              accuracy_tolerance: float = ACCURACY_TOLERANCE, freeze_norm: bool = False, distill: float = DISTILL,
              lr_candidates: Sequence[float] = LR_CANDIDATES, mixup: float = 0.0, roam: float = 0.0,
-             adversarial: float = 0.0, refresh: int = 10, adversarial_budget: float = 3.0, device: torch.device | str = "cpu",
+             adversarial: float = 0.0, refresh: int = 10, adversarial_budget: float = 3.0,
+             adversarial_gate: float | None = None, device: torch.device | str = "cpu",
              progress: bool = False) -> MitigationOutcome:
     """Runs `method` with the reversed triggers of the scan's flagged labels (or `labels`).
 
@@ -114,7 +115,8 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
     the clean accuracy its learning-rate search may give up; `freeze_norm`: batch-norm statistics kept;
     `distill`: weight of the term that keeps outputs on clean inputs; `lr_candidates`: the rates its search
     tries; `mixup`: the share of images mixed for the distillation term; `roam`: the share of stamps moved
-    anywhere in the image (Unlearner). Raises NothingToMitigate when the scan flagged nothing and no labels were named: nothing
+    anywhere in the image; `adversarial`, `refresh`, `adversarial_budget`, `adversarial_gate`: re-found
+    triggers (Unlearner). Raises NothingToMitigate when the scan flagged nothing and no labels were named: nothing
     is changed then.
     """
     if method not in METHODS:
@@ -181,7 +183,7 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
                              min_rounds=min_rounds, accuracy_tolerance=accuracy_tolerance, freeze_norm=freeze_norm,
                              distill=distill, lr_candidates=lr_candidates, mixup=mixup, roam=roam,
                              adversarial=adversarial, refresh=refresh,
-                             adversarial_budget=adversarial_budget, **common)
+                             adversarial_budget=adversarial_budget, adversarial_gate=adversarial_gate, **common)
 
         def recheck(patched: torch.nn.Module, every: bool) -> tuple[list, dict]:
             # On the tuning data: the held-out part stays unseen for the measurements and the final rescan.
@@ -196,7 +198,7 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
                         distill=distill if recipe == "sized" else 0.0,
                         mixup=mixup if recipe == "sized" else 0.0, roam=roam if recipe == "sized" else 0.0,
                         adversarial=adversarial if recipe == "sized" else 0.0, refresh=refresh,
-                        adversarial_budget=adversarial_budget,
+                        adversarial_budget=adversarial_budget, adversarial_gate=adversarial_gate,
                         min_rounds=min_rounds if recipe == "sized" else 1,
                         rounds=1 + sum(bool(r["triggers_added"])
                                                                       for r in mitigation.unlearning_.rounds),

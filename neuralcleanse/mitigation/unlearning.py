@@ -31,6 +31,13 @@ LR_CANDIDATES = (1e-4, 3e-4, 1e-3, 3e-3)
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm,)
 ACCURACY_TOLERANCE = 0.02  # clean accuracy a searched rate may give up on the held-back fifth (0.01 before 0.5)
 RECIPES = ("sized", "paper")
+# The adversarial gate re-finds a trigger on this many tuning images, by this many searches of 10 Adam
+# steps each: six (the rate search's) left a planted trigger unfound from a decoy start on the test task.
+GATE_SAMPLES, GATE_SEARCHES = 500, 20
+# ... within this many times the reversed trigger's L1 norm: a trigger as small as the one the scan found.
+# At 3 (the adversarial round's budget), a trigger re-found for the label on a clean test-task model
+# succeeded on every input: the label's own features fit in that budget, and the gate could not tell.
+GATE_BUDGET = 1.0
 DISTILL = 1.0  # weight of the distillation term (0 before 0.6); chosen on the MNIST tune split
 
 
@@ -71,11 +78,15 @@ class UnlearningResult:
     lr_search: list[dict[str, float]] = field(default_factory=list)
     rounds: list[dict[str, Any]] = field(default_factory=list)
     refound: dict[str, Any] = field(default_factory=dict)
+    # The gated adversarial phase (Unlearner's `adversarial_gate`): each check's re-found success and
+    # whether a round followed it.
+    gate_checks: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"samples": self.samples, "stamped": self.stamped, "lr": self.lr, "epochs": self.epochs,
                 "losses": self.losses, "lr_search": self.lr_search, "rounds": self.rounds,
-                **({"refound_triggers": self.refound} if self.refound else {})}
+                **({"refound_triggers": self.refound} if self.refound else {}),
+                **({"adversarial_gate": self.gate_checks} if self.gate_checks else {})}
 
 
 # Given the model after a round of unlearning, the backdoors a fresh reverse-engineering still finds
@@ -186,6 +197,12 @@ class Unlearner(Mitigation):
     L1 norm: where the reversed trigger is another route to the label than the attacker's, unlearning
     it alone leaves the real one, and re-finding unlearns whichever small route is left. The rate
     search then scores each rate by such a re-found trigger as well. docs/mitigation.md, "Session 15".
+    With `adversarial_gate` set, the rate search and the rounds above stay plain, and re-found triggers
+    are stamped only afterwards, in up to `adversarial_rounds` more rounds, each run only while a trigger
+    re-found on the patched model (as small as the reversed one, GATE_BUDGET; on up to GATE_SAMPLES
+    tuning images) still sends at least
+    `adversarial_gate` of them to the label: the extra cost is paid by the models the plain rounds
+    left open, not by those they cleaned (docs/mitigation.md, "Session 16").
 
     `distill` > 0 adds a distillation term (train_classifier): every training input, stamped or not,
     is also taught to answer as the model given answers the plain image. The clean behaviour is then
@@ -203,7 +220,8 @@ class Unlearner(Mitigation):
                  accuracy_tolerance: float = ACCURACY_TOLERANCE, freeze_norm: bool = False,
                  distill: float = DISTILL, lr_candidates: Sequence[float] = LR_CANDIDATES, mixup: float = 0.0,
                  roam: float = 0.0, adversarial: float = 0.0, refresh: int = 10,
-                 adversarial_budget: float = 3.0) -> None:
+                 adversarial_budget: float = 3.0, adversarial_gate: float | None = None,
+                 adversarial_rounds: int = 1) -> None:
         refuse_model_argument("Unlearner", steps, "Unlearner(...).fit(model, backdoors, clean_data)")
         if epochs is not None and epochs < 1:
             raise InputError(f"epochs must be at least 1, got {epochs}")
@@ -244,7 +262,14 @@ class Unlearner(Mitigation):
             raise InputError(f"refresh must be a whole number of at least 1, got {refresh!r}")
         if not adversarial_budget > 0:
             raise InputError(f"adversarial_budget must be positive, got {adversarial_budget!r}")
+        if adversarial_gate is not None and not 0 <= adversarial_gate <= 1:
+            raise InputError(f"adversarial_gate must lie in [0, 1], got {adversarial_gate!r}")
+        if adversarial_gate is not None and adversarial == 0:
+            raise InputError("adversarial_gate needs a share of re-found stamps (adversarial > 0)")
+        if not isinstance(adversarial_rounds, int) or adversarial_rounds < 1:
+            raise InputError(f"adversarial_rounds must be a whole number of at least 1, got {adversarial_rounds!r}")
         self.adversarial, self.refresh, self.adversarial_budget = adversarial, refresh, adversarial_budget
+        self.adversarial_gate, self.adversarial_rounds = adversarial_gate, adversarial_rounds
         self.steps = steps
         self.epochs = epochs
         self.trigger_share = trigger_share
@@ -280,7 +305,7 @@ class Unlearner(Mitigation):
         # (The published recipe stamps its set beforehand, keeping no plain image to distil from.)
         self._teacher = clone_model(model).eval() if self.distill > 0 and self.jitter != 0 else None
         lr = self.lr if self.lr is not None else self._search_lr(model, backdoors, subset, search)
-        patched, losses, stamped, epochs = self._train(model, backdoors, subset, lr, self.steps)
+        patched, losses, stamped, epochs = self._train(model, backdoors, subset, lr, self.steps, self._plain_share)
         rounds: list[dict[str, Any]] = []
         current = list(backdoors or [])
         while backdoors and recheck is not None and len(rounds) + 1 < self.rounds:
@@ -290,10 +315,14 @@ class Unlearner(Mitigation):
             if not found:
                 break
             current += found  # the earlier triggers stay: unlearning the new one must not bring them back
-            patched, more, added, _ = self._train(patched, current, subset, lr, self.steps)
+            patched, more, added, _ = self._train(patched, current, subset, lr, self.steps, self._plain_share)
+            losses, stamped = losses + more, stamped + added
+        checks: list[dict[str, Any]] = []
+        if backdoors and self.adversarial_gate is not None:
+            patched, more, added = self._gated_rounds(patched, current, subset, lr, checks)
             losses, stamped = losses + more, stamped + added
         self.unlearning_ = UnlearningResult(len(subset), stamped, lr, losses, patched, epochs, search, rounds,
-                                            self._refound)
+                                            self._refound, checks)
         self._teacher = None  # a copy of the model: not kept past fit
         return self
 
@@ -301,13 +330,41 @@ class Unlearner(Mitigation):
         self._check_fitted()
         return self.unlearning_.model
 
+    @property
+    def _plain_share(self) -> float:
+        """The re-found share of the rate search and the plain rounds: none when the gate defers it."""
+        return self.adversarial if self.adversarial_gate is None else 0.0
+
+    def gate_check(self, model: nn.Module, backdoors: Sequence[Backdoor], data: ImageDataset,
+                   budget: float = GATE_BUDGET) -> float:
+        """The worst success of a trigger re-found on `model` for the treated labels, within `budget`
+        times the reversed trigger's L1 norm, on up to GATE_SAMPLES images of `data` (the same draw
+        every time)."""
+        check = data if len(data) <= GATE_SAMPLES else data.random_sample(GATE_SAMPLES, seed=self.seed + 29)
+        return refound_success(logits_view(model.to(self.device), check), first_per_label(backdoors), check,
+                               searches=GATE_SEARCHES, budget=budget, device=self.device)
+
+    def _gated_rounds(self, model: nn.Module, backdoors: Sequence[Backdoor], data: ImageDataset, lr: float,
+                      checks: list[dict[str, Any]]) -> tuple[nn.Module, list[float], int]:
+        losses: list[float] = []
+        stamped = 0
+        for done in range(self.adversarial_rounds + 1):
+            still = self.gate_check(model, backdoors, data)
+            go = done < self.adversarial_rounds and still >= self.adversarial_gate
+            checks.append({"refound_success": round(still, 4), "round_followed": go})
+            if not go:
+                break
+            model, more, added, _ = self._train(model, backdoors, data, lr, self.steps, self.adversarial)
+            losses, stamped = losses + more, stamped + added
+        return model, losses, stamped
+
     def _epochs(self, n: int, steps: int | None) -> int:
         if self.epochs is not None:
             return self.epochs
         return max(1, -(-steps * self.batch_size // max(n, 1)))
 
     def _train(self, model: nn.Module, backdoors: Sequence[Backdoor] | None, data: ImageDataset, lr: float,
-               steps: int | None) -> tuple[nn.Module, list[float], int, int]:
+               steps: int | None, adversarial: float = 0.0) -> tuple[nn.Module, list[float], int, int]:
         epochs = self._epochs(len(data), steps)
         if self.jitter == 0 and backdoors:  # the published way: a fixed stamped share of the set
             share = min(self.trigger_share, 0.999) / len(backdoors)
@@ -320,9 +377,9 @@ class Unlearner(Mitigation):
             stamped = 0
         patched = clone_model(model).requires_grad_(True)  # every layer is fine-tuned, whatever froze the source
         trained = logits_view(patched, data)
-        if stamp is not None and self.adversarial > 0:
+        if stamp is not None and adversarial > 0:
             found = RefoundTriggers(trained, first_per_label(backdoors), budget=self.adversarial_budget)
-            stamp = AdversarialStamp(stamp, found, self.adversarial, self.refresh)
+            stamp = AdversarialStamp(stamp, found, adversarial, self.refresh)
         if steps is not None and self.epochs is None:
             data = budget_subset(data, steps * self.batch_size, self.seed)
             epochs = 1
@@ -358,14 +415,14 @@ class Unlearner(Mitigation):
         base = clean_accuracy(model, val, device=self.device)
         for lr in self.lr_candidates:
             try:
-                trial = self._train(model, backdoors, train, lr, self.search_steps)[0].to(self.device)
+                trial = self._train(model, backdoors, train, lr, self.search_steps, self._plain_share)[0].to(self.device)
             except InputError:  # diverged: not a candidate
                 continue
             acc = clean_accuracy(trial, val, device=self.device)
             rates = [attack_success_rate(trial, val, b.trigger, b.target, device=self.device) for b in backdoors or []]
             row = {"lr": lr, "clean_accuracy": acc, "reversed_success": max(rates, default=0.0),
                    "base_accuracy": base, "scored_on": len(val)}
-            if self.adversarial > 0 and backdoors:
+            if self._plain_share > 0 and backdoors:
                 # Scored by a trigger searched afresh on the trial model: a rate that only beats the
                 # pattern it was shown looks as good as one that closed the label (measured on MNIST).
                 row["refound_success"] = refound_success(logits_view(trial, val), first_per_label(backdoors), val,
