@@ -159,6 +159,8 @@ def test_bad_input(model, scan_dir, dataset, workdir, tmp_path) -> None:
     assert_bad_input(bad("--roam", "1.5", method="unlearn"), "--roam")
     assert_bad_input(bad("--adversarial", "1", method="unlearn"), "--adversarial")
     assert_bad_input(bad("--refresh", "0", method="unlearn"), "--refresh")
+    assert_bad_input(bad("--adversarial-gate", "1.5", method="unlearn"), "--adversarial-gate")
+    assert_bad_input(bad("--adversarial-gate", "0.5", method="unlearn"), "adversarial > 0")
     assert_bad_input(bad(scan=tmp_path / "none"), "no report.json")
     assert_bad_input(bad("--labels", "9"), "not scanned")
     assert_bad_input(bad("--real-size", "2"), "--real-target")
