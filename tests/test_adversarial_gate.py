@@ -21,6 +21,8 @@ def test_gate_refuses_bad_values() -> None:
         Unlearner(adversarial_gate=0.5)
     with pytest.raises(InputError, match="adversarial_rounds"):
         Unlearner(adversarial=0.2, adversarial_gate=0.5, adversarial_rounds=0)
+    with pytest.raises(InputError, match="gate_budget"):
+        Unlearner(adversarial=0.2, adversarial_gate=0.5, gate_budget=0)
 
 
 def test_gate_opens_on_a_backdoor_the_plain_round_left(infected, data, trigger) -> None:
@@ -28,8 +30,9 @@ def test_gate_opens_on_a_backdoor_the_plain_round_left(infected, data, trigger) 
     trigger still works, so the adversarial round runs and removes it, and the check after says so."""
     model, _ = infected
     decoy = [Backdoor(TARGET, patch_trigger((1, SIDE, SIDE), size=2, position="top-left", margin=1))]
-    settings = dict(steps=60, lr=3e-3, refresh=2)
-    plain = Unlearner(**settings).fit(model, decoy, data.train).apply()
+    # The test task's labels are reached through their own features within 2 reversed norms (see GATE_BUDGET).
+    settings = dict(steps=60, lr=3e-3, refresh=2, gate_budget=1.0)
+    plain = Unlearner(steps=60, lr=3e-3).fit(model, decoy, data.train).apply()
     run = Unlearner(adversarial=0.3, adversarial_gate=0.5, **settings).fit(model, decoy, data.train)
     checks = run.unlearning_.to_dict()["adversarial_gate"]
     assert attack_success_rate(plain, data.test, trigger, TARGET) > 0.8
@@ -47,7 +50,7 @@ def test_closed_gate_leaves_the_plain_result(infected, data, trigger) -> None:
     real = [Backdoor(TARGET, trigger)]
     settings = dict(steps=60, lr=3e-3)
     plain = Unlearner(**settings).fit(model, real, data.train).apply()
-    run = Unlearner(adversarial=0.3, adversarial_gate=0.5, **settings).fit(model, real, data.train)
+    run = Unlearner(adversarial=0.3, adversarial_gate=0.5, gate_budget=1.0, **settings).fit(model, real, data.train)
     checks = run.unlearning_.gate_checks
     assert len(checks) == 1 and not checks[0]["round_followed"] and checks[0]["refound_success"] < 0.2
     for a, b in zip(plain.parameters(), run.apply().parameters()):

@@ -34,10 +34,12 @@ RECIPES = ("sized", "paper")
 # The adversarial gate re-finds a trigger on this many tuning images, by this many searches of 10 Adam
 # steps each: six (the rate search's) left a planted trigger unfound from a decoy start on the test task.
 GATE_SAMPLES, GATE_SEARCHES = 500, 20
-# ... within this many times the reversed trigger's L1 norm: a trigger as small as the one the scan found.
-# At 3 (the adversarial round's budget), a trigger re-found for the label on a clean test-task model
-# succeeded on every input: the label's own features fit in that budget, and the gate could not tell.
-GATE_BUDGET = 1.0
+# ... within this many times the reversed trigger's L1 norm (Unlearner's `gate_budget`). Chosen on the MNIST
+# tune split from checks at 0.5, 1, 2 and 3 (docs/results.md, "Session 16"): within 1 no MNIST model's
+# re-found trigger passed 15%, not even where 82% of the real attack was left; within 3 it passed 20% on 7
+# of the 20 models, 5 of them already cleaned. On the 8x8 test task, 2 already reaches a cleaned model's
+# label through its own features: the tests there set 1.
+GATE_BUDGET = 2.0
 DISTILL = 1.0  # weight of the distillation term (0 before 0.6); chosen on the MNIST tune split
 
 
@@ -199,8 +201,8 @@ class Unlearner(Mitigation):
     search then scores each rate by such a re-found trigger as well. docs/mitigation.md, "Session 15".
     With `adversarial_gate` set, the rate search and the rounds above stay plain, and re-found triggers
     are stamped only afterwards, in up to `adversarial_rounds` more rounds, each run only while a trigger
-    re-found on the patched model (as small as the reversed one, GATE_BUDGET; on up to GATE_SAMPLES
-    tuning images) still sends at least
+    re-found on the patched model (within `gate_budget`, 2, times the reversed one's L1 norm; on up to
+    GATE_SAMPLES tuning images) still sends at least
     `adversarial_gate` of them to the label: the extra cost is paid by the models the plain rounds
     left open, not by those they cleaned (docs/mitigation.md, "Session 16").
 
@@ -221,7 +223,7 @@ class Unlearner(Mitigation):
                  distill: float = DISTILL, lr_candidates: Sequence[float] = LR_CANDIDATES, mixup: float = 0.0,
                  roam: float = 0.0, adversarial: float = 0.0, refresh: int = 10,
                  adversarial_budget: float = 3.0, adversarial_gate: float | None = None,
-                 adversarial_rounds: int = 1) -> None:
+                 adversarial_rounds: int = 1, gate_budget: float = GATE_BUDGET) -> None:
         refuse_model_argument("Unlearner", steps, "Unlearner(...).fit(model, backdoors, clean_data)")
         if epochs is not None and epochs < 1:
             raise InputError(f"epochs must be at least 1, got {epochs}")
@@ -269,7 +271,9 @@ class Unlearner(Mitigation):
         if not isinstance(adversarial_rounds, int) or adversarial_rounds < 1:
             raise InputError(f"adversarial_rounds must be a whole number of at least 1, got {adversarial_rounds!r}")
         self.adversarial, self.refresh, self.adversarial_budget = adversarial, refresh, adversarial_budget
-        self.adversarial_gate, self.adversarial_rounds = adversarial_gate, adversarial_rounds
+        if not gate_budget > 0:
+            raise InputError(f"gate_budget must be positive, got {gate_budget!r}")
+        self.adversarial_gate, self.adversarial_rounds, self.gate_budget = adversarial_gate, adversarial_rounds, gate_budget
         self.steps = steps
         self.epochs = epochs
         self.trigger_share = trigger_share
@@ -336,10 +340,11 @@ class Unlearner(Mitigation):
         return self.adversarial if self.adversarial_gate is None else 0.0
 
     def gate_check(self, model: nn.Module, backdoors: Sequence[Backdoor], data: ImageDataset,
-                   budget: float = GATE_BUDGET) -> float:
+                   budget: float | None = None) -> float:
         """The worst success of a trigger re-found on `model` for the treated labels, within `budget`
-        times the reversed trigger's L1 norm, on up to GATE_SAMPLES images of `data` (the same draw
-        every time)."""
+        (default `gate_budget`) times the reversed trigger's L1 norm, on up to GATE_SAMPLES images of
+        `data` (the same draw every time)."""
+        budget = self.gate_budget if budget is None else budget
         check = data if len(data) <= GATE_SAMPLES else data.random_sample(GATE_SAMPLES, seed=self.seed + 29)
         return refound_success(logits_view(model.to(self.device), check), first_per_label(backdoors), check,
                                searches=GATE_SEARCHES, budget=budget, device=self.device)
