@@ -46,8 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ("sized", "paper")
 
 
-def population(dataset: str, split: str) -> list[dict]:
-    rows = [json.loads(l) for l in (ROOT / "benchmarks" / "results" / f"population_{dataset}.jsonl").open()]
+def population(dataset: str, split: str, path: Path | None = None) -> list[dict]:
+    path = path or ROOT / "benchmarks" / "results" / f"population_{dataset}.jsonl"
+    rows = [json.loads(l) for l in path.open()]
     return [r for r in rows if r["kept"] and r["true_target"] is not None and split in (r["split"], "all")]
 
 
@@ -276,6 +277,9 @@ def main() -> None:
     ap.add_argument("--refresh", type=int, default=10, help="unlearn: batches between re-finding them")
     ap.add_argument("--budget", type=float, default=3.0,
                     help="unlearn: re-found triggers' L1 budget, in reversed triggers' norms")
+    ap.add_argument("--population", type=Path, default=None,
+                    help="the population's results file (default results/population_<dataset>.jsonl), e.g. a fresh "
+                         "draw made with population.py --first-index --out")
     ap.add_argument("--gate", type=float, default=None,
                     help="unlearn: Unlearner(adversarial_gate=); at 0 every model takes the round, and the summary "
                          "reads off the outcome at other gates")
@@ -295,7 +299,7 @@ def main() -> None:
     if not args.summary:
         done = {(r["id"], r["size"], r["recipe"]) for r in map(json.loads, path.open())} if path.exists() else set()
         test = load_dataset(args.dataset).test
-        rows = [r for r in population(args.dataset, args.split) if args.arch in (None, r["recipe"]["arch"])
+        rows = [r for r in population(args.dataset, args.split, args.population) if args.arch in (None, r["recipe"]["arch"])
                 and (args.ids is None or r["id"] in args.ids.split(","))]
         for row in take_shard(rows[: args.limit], args.shard):
             for size in (int(v) for v in args.sizes.split(",")):

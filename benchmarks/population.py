@@ -240,20 +240,20 @@ def summary(recipe: dict[str, Any]) -> str:
 # The plan
 
 
-def plan(n_clean: int, n_infected: int, status) -> Iterator[tuple[str, int]]:
+def plan(n_clean: int, n_infected: int, status, first: int = 0) -> Iterator[tuple[str, int]]:
     """(kind, index) in run order: clean 0, badnets 0, clean 1, badnets 1, ... Each kind's indices go
     on until its number of models is kept, half per split (indices of a full split are passed over);
     `status(kind, index)` says after the yield whether the model was kept (True), dropped (False) or
-    is unknown (None: not built, e.g. under --scan-only)."""
+    is unknown (None: not built, e.g. under --scan-only). Indices start at `first`."""
     wanted = {"clean": n_clean, "badnets": n_infected}
     need = {k: {"tune": -(-n // 2), "test": n // 2} for k, n in wanted.items()}
-    nxt = {k: 0 for k in wanted}
+    nxt = {k: first for k in wanted}
     while True:
-        active = [k for k in wanted if any(need[k].values()) and nxt[k] < MAX_DRAWS]
+        active = [k for k in wanted if any(need[k].values()) and nxt[k] < first + MAX_DRAWS]
         if not active:
             return
         for kind in active:
-            while nxt[kind] < MAX_DRAWS:
+            while nxt[kind] < first + MAX_DRAWS:
                 i = nxt[kind]
                 nxt[kind] += 1
                 split = "tune" if i % 2 == 0 else "test"
@@ -301,6 +301,8 @@ def main() -> None:
                     help="--rebuild-kept: only every N-th model from the I-th (run N processes to use N cores)")
     ap.add_argument("--split", choices=("all", "tune", "test"), default="all",
                     help="--rebuild-kept: only the models of this split")
+    ap.add_argument("--first-index", type=int, default=0,
+                    help="draw models from this index on: a fresh draw no earlier run has looked at (with --out)")
     ap.add_argument("--min-asr", type=float, default=0.90)
     ap.add_argument("--min-accuracy", type=float, default=None, help="default: MNIST 0.95, GTSRB 0.85")
     ap.add_argument("--scan-seed", type=int, default=0)
@@ -329,7 +331,8 @@ def main() -> None:
     counts = {"built": 0, "scanned": 0, "dropped": 0, "skipped": 0}
     t0 = time.perf_counter()
     for position, (kind, index) in enumerate(plan(n_clean, n_infected,
-                                                  lambda k, i: status.get(model_id(args.dataset, k, i)))):
+                                                  lambda k, i: status.get(model_id(args.dataset, k, i)),
+                                                  args.first_index)):
         if args.limit is not None and position >= args.limit:
             break
         recipe = draw_recipe(args.dataset, kind, index)
