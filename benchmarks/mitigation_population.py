@@ -17,6 +17,10 @@ the 5% false-positive threshold, and for pruning the real trigger's success afte
     .venv/bin/python benchmarks/mitigation_population.py --method filter --split test --sizes 1000
     .venv/bin/python benchmarks/mitigation_population.py --recipes sized --rounds 3 --sizes 1000
     .venv/bin/python benchmarks/mitigation_population.py --recipes sized --rounds 3 --min-rounds 2 --sizes 1000
+
+A fresh draw (models no run has looked at) has its own population file: population.py --first-index 200
+--out results/population_mnist_fresh200.jsonl makes it (and, with --rebuild-kept badnets, rebuilds its
+models on a fresh machine); pass it here with --population.
 """
 from __future__ import annotations
 
