@@ -271,9 +271,9 @@ class Unlearner(Mitigation):
             raise InputError("adversarial_gate needs a share of re-found stamps (adversarial > 0)")
         if not isinstance(adversarial_rounds, int) or adversarial_rounds < 1:
             raise InputError(f"adversarial_rounds must be a whole number of at least 1, got {adversarial_rounds!r}")
-        self.adversarial, self.refresh, self.adversarial_budget = adversarial, refresh, adversarial_budget
         if not gate_budget > 0:
             raise InputError(f"gate_budget must be positive, got {gate_budget!r}")
+        self.adversarial, self.refresh, self.adversarial_budget = adversarial, refresh, adversarial_budget
         self.adversarial_gate, self.adversarial_rounds = adversarial_gate, adversarial_rounds
         self.gate_budget = gate_budget
         self.steps = steps
@@ -353,6 +353,7 @@ class Unlearner(Mitigation):
 
     def _gated_rounds(self, model: nn.Module, backdoors: Sequence[Backdoor], data: ImageDataset, lr: float,
                       checks: list[dict[str, Any]]) -> tuple[nn.Module, list[float], int]:
+        # A check after the last round too: the record then says whether the round closed the label.
         losses: list[float] = []
         stamped = 0
         for done in range(self.adversarial_rounds + 1):
