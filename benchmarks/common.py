@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from neuralcleanse.attacks import BadNets, Trigger, patch_trigger  # noqa: E402
+from neuralcleanse.detection import NeuralCleanse  # noqa: E402
 from neuralcleanse.data import load_dataset  # noqa: E402
 from neuralcleanse.models import load_model, save_checkpoint  # noqa: E402
 from neuralcleanse.training import DEFAULTS, train_model  # noqa: E402
@@ -73,3 +74,11 @@ def take_shard(rows: list, spec: str) -> list:
     """`spec` "I/N": every N-th row from the I-th, so N processes share a list (and a results file)."""
     part, parts = (int(v) for v in spec.split("/"))
     return rows[part::parts]
+
+
+def seed_triggers(model: torch.nn.Module, data, target: int, seeds: range, classes: int) -> list[Trigger]:
+    """The target's reversed trigger from a `fast` scan (no restarts) with each seed. The scan also
+    reverses the two next labels: its outlier analysis needs three, and they are not used."""
+    labels = [target, (target + 1) % classes, (target + 2) % classes]
+    return [NeuralCleanse("fast", progress=False, seed=seed, restarts=0).scan(model, data, labels=labels).trigger(target)
+            for seed in seeds]

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import take_shard  # noqa: E402
+from common import seed_triggers, take_shard  # noqa: E402
 from population import classifier  # noqa: E402
 from population_recipes import build_net, trigger_of  # noqa: E402
 
@@ -73,7 +73,7 @@ def recipe_label(recipe_name: str, rounds: int = 1, min_rounds: int = 1, toleran
                  freeze_norm: bool = False, distill: float = 0.0, share: float = SHARE,
                  rates: tuple[float, ...] = LR_CANDIDATES, steps: int = STEPS, mixup: float = 0.0,
                  scan_preset: str = "fast", roam: float = 0.0, adversarial: float = 0.0,
-                 refresh: int = 10, budget: float = 3.0, gate: float | None = None) -> str:
+                 refresh: int = 10, budget: float = 3.0, gate: float | None = None, extra_seeds: int = 0) -> str:
     return (recipe_name + (f"+rounds{rounds}" if rounds > 1 else "") + (f"+min{min_rounds}" if min_rounds > 1 else "")
             + (f"+tol{tolerance:g}" if tolerance != LABEL_TOLERANCE else "") + ("+frozennorm" if freeze_norm else "")
             + (f"+kd{distill:g}" if distill else "") + (f"+share{share:g}" if share != SHARE else "")
@@ -82,7 +82,7 @@ def recipe_label(recipe_name: str, rounds: int = 1, min_rounds: int = 1, toleran
             + (f"+scan{scan_preset}" if scan_preset != "fast" else "") + (f"+roam{roam:g}" if roam else "")
             + (f"+adv{adversarial:g}" + (f"/{refresh}" if refresh != 10 else "")
                + (f"/b{budget:g}" if budget != 3.0 else "") if adversarial else "")
-            + (f"+gate{gate:g}" if gate is not None else ""))
+            + (f"+gate{gate:g}" if gate is not None else "") + (f"+seeds{extra_seeds}" if extra_seeds else ""))
 
 
 def filter_label(score: str, top_fraction: float | None) -> str:
@@ -98,7 +98,8 @@ def run_one(row: dict, dataset: str, size: int, recipe_name: str, label: str, te
             top_fraction: float | None = None, filter_score: str = "weighted", freeze_norm: bool = False,
             distill: float = 0.0, share: float = SHARE, rates: tuple[float, ...] = LR_CANDIDATES,
             steps: int = STEPS, mixup: float = 0.0, scan_preset: str = "fast", roam: float = 0.0,
-            adversarial: float = 0.0, refresh: int = 10, budget: float = 3.0, gate: float | None = None) -> dict:
+            adversarial: float = 0.0, refresh: int = 10, budget: float = 3.0, gate: float | None = None,
+            extra_seeds: int = 0) -> dict:
     model, recipe = model_of(row, dataset)
     user = test.random_sample(size, seed=1000 + size)
     real = [Backdoor(recipe["attack"]["target"], trigger_of(recipe))]
@@ -109,12 +110,15 @@ def run_one(row: dict, dataset: str, size: int, recipe_name: str, label: str, te
     # Another preset's scan also sets the rescans between unlearning rounds (they repeat its settings).
     scan = NeuralCleanse(scan_preset, progress=False, seed=0, **({} if scan_preset == "fast" else {"restarts": 0})
                          ).scan(model, user)
+    target = real[0].target
+    extra_triggers = [Backdoor(target, t) for t in seed_triggers(model, user, target, range(1, 1 + extra_seeds),
+                                                                   test.num_classes)]
     out = mitigate(model, scan, DatasetSplits(user, user), method, labels=[real[0].target], real=real,
                    recipe=recipe_name if method == "unlearn" else "sized", baselines=False, rounds=rounds,
                    min_rounds=min_rounds, accuracy_tolerance=tolerance, top_fraction=top_fraction,
                    filter_score=filter_score, freeze_norm=freeze_norm, distill=distill, trigger_share=share,
                    lr_candidates=rates, steps=steps, mixup=mixup, roam=roam, adversarial=adversarial,
-                   refresh=refresh, adversarial_budget=budget, adversarial_gate=gate)
+                   refresh=refresh, adversarial_budget=budget, adversarial_gate=gate, extra_triggers=extra_triggers)
     extra = {}
     if out.filter_rates is not None:
         extra = {"filter_fpr": out.filter_rates.false_positive_rate, "filter_fnr_real": out.filter_rates.false_negative_rate}
@@ -287,6 +291,8 @@ def main() -> None:
     ap.add_argument("--gate", type=float, default=None,
                     help="unlearn: Unlearner(adversarial_gate=); at 0 every model takes the round, and the summary "
                          "reads off the outcome at other gates")
+    ap.add_argument("--extra-seeds", type=int, default=0,
+                    help="unlearn: also treat the target reversed with this many other scan seeds (1, 2, ...)")
     args = ap.parse_args()
     rates = tuple(float(v) for v in args.rates.split(",")) if args.rates else LR_CANDIDATES
     torch.set_num_threads(args.threads)
@@ -298,7 +304,7 @@ def main() -> None:
     # The label each run is recorded (and found again) under.
     labels = {recipe: recipe_label(recipe, args.rounds, args.min_rounds, args.tolerance, args.freeze_norm, args.distill,
                                    args.share, rates, args.steps, args.mixup, args.scan_preset, args.roam,
-                                   args.adversarial, args.refresh, args.budget, args.gate)
+                                   args.adversarial, args.refresh, args.budget, args.gate, args.extra_seeds)
               for recipe in recipes}
     if not args.summary:
         done = {(r["id"], r["size"], r["recipe"]) for r in map(json.loads, path.open())} if path.exists() else set()
@@ -313,7 +319,7 @@ def main() -> None:
                     line = run_one(row, args.dataset, size, recipe, labels[recipe], test, args.method, args.rounds,
                                    args.min_rounds, args.tolerance, args.top_fraction, args.filter_score, args.freeze_norm,
                                    args.distill, args.share, rates, args.steps, args.mixup, args.scan_preset, args.roam,
-                                   args.adversarial, args.refresh, args.budget, args.gate)
+                                   args.adversarial, args.refresh, args.budget, args.gate, args.extra_seeds)
                     with path.open("a") as f:
                         f.write(json.dumps(line) + "\n")
                     print(f"{line['id']} N={size} {recipe:5s} real {line['real_before']:.0%} -> {line['real_after']:.0%}"

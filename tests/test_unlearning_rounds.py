@@ -126,3 +126,22 @@ def test_freeze_norm_keeps_batch_norm_statistics(data, trigger, freeze) -> None:
         torch.equal(after["1.running_var"], before["1.running_var"])
     assert kept == freeze
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # the source is untouched
+
+
+def test_extra_triggers_are_treated_beside_the_scans(infected, data) -> None:
+    """mitigate(extra_triggers=): more reversed triggers of a treated label (e.g. other scan seeds) are
+    stamped and measured beside the scan's, the label is treated once, and a label not treated is refused."""
+    from neuralcleanse.detection import NeuralCleanse
+    from neuralcleanse.mitigation import mitigate
+
+    model, _ = infected
+    scan = NeuralCleanse("fast", samples=240, progress=False).scan(model, data.test)
+    settings = dict(labels=[TARGET], steps=20, lr=1e-3, rounds=1, baselines=False, verify=False)
+    plain = mitigate(model, scan, data, "unlearn", **settings)
+    more = mitigate(model, scan, data, "unlearn", extra_triggers=[_other_trigger()], **settings)
+    assert plain.settings["extra_triggers"] == 0 and more.settings["extra_triggers"] == 1
+    assert more.labels == [TARGET] and more.reversed_after.targets == [TARGET, TARGET]
+    assert any(not torch.equal(a, b) for a, b in zip(plain.model.parameters(), more.model.parameters()))
+    with pytest.raises(InputError, match="not treated"):
+        mitigate(model, scan, data, "unlearn", extra_triggers=[Backdoor(TARGET + 1, _other_trigger().trigger)],
+                 **settings)

@@ -101,8 +101,8 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
              accuracy_tolerance: float = ACCURACY_TOLERANCE, freeze_norm: bool = False, distill: float = DISTILL,
              lr_candidates: Sequence[float] = LR_CANDIDATES, mixup: float = 0.0, roam: float = 0.0,
              adversarial: float = 0.0, refresh: int = 10, adversarial_budget: float = 3.0,
-             adversarial_gate: float | None = None, device: torch.device | str = "cpu",
-             progress: bool = False) -> MitigationOutcome:
+             adversarial_gate: float | None = None, extra_triggers: Sequence[Backdoor] = (),
+             device: torch.device | str = "cpu", progress: bool = False) -> MitigationOutcome:
     """Runs `method` with the reversed triggers of the scan's flagged labels (or `labels`).
 
     `real` (the true triggers, when known) is used only to measure. `top_fraction`, `false_positive_rate`,
@@ -116,7 +116,8 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
     `distill`: weight of the term that keeps outputs on clean inputs; `lr_candidates`: the rates its search
     tries; `mixup`: the share of images mixed for the distillation term; `roam`: the share of stamps moved
     anywhere in the image; `adversarial`, `refresh`, `adversarial_budget`, `adversarial_gate`: re-found
-    triggers (Unlearner). Raises NothingToMitigate when the scan flagged nothing and no labels were named: nothing
+    triggers (Unlearner). `extra_triggers`: more reversed triggers for treated labels, used beside the
+    scan's (e.g. the same label reversed with other seeds; docs/mitigation.md, session 17). Raises NothingToMitigate when the scan flagged nothing and no labels were named: nothing
     is changed then.
     """
     if method not in METHODS:
@@ -124,12 +125,17 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
     min_rounds = min(DEFAULT_MIN_ROUNDS, rounds) if min_rounds is None else min_rounds
     start = time.perf_counter()
     backdoors = reversed_backdoors(scan, labels)
+    treated = [b.target for b in backdoors]
+    stray = sorted({b.target for b in extra_triggers} - set(treated))
+    if stray:
+        raise InputError(f"extra_triggers name label(s) {stray} that are not treated; treated: {treated}")
+    backdoors += list(extra_triggers)
     real = list(real)
     judge = real or backdoors  # what attack success is measured with
     tune, held_out = split_for_mitigation(data, seed)
     model.to(device)
     settings: dict[str, Any] = {"seed": seed, "device": str(device), "tune_samples": len(tune),
-                                "held_out_samples": len(held_out)}
+                                "held_out_samples": len(held_out), "extra_triggers": len(extra_triggers)}
     # Disjoint draws from the tuning split: units are ranked and the threshold set on `fit_set`; the
     # pruning curve, which picks the model kept, is measured on `curve_set`; before/after on held_out.
     order = torch.randperm(len(tune), generator=torch.Generator().manual_seed(seed))
@@ -187,7 +193,7 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
 
         def recheck(patched: torch.nn.Module, every: bool) -> tuple[list, dict]:
             # On the tuning data: the held-out part stays unseen for the measurements and the final rescan.
-            again = rescan(patched, scan, [b.target for b in backdoors], tune, device, verify_others)
+            again = rescan(patched, scan, treated, tune, device, verify_others)
             return again.still_standing(every), again.to_dict()
 
         mitigation = unlearner().fit(model, backdoors, tune, recheck=recheck if rounds > 1 else None)
@@ -213,7 +219,7 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
     result = mitigation.evaluate(held_out, real)
     if verify and method != "filter":
         # On data no tuning step saw, with the scan's own settings and rule.
-        extra["rescan"] = rescan(patched, scan, [b.target for b in backdoors], held_out, device, verify_others)
-    return MitigationOutcome(method, [b.target for b in backdoors], result.attack_trigger, settings, result.before,
+        extra["rescan"] = rescan(patched, scan, treated, held_out, device, verify_others)
+    return MitigationOutcome(method, treated, result.attack_trigger, settings, result.before,
                              result.after, result.reversed_before, result.reversed_after, details, patched,
                              wall_time=time.perf_counter() - start, **extra)
