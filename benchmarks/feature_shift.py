@@ -68,6 +68,10 @@ def head_repair(head: torch.nn.Linear, feats: torch.Tensor, y: torch.Tensor, shi
         opt.step()
 
 
+def mean_shift(profile) -> torch.Tensor:
+    return profile.triggered_mean - profile.clean_mean
+
+
 def one(row: dict, user) -> dict:
     model, recipe = model_of(row, "mnist")
     target = recipe["attack"]["target"]
@@ -77,8 +81,7 @@ def one(row: dict, user) -> dict:
     reversed_ = [Backdoor(target, scan.trigger(target))]
     tune, held_out = split_for_mitigation(DatasetSplits(user, user))
     layer = resolve_layer(model)
-    shift = lambda b: (lambda p: p.triggered_mean - p.clean_mean)(profile_activations(model, tune, b, layer))  # noqa: E731
-    rev_shift, real_shift = shift(reversed_), shift(real)
+    rev_shift, real_shift = (mean_shift(profile_activations(model, tune, b, layer)) for b in (reversed_, real))
     before = measure(model, held_out, real)
     head = dict(model.net.named_modules())[layer.name]  # population models are Classifiers
     if not isinstance(head, torch.nn.Linear):

@@ -102,7 +102,8 @@ def run_one(row: dict, dataset: str, size: int, recipe_name: str, label: str, te
             extra_seeds: int = 0) -> dict:
     model, recipe = model_of(row, dataset)
     user = test.random_sample(size, seed=1000 + size)
-    real = [Backdoor(recipe["attack"]["target"], trigger_of(recipe))]
+    target = recipe["attack"]["target"]
+    real = [Backdoor(target, trigger_of(recipe))]
     entering: list[dict] = []
     if gate is not None:
         entering = record_gated_phase(real, split_for_mitigation(DatasetSplits(user, user))[1])
@@ -110,10 +111,9 @@ def run_one(row: dict, dataset: str, size: int, recipe_name: str, label: str, te
     # Another preset's scan also sets the rescans between unlearning rounds (they repeat its settings).
     scan = NeuralCleanse(scan_preset, progress=False, seed=0, **({} if scan_preset == "fast" else {"restarts": 0})
                          ).scan(model, user)
-    target = real[0].target
     extra_triggers = [Backdoor(target, t) for t in seed_triggers(model, user, target, range(1, 1 + extra_seeds),
                                                                    test.num_classes)]
-    out = mitigate(model, scan, DatasetSplits(user, user), method, labels=[real[0].target], real=real,
+    out = mitigate(model, scan, DatasetSplits(user, user), method, labels=[target], real=real,
                    recipe=recipe_name if method == "unlearn" else "sized", baselines=False, rounds=rounds,
                    min_rounds=min_rounds, accuracy_tolerance=tolerance, top_fraction=top_fraction,
                    filter_score=filter_score, freeze_norm=freeze_norm, distill=distill, trigger_share=share,
@@ -133,13 +133,13 @@ def run_one(row: dict, dataset: str, size: int, recipe_name: str, label: str, te
     return {"id": row["id"], "split": row["split"], "arch": recipe["arch"], "output": recipe["output"],
             "method": method, "size": size, "recipe": label, **extra,
             "lr_search": out.details.get("unlearning", {}).get("lr_search"),
-            "rounds_run": out.settings.get("rounds"), "target_flagged_by_scan": real[0].target in scan.flagged,
+            "rounds_run": out.settings.get("rounds"), "target_flagged_by_scan": target in scan.flagged,
             "real_before": out.before.worst_attack_success, "real_after": out.after.worst_attack_success,
             "clean_before": out.before.clean_accuracy, "clean_after": out.after.clean_accuracy,
             "reversed_after": out.reversed_after.worst_attack_success, "lr": out.settings.get("lr"),
             "verdict": out.verdict, "seconds": round(time.perf_counter() - start, 1),
-            **({"rescan_index_after": out.rescan.index_after[real[0].target],
-                "rescan_norm_ratio_after": out.rescan.norms_after[real[0].target] / float(statistics.median(
+            **({"rescan_index_after": out.rescan.index_after[target],
+                "rescan_norm_ratio_after": out.rescan.norms_after[target] / float(statistics.median(
                     scan.l1_norms)),
                 "rescan_flagged_after": out.rescan.flagged_after} if out.rescan is not None else {})}
 

@@ -117,8 +117,8 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: st
     tries; `mixup`: the share of images mixed for the distillation term; `roam`: the share of stamps moved
     anywhere in the image; `adversarial`, `refresh`, `adversarial_budget`, `adversarial_gate`: re-found
     triggers (Unlearner). `extra_triggers`: more reversed triggers for treated labels, used beside the
-    scan's (e.g. the same label reversed with other seeds; docs/mitigation.md, session 17). Raises NothingToMitigate when the scan flagged nothing and no labels were named: nothing
-    is changed then.
+    scan's (e.g. the same label reversed with other seeds; docs/mitigation.md, session 17). Raises
+    NothingToMitigate when the scan flagged nothing and no labels were named: nothing is changed then.
     """
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
