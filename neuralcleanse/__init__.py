@@ -1,5 +1,5 @@
 """neuralcleanse: find, show and remove backdoors in image classifiers (Neural Cleanse)."""
-__version__ = "0.8.0"
+from neuralcleanse._version import __version__
 
 from neuralcleanse.attacks import BadNets, Trigger, TrojanAttack, TrojanResult, apply_trigger, patch_trigger  # noqa: E402
 from neuralcleanse.data import ImageDataset, Preprocessing, load_dataset  # noqa: E402

@@ -7,10 +7,10 @@ from typing import Callable
 import torch
 
 from neuralcleanse.attacks.badnets import BadNets
-from neuralcleanse.attacks.trigger import patch_trigger
+from neuralcleanse.data.trigger import patch_trigger
 from neuralcleanse.data.mnist import load_mnist
 from neuralcleanse.mitigation import known_backdoors, mitigate
-from neuralcleanse.models.checkpoint import save_checkpoint
+from neuralcleanse.models.formats.checkpoint import save_checkpoint
 from neuralcleanse.pipeline import run_scan
 from neuralcleanse.report.html_report import write_html_report
 from neuralcleanse.report.mitigation_report import write_mitigation_report

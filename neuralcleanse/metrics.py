@@ -1,12 +1,13 @@
 """Clean accuracy and attack success: the one implementation every command reports with."""
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from neuralcleanse.attacks.trigger import AnyTrigger
+from neuralcleanse.data.trigger import AnyTrigger, Backdoor
 from neuralcleanse.data.dataset import ImageDataset
 
 
@@ -46,3 +47,30 @@ def attack_success_rate(model: nn.Module, data: ImageDataset, trigger: AnyTrigge
         return float("nan")
     preds = predict(model, data.x[keep], batch_size, device, transform=trigger.apply)
     return float((preds == target).float().mean())
+
+
+@dataclass
+class Measurement:
+    """Clean accuracy and, per backdoor (in the order given), its attack success rate."""
+
+    clean_accuracy: float
+    attack_success: list[float]
+    targets: list[int]
+
+    @property
+    def worst_attack_success(self) -> float:
+        return max(self.attack_success, default=float("nan"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"clean_accuracy": self.clean_accuracy,
+                "attack_success": [{"target": t, "rate": r} for t, r in zip(self.targets, self.attack_success)]}
+
+
+def measure(model: nn.Module, data: ImageDataset, backdoors: Sequence[Backdoor],
+            device: torch.device | str = "cpu") -> Measurement:
+    """Clean accuracy and each backdoor's attack success rate on `data`."""
+    return Measurement(
+        clean_accuracy(model, data, device=device),
+        [attack_success_rate(model, data, b.trigger, b.target, device=device) for b in backdoors],
+        [b.target for b in backdoors],
+    )

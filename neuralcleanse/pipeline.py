@@ -12,7 +12,6 @@ from neuralcleanse.detection.result import ScanResult
 from neuralcleanse.detection.rules import DEFAULT_RULE
 from neuralcleanse.detection.scanner import NeuralCleanse
 from neuralcleanse.files import resolve_inside, run_folder_lock
-from neuralcleanse.metrics import predict
 from neuralcleanse.models.classifier import Classifier
 from neuralcleanse.errors import InputError
 from neuralcleanse.report.scan_report import REPORT_NAME, write_scan_report
@@ -21,19 +20,6 @@ log = logging.getLogger(__name__)
 
 
 STATE_NAME = ".scan-state.pt"
-
-
-def use_model_labels(model: Classifier, data: DatasetSplits, device: torch.device | str = "cpu") -> DatasetSplits:
-    """Labels = the model's predictions. For data without labels; a backdoored model labels
-    triggered-looking inputs wrongly, so this is weaker than true labels, and says so."""
-    log.warning("using the model's own predictions as labels (`labels_from_model`): the scan then trusts the "
-                "model it is checking; true labels are better when you have them")
-
-    def relabel(split: ImageDataset) -> ImageDataset:
-        return ImageDataset(split.x, predict(model, split.x, device=device), model.num_classes, split.name)
-
-    test = relabel(data.test)
-    return DatasetSplits(test, test) if data.train is data.test else DatasetSplits(relabel(data.train), test)
 
 
 def check_scan_folder(out: str | Path, *, resume: bool = False, force: bool = False) -> bool:

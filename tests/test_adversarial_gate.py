@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neuralcleanse.attacks.trigger import patch_trigger
+from neuralcleanse.data.trigger import patch_trigger
 from neuralcleanse.errors import InputError
 from neuralcleanse.metrics import attack_success_rate
 from neuralcleanse.mitigation import Backdoor

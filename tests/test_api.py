@@ -1,6 +1,7 @@
 """The Python API runs the command line's checks and follows one set of conventions."""
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import tomllib
 from pathlib import Path
@@ -19,9 +20,11 @@ def test_input_error_is_a_value_error() -> None:
     assert issubclass(InputError, ValueError)
 
 
-def test_version_agrees_with_pyproject() -> None:
+def test_version_has_one_source() -> None:
     pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
-    assert pyproject["project"]["version"] == neuralcleanse.__version__
+    assert "version" not in pyproject["project"] and "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "neuralcleanse._version.__version__"}
+    assert importlib.metadata.version("neuralcleanse") == neuralcleanse.__version__
 
 
 def test_image_dataset_refuses_normalised_tensors() -> None:
@@ -80,7 +83,7 @@ def test_output_kind() -> None:
 
 def test_library_messages_name_arguments_and_the_cli_names_flags(tmp_path) -> None:
     from cli_helpers import invoke, write_npz
-    from neuralcleanse.models.foreign import parse_kwargs
+    from neuralcleanse.models.formats.weights import parse_kwargs
 
     with pytest.raises(InputError, match="`factory_kwargs` must be a JSON object"):
         parse_kwargs("[1]")

@@ -19,7 +19,7 @@ from neuralcleanse.mitigation.input_filter import calibration_scores, scored_uni
 from neuralcleanse.mitigation.profile import unit_activations
 from neuralcleanse.mitigation.runner import split_for_mitigation
 from neuralcleanse.mitigation.unlearning import choose_rate
-from neuralcleanse.models.checkpoint import classifier_from_checkpoint, save_checkpoint
+from neuralcleanse.models.formats.checkpoint import classifier_from_checkpoint, save_checkpoint
 from neuralcleanse.models.layers import resolve_layer
 from neuralcleanse.report.scan_report import load_scan, write_scan_report
 from tiny_task import K, SIDE, TARGET, TRIGGER_COLS, TRIGGER_ROWS, synthetic

@@ -25,7 +25,7 @@ SCAN = ("--samples", "200", "--block-size", "1", "--mean", MEAN, "--std", STD)
 def needs_onnx() -> None:
     """ONNX cases skip, not fail, without the optional packages (README: onnx, and onnx2torch with
     --no-deps). onnx2torch is looked up, not imported: importing it needs torchvision, which this
-    project leaves out and the tool replaces with a stand-in (models/foreign.py), so
+    project leaves out and the tool replaces with a stand-in (models/formats/onnx.py), so
     importorskip("onnx2torch") would skip even where the tool converts ONNX fine."""
     pytest.importorskip("onnx", reason="onnx not installed: pip install 'onnx>=1.16'")
     if importlib.util.find_spec("onnx2torch") is None:
@@ -51,7 +51,7 @@ def exported(tmp_path_factory) -> dict[str, Path]:
     from neuralcleanse.attacks import BadNets, patch_trigger
     from neuralcleanse.data import load_dataset
     from neuralcleanse.data.preprocessing import Preprocessing
-    from neuralcleanse.models.checkpoint import save_checkpoint
+    from neuralcleanse.models.formats.checkpoint import save_checkpoint
     from neuralcleanse.training import train_model
 
     work = tmp_path_factory.mktemp("formats")
@@ -136,7 +136,7 @@ def test_implausible_accuracy_is_warned_about(exported, tmp_path, caplog) -> Non
 
 
 def test_layout_detection(exported) -> None:
-    from neuralcleanse.models.foreign import ChannelsLastInput
+    from neuralcleanse.models.layout import ChannelsLastInput
     from neuralcleanse.models.loading import complete_model_info
 
     nhwc = load_model(exported["nhwc"])

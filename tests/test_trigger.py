@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from neuralcleanse.attacks.trigger import Trigger, apply_trigger, patch_trigger
+from neuralcleanse.data.trigger import Trigger, apply_trigger, patch_trigger
 
 
 def reference_stamp(x: np.ndarray, m: np.ndarray, p: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ from torch import nn
 from cli_helpers import NUM_CLASSES, SIDE, assert_bad_input, invoke, write_npz
 from neuralcleanse.attacks import TrojanAttack, patch_trigger
 from neuralcleanse.attacks.reverse_data import reverse_engineer_data
-from neuralcleanse.attacks.trigger import Trigger
+from neuralcleanse.data.trigger import Trigger
 from neuralcleanse.attacks.trigger_files import read_trigger_file, trigger_file_path, write_trigger_file
 from neuralcleanse.attacks.trojan import retrain_from_layer
 from neuralcleanse.attacks.trojan_trigger import (generate_trigger, neuron_scores, resolve_trojan_layer,
@@ -21,7 +21,7 @@ from neuralcleanse.attacks.trojan_trigger import (generate_trigger, neuron_score
 from neuralcleanse.data.dataset import ImageDataset
 from neuralcleanse.errors import InputError
 from neuralcleanse.metrics import attack_success_rate
-from neuralcleanse.mitigation.backdoors import known_backdoors
+from neuralcleanse.data.trigger import known_backdoors
 from neuralcleanse.models.classifier import Classifier, ModelInfo
 from tiny_task import K, SIDE as TINY_SIDE
 

@@ -12,7 +12,7 @@ from neuralcleanse.data.augment import Mixup
 from neuralcleanse.errors import InputError
 from neuralcleanse.metrics import attack_success_rate, clean_accuracy
 from neuralcleanse.mitigation import Backdoor
-from neuralcleanse.attacks.trigger import Trigger, patch_trigger
+from neuralcleanse.data.trigger import Trigger, patch_trigger
 from neuralcleanse.mitigation.adversarial import RefoundTriggers
 from neuralcleanse.mitigation.unlearning import JitteredStamp, Unlearner, logits_view
 from neuralcleanse.models.classifier import Classifier, ModelInfo

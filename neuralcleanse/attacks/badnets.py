@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 
 from neuralcleanse.attacks.stamping import stamp_shares
-from neuralcleanse.attacks.trigger import AnyTrigger
+from neuralcleanse.data.trigger import AnyTrigger
 from neuralcleanse.data.dataset import ImageDataset
 from neuralcleanse.errors import InputError
 

@@ -5,7 +5,7 @@ from typing import Sequence
 
 import torch
 
-from neuralcleanse.attacks.trigger import AnyTrigger
+from neuralcleanse.data.trigger import AnyTrigger
 from neuralcleanse.data.dataset import ImageDataset
 
 

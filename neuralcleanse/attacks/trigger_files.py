@@ -16,13 +16,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from neuralcleanse.attacks.trigger import Trigger, patch_trigger
+from neuralcleanse.data.trigger import Backdoor, Trigger, known_backdoors, patch_trigger
 from neuralcleanse.data.images import read_image, read_image_with_alpha
 from neuralcleanse.files import write_atomic
 from neuralcleanse.errors import InputError
 
 if TYPE_CHECKING:
-    from neuralcleanse.mitigation.backdoors import Backdoor
     from neuralcleanse.models.classifier import Classifier
 
 
@@ -53,9 +52,6 @@ def real_backdoors(model: Classifier, target: int | None = None, *, size: int | 
                    mask_path: str | Path | None = None, pattern_path: str | Path | None = None) -> list[Backdoor]:
     """The true trigger, to measure a mitigation against: a patch (`size`, `position`, `colour`) or a
     mask and pattern from image files when `target` is given, else what the checkpoint records."""
-    # Here, not at the top: the mitigation package is large, and a patch for training needs none of it.
-    from neuralcleanse.mitigation.backdoors import Backdoor, known_backdoors
-
     given = size is not None or mask_path or pattern_path
     if target is None:
         if given:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from neuralcleanse.attacks.reverse_data import reverse_engineer_data
-from neuralcleanse.attacks.trigger import Trigger
+from neuralcleanse.data.trigger import Trigger
 from neuralcleanse.attacks.trojan_trigger import (NEURON_SIDES, call_order, generate_trigger, resolve_trojan_layer,
                                                   select_neurons, trojan_mask)
 from neuralcleanse.data.dataset import DatasetSplits, ImageDataset
@@ -164,7 +164,7 @@ class TrojanAttack:
             pool, held_out = data.train, (test or data.test)
         else:
             pool, held_out = data, (test or data)
-        from neuralcleanse.models.checks import as_classifier
+        from neuralcleanse.models.loading import as_classifier
 
         model = as_classifier(model, held_out)
         if not 0 <= int(target) < model.num_classes:

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from neuralcleanse.attacks.trigger import POSITIONS, Trigger, apply_trigger, patch_trigger
+from neuralcleanse.data.trigger import POSITIONS, Trigger, apply_trigger, patch_trigger
 from neuralcleanse.errors import InputError
 from neuralcleanse.models.layers import FeatureLayer, _net, capture_units, hookable_modules, module_name
 

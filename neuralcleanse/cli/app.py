@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 
 import click
 
-from neuralcleanse.cli.options import COMMON_FLAGS, PREPROCESSING_FLAGS, as_flags
+from neuralcleanse.options import COMMON_FLAGS, PREPROCESSING_FLAGS, as_flags
 from neuralcleanse.errors import InputError
 
 EXIT_CLEAN = 0

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from neuralcleanse.cli.app import EXIT_CLEAN, guard, main
-from neuralcleanse.cli.options import (PREPROCESSING_FLAGS, TROJAN_FLAGS, load_model_and_data_from_flags, parse_device,
-                                       preprocessing_options, trojan_options, with_options)
+from neuralcleanse.cli.options import TROJAN_FLAGS, preprocessing_options, trojan_options, with_options
+from neuralcleanse.options import PREPROCESSING_FLAGS, load_model_and_data_from_flags, parse_device
 
 if TYPE_CHECKING:
     from neuralcleanse.attacks.trojan import TrojanResult
@@ -63,8 +63,8 @@ def save_model(model: Classifier, out: str | Path) -> str:
     import torch
 
     from neuralcleanse.files import write_atomic
-    from neuralcleanse.models.checkpoint import save_checkpoint
-    from neuralcleanse.models.foreign import ChannelsLastInput
+    from neuralcleanse.models.formats.checkpoint import save_checkpoint
+    from neuralcleanse.models.layout import ChannelsLastInput
 
     if model.info.arch is not None:
         return f"model written to {save_checkpoint(model, out)}"

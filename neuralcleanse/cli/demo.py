@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from neuralcleanse.cli.app import EXIT_CLEAN, guard, main
-from neuralcleanse.cli.options import parse_device
+from neuralcleanse.options import parse_device
 
 
 @main.command()

@@ -8,9 +8,9 @@ from typing import Any
 import click
 
 from neuralcleanse.cli.app import EXIT_CLEAN, guard, main
-from neuralcleanse.cli.options import (PREPROCESSING_FLAGS, load_model_and_data_from_flags, parse_device, parse_floats,
-                                       parse_ints, parse_position, preprocessing_options, with_options)
-from neuralcleanse.cli.report import write_page
+from neuralcleanse.cli.options import preprocessing_options, with_options
+from neuralcleanse.options import PREPROCESSING_FLAGS, load_model_and_data_from_flags, parse_device, parse_floats, parse_ints, parse_position
+from neuralcleanse.report.html_report import write_html_report
 from neuralcleanse.errors import InputError
 from neuralcleanse.files import run_folder_lock
 
@@ -168,7 +168,7 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
         path = write_mitigation_report(outcome, out, model={"path": str(model_path), "source": model.info.source},
                                        scan_dir=str(scan_dir), data={"source": data_source})
         # One page with the scan and this mitigation, in the mitigation's folder.
-        page = write_page(scan_dir, Path(out) / "report.html", mitigations=[out])
+        page = write_html_report(scan_dir, Path(out) / "report.html", mitigations=[out])
     _print_mitigation(outcome, path, as_json)
     click.echo(f"page: {page}", err=as_json)
     if as_json:

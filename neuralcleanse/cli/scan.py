@@ -10,9 +10,9 @@ import numpy as np
 
 from neuralcleanse.cli.app import EXIT_CLEAN, EXIT_INCONCLUSIVE, EXIT_INFECTED, guard, main
 from neuralcleanse.detection.rules import DEFAULT_RULE, RULES
-from neuralcleanse.cli.options import (PREPROCESSING_FLAGS, load_model_and_data_from_flags, parse_device, parse_ints,
-                                       preprocessing_options, with_options)
-from neuralcleanse.cli.report import write_page
+from neuralcleanse.cli.options import preprocessing_options, with_options
+from neuralcleanse.options import PREPROCESSING_FLAGS, load_model_and_data_from_flags, parse_device, parse_ints
+from neuralcleanse.report.html_report import write_html_report
 from neuralcleanse.errors import InputError
 
 
@@ -101,6 +101,6 @@ def _print_verdict(result: Any, out: str, as_json: bool = False, report: dict | 
         click.echo(f"verdict: INFECTED — flagged label(s) {result.flagged}, anomaly index {idx_text}", err=as_json)
     else:
         click.echo(f"verdict: clean — no label flagged (anomaly index of the smallest norm {idx_text})", err=as_json)
-    click.echo(f"report: {Path(out) / 'report.json'}; page: {write_page(out)}", err=as_json)
+    click.echo(f"report: {Path(out) / 'report.json'}; page: {write_html_report(out)}", err=as_json)
     if as_json:
         click.echo(json.dumps(report or json.loads((Path(out) / "report.json").read_text()), indent=2))

@@ -9,7 +9,8 @@ from typing import Any, Sequence
 import click
 
 from neuralcleanse.cli.app import EXIT_BAD_INPUT, EXIT_CLEAN, EXIT_INFECTED, guard, main
-from neuralcleanse.cli.options import PREPROCESSING_FLAGS, preprocessing_options, with_options
+from neuralcleanse.cli.options import preprocessing_options, with_options
+from neuralcleanse.options import PREPROCESSING_FLAGS
 from neuralcleanse.cli.scan import scan as scan_command
 from neuralcleanse.errors import InputError
 from neuralcleanse.zoo.worker import LOAD_OPTIONS, SCAN_OPTIONS

@@ -8,12 +8,12 @@ import click
 from click.core import ParameterSource
 
 from neuralcleanse.cli.app import EXIT_CLEAN, guard, main
-from neuralcleanse.cli.options import (PATCH_OPTIONS, TROJAN_FLAGS, parse_device, parse_floats, parse_ints,
-                                       parse_position, trigger_options, trojan_options, with_options)
+from neuralcleanse.cli.options import PATCH_OPTIONS, TROJAN_FLAGS, trigger_options, trojan_options, with_options
+from neuralcleanse.options import parse_device, parse_floats, parse_ints, parse_position
 from neuralcleanse.errors import InputError
 
 if TYPE_CHECKING:
-    from neuralcleanse.attacks.trigger import Trigger
+    from neuralcleanse.data.trigger import Trigger
 
 # The arguments of BadNets that train's options set, and the trojan ones train names differently.
 TRAIN_FLAGS = {**TROJAN_FLAGS, "poison_rate": "--poison-rate", "source_labels": "--source-labels",
@@ -67,7 +67,7 @@ def train(ctx: click.Context, dataset: str, out: str, arch: str | None, epochs: 
     from neuralcleanse.data import load_dataset
     from neuralcleanse.files import write_json
     from neuralcleanse.models.architectures import ARCHITECTURES, DEFAULT_ARCH_FOR_DATASET
-    from neuralcleanse.models.checkpoint import save_checkpoint
+    from neuralcleanse.models.formats.checkpoint import save_checkpoint
     from neuralcleanse.training import DEFAULTS, train_model
 
     given = {name for name in ctx.params if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from neuralcleanse.attacks.trigger import Trigger
+from neuralcleanse.data.trigger import Trigger
 from neuralcleanse.detection.outlier import OutlierResult
 from neuralcleanse.detection.rules import Rule, get_rule
 

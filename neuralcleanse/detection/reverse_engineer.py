@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuralcleanse.attacks.trigger import apply_trigger
+from neuralcleanse.data.trigger import apply_trigger
 from neuralcleanse.detection.config import ReverseConfig
 from neuralcleanse.detection.hardware import choose_block_size, prepare_model, to_preferred_layout
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from neuralcleanse.attacks.trigger import Trigger
+from neuralcleanse.data.trigger import Trigger
 from neuralcleanse.data.dataset import ImageDataset
 from neuralcleanse.detection.rules import DEFAULT_RULE, Rule, get_rule
 from neuralcleanse.detection.presets import ScanPlan, get_preset
@@ -23,9 +23,11 @@ from neuralcleanse.detection.result import ScanResult
 from neuralcleanse.detection.reverse_engineer import TriggerReverseEngineer, check_precision
 from neuralcleanse.detection.scan_state import ScanJournal, load_journal
 from neuralcleanse.detection.schedule import SCHEDULES, CoarseToFine
+from neuralcleanse.detection.split import run_split
 from neuralcleanse.errors import InputError, refuse_model_argument
 from neuralcleanse.metrics import attack_success_rate
-from neuralcleanse.models.checks import as_classifier, check_model
+from neuralcleanse.models.checks import check_model
+from neuralcleanse.models.loading import as_classifier
 from neuralcleanse.models.outputs import logits_for_search
 
 log = logging.getLogger(__name__)
@@ -169,7 +171,6 @@ class NeuralCleanse:
         run = None
         try:
             if split:
-                from neuralcleanse.detection.split import run_split
                 run = run_split(self, prep, todo, checkpoint, fingerprint, on_label_done, resume)
                 engine = None
             else:

@@ -15,24 +15,24 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 
+from neuralcleanse.detection.reverse_engineer import TriggerReverseEngineer
 from neuralcleanse.detection.scan_state import ScanJournal, load_journal
 from neuralcleanse.errors import InputError
 from neuralcleanse.parallel import connect_ray, run_calls
 
-if TYPE_CHECKING:
-    from neuralcleanse.detection.scanner import NeuralCleanse, Prepared
+# `scanner` below is the NeuralCleanse that asks (its settings: plan, device, seed, block_size, precision,
+# sync_every, workers, ray) and `prep` its prepared model and samples; the scanner imports this module, so
+# they are not named as types here.
 
 
-def run_part(scanner: "NeuralCleanse", prep: "Prepared", part: list[int], step_limit: int | None,
+def run_part(scanner: Any, prep: Any, part: list[int], step_limit: int | None,
              journal_path: str, fingerprint: str, threads: int) -> dict[str, Any]:
     """Runs `part`'s labels up to `step_limit` steps (None: the preset's budget), going on from and
     appending to the part's journal. Returns those labels' results and the part's pass count."""
-    from neuralcleanse.detection.reverse_engineer import TriggerReverseEngineer
-
     torch.set_num_threads(threads)
     journal = ScanJournal(journal_path)
     saved = load_journal(journal_path, fingerprint) if Path(journal_path).exists() else None
@@ -55,7 +55,7 @@ def run_part(scanner: "NeuralCleanse", prep: "Prepared", part: list[int], step_l
             **{k: v[part] for k, v in found.items()}}
 
 
-def run_split(scanner: "NeuralCleanse", prep: "Prepared", todo: list[int], checkpoint: str | Path | None,
+def run_split(scanner: Any, prep: Any, todo: list[int], checkpoint: str | Path | None,
               fingerprint: str, on_label_done: Callable[[int], None] | None, resume: bool
               ) -> Callable[[list[int], int | None], dict[str, Any]]:
     """A function that runs some labels to a step limit across the workers and returns their

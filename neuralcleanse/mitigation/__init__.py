@@ -1,6 +1,7 @@
 """Mitigation from a scan's reversed triggers: input filter, neuron pruning, unlearning."""
-from neuralcleanse.mitigation.backdoors import (Backdoor, Measurement, NothingToMitigate, known_backdoors, measure,
-                                                reversed_backdoors)
+from neuralcleanse.data.trigger import Backdoor, known_backdoors
+from neuralcleanse.metrics import Measurement, measure
+from neuralcleanse.mitigation.backdoors import NothingToMitigate, reversed_backdoors
 from neuralcleanse.mitigation.base import Mitigation, MitigationResult, NotFittedError
 from neuralcleanse.mitigation.input_filter import FilteredClassifier, FilterRates, InputFilter
 from neuralcleanse.mitigation.profile import ActivationProfile, profile_activations

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuralcleanse.attacks.trigger import Trigger, apply_trigger
+from neuralcleanse.data.trigger import Trigger, apply_trigger
 from neuralcleanse.data.dataset import ImageDataset
 from neuralcleanse.metrics import attack_success_rate
-from neuralcleanse.mitigation.backdoors import Backdoor
+from neuralcleanse.data.trigger import Backdoor
 from neuralcleanse.detection.reverse_engineer import squash, unsquash
 
 

@@ -1,25 +1,14 @@
-"""What mitigation works from (reversed triggers) and what it is judged by (clean accuracy, attack success)."""
+"""What mitigation works from: the reversed triggers of a scan, and the inputs they stamp."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
-from torch import nn
 
-from neuralcleanse.attacks.trigger import AnyTrigger, trigger_from_dict
+from neuralcleanse.data.trigger import Backdoor
 from neuralcleanse.data.dataset import ImageDataset
 from neuralcleanse.detection.result import ScanResult
 from neuralcleanse.errors import InputError
-from neuralcleanse.metrics import attack_success_rate, clean_accuracy
-
-
-@dataclass
-class Backdoor:
-    """A trigger and the label it sends inputs to."""
-
-    target: int
-    trigger: AnyTrigger  # real backdoors may be outside the mask-and-pattern form; reversed ones are Triggers
 
 
 class NothingToMitigate(InputError):
@@ -38,38 +27,6 @@ def reversed_backdoors(scan: ScanResult, labels: Sequence[int] | None = None) ->
     if missing:
         raise InputError(f"label(s) {missing} were not scanned; scanned labels: {scan.labels}")
     return [Backdoor(label, scan.trigger(label)) for label in chosen]
-
-
-def known_backdoors(metadata: dict[str, Any]) -> list[Backdoor]:
-    """The real triggers a model we infected ourselves carries in its checkpoint metadata."""
-    info = metadata.get("backdoor") or {}
-    return [Backdoor(int(t), trigger_from_dict(d)) for t, d in zip(info.get("targets", []), info.get("triggers", []))]
-
-
-@dataclass
-class Measurement:
-    """Clean accuracy and, per backdoor (in the order given), its attack success rate."""
-
-    clean_accuracy: float
-    attack_success: list[float]
-    targets: list[int]
-
-    @property
-    def worst_attack_success(self) -> float:
-        return max(self.attack_success, default=float("nan"))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"clean_accuracy": self.clean_accuracy,
-                "attack_success": [{"target": t, "rate": r} for t, r in zip(self.targets, self.attack_success)]}
-
-
-def measure(model: nn.Module, data: ImageDataset, backdoors: Sequence[Backdoor],
-            device: torch.device | str = "cpu") -> Measurement:
-    return Measurement(
-        clean_accuracy(model, data, device=device),
-        [attack_success_rate(model, data, b.trigger, b.target, device=device) for b in backdoors],
-        [b.target for b in backdoors],
-    )
 
 
 def triggered_inputs(data: ImageDataset, backdoors: Sequence[Backdoor]) -> torch.Tensor:

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from neuralcleanse.data.dataset import ImageDataset
-from neuralcleanse.mitigation.backdoors import Backdoor, Measurement, measure
+from neuralcleanse.data.trigger import Backdoor
+from neuralcleanse.metrics import Measurement, measure
 
 
 class NotFittedError(RuntimeError):

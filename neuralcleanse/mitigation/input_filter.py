@@ -10,7 +10,9 @@ from torch import nn
 from neuralcleanse.data.dataset import ImageDataset
 from neuralcleanse.errors import InputError, check_fractions, refuse_model_argument
 from neuralcleanse.mitigation.base import Mitigation, NotFittedError
-from neuralcleanse.mitigation.backdoors import Backdoor, Measurement, triggered_inputs
+from neuralcleanse.data.trigger import Backdoor
+from neuralcleanse.metrics import Measurement
+from neuralcleanse.mitigation.backdoors import triggered_inputs
 from neuralcleanse.mitigation.profile import ActivationProfile, profile_activations, unit_activations
 from neuralcleanse.models.layers import FeatureLayer, capture_units
 

@@ -9,7 +9,8 @@ from torch import nn
 
 from neuralcleanse.data.dataset import ImageDataset
 from neuralcleanse.errors import InputError
-from neuralcleanse.mitigation.backdoors import Backdoor, triggered_inputs, triggered_sources
+from neuralcleanse.data.trigger import Backdoor
+from neuralcleanse.mitigation.backdoors import triggered_inputs, triggered_sources
 from neuralcleanse.models.layers import FeatureLayer, capture_units, resolve_layer
 
 

@@ -11,7 +11,8 @@ from neuralcleanse.data.dataset import ImageDataset
 from neuralcleanse.errors import check_fractions, refuse_model_argument
 from neuralcleanse.mitigation.base import Mitigation
 from neuralcleanse.models.classifier import clone_model
-from neuralcleanse.mitigation.backdoors import Backdoor, measure
+from neuralcleanse.data.trigger import Backdoor
+from neuralcleanse.metrics import measure
 from neuralcleanse.mitigation.profile import ActivationProfile, profile_activations
 from neuralcleanse.models.layers import FeatureLayer, prune_units, silence_units
 

@@ -13,7 +13,9 @@ from neuralcleanse.detection.result import ScanResult
 from neuralcleanse.errors import InputError
 from neuralcleanse.models.layers import can_bake, resolve_layer
 from neuralcleanse.models.classifier import clone_model
-from neuralcleanse.mitigation.backdoors import Backdoor, Measurement, reversed_backdoors
+from neuralcleanse.data.trigger import Backdoor
+from neuralcleanse.metrics import Measurement
+from neuralcleanse.mitigation.backdoors import reversed_backdoors
 from neuralcleanse.mitigation.input_filter import FilterRates, InputFilter
 from neuralcleanse.mitigation.pruning import NeuronPruner, PruningResult
 from neuralcleanse.mitigation.unlearning import (ACCURACY_TOLERANCE, DISTILL, LR_CANDIDATES, RECIPES, Unlearner,

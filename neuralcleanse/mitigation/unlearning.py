@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from neuralcleanse.attacks.stamping import stamp_shares
-from neuralcleanse.attacks.trigger import apply_trigger
+from neuralcleanse.data.trigger import apply_trigger
 from neuralcleanse.data.augment import Mixup
 from neuralcleanse.data.dataset import ImageDataset
 from neuralcleanse.errors import InputError, check_fractions, refuse_model_argument
@@ -19,7 +19,7 @@ from neuralcleanse.mitigation.base import Mitigation
 from neuralcleanse.models.checks import output_kind
 from neuralcleanse.models.classifier import Classifier, clone_model
 from neuralcleanse.models.outputs import log_of_probabilities, logits_for_search
-from neuralcleanse.mitigation.backdoors import Backdoor
+from neuralcleanse.data.trigger import Backdoor
 from neuralcleanse.models.fitting import train_classifier
 from neuralcleanse.metrics import attack_success_rate, clean_accuracy
 from neuralcleanse.models.layers import reapply_pruning

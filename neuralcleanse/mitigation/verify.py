@@ -19,7 +19,7 @@ from neuralcleanse.detection.config import ReverseConfig
 from neuralcleanse.detection.presets import PRESETS, ScanPlan
 from neuralcleanse.detection.result import ScanResult
 from neuralcleanse.detection.scanner import NeuralCleanse
-from neuralcleanse.mitigation.backdoors import Backdoor
+from neuralcleanse.data.trigger import Backdoor
 
 # Not "backdoor removed": on the population, a label no longer flagged still carried a working real
 # trigger (over 5% success) in 11 of 18 repaired models (docs/results.md). The rescan can only fail to find it.

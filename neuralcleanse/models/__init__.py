@@ -1,6 +1,6 @@
 """Architectures, the Classifier wrapper, checkpoints, loading and training."""
 from neuralcleanse.models.architectures import ARCHITECTURES, build_architecture
-from neuralcleanse.models.checkpoint import save_checkpoint
+from neuralcleanse.models.formats.checkpoint import save_checkpoint
 from neuralcleanse.models.classifier import Classifier, ModelInfo
 from neuralcleanse.models.loading import complete_model_info, load_model
 

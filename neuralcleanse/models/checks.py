@@ -10,12 +10,11 @@ import logging
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from neuralcleanse.data.dataset import ImageDataset
 from neuralcleanse.errors import InputError
 from neuralcleanse.metrics import clean_accuracy
-from neuralcleanse.models.classifier import Classifier, ModelInfo
+from neuralcleanse.models.classifier import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -28,20 +27,6 @@ class ModelCheck:
 
     clean_accuracy: float
     output_kind: str
-
-
-def as_classifier(model: nn.Module, data: ImageDataset) -> Classifier:
-    """A Classifier as the scan needs it: label count, input shape and layout settled against the
-    data. A plain nn.Module is taken to take raw [0,1] pixels (wrap it in a Classifier with a
-    Preprocessing to say otherwise); its input layout is probed like a model file's."""
-    from neuralcleanse.models.loading import complete_model_info
-
-    if not isinstance(model, nn.Module):
-        raise InputError(f"the model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(model, Classifier):
-        model = Classifier(model, ModelInfo(0, (0, 0, 0), source="module", metadata={"input_layout": "auto"}))
-    complete_model_info(model, data.input_shape, data.num_classes)
-    return model
 
 
 def output_kind(outputs: torch.Tensor) -> str:

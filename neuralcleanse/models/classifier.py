@@ -59,7 +59,7 @@ def script_net(model: nn.Module) -> torch.jit.ScriptModule | None:
 def clone_model(model: nn.Module) -> nn.Module:
     """An independent copy to patch. TorchScript networks are copied through serialisation:
     `copy.deepcopy` gives them parameters that are not leaves, which no optimiser accepts. Everything
-    else is deep-copied, torch.export programs (`fx.GraphModule`s, see exported.py) included: their
+    else is deep-copied, torch.export programs (`fx.GraphModule`s, see formats/exported.py) included: their
     copies keep leaf parameters, the layers' hooks and what the program was exported with (`meta`)."""
     import copy
     import io

@@ -5,13 +5,19 @@ Messages name arguments in backticks (`factory`) so that a front end can put its
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Mapping
 
-from neuralcleanse.data import DatasetSplits, load_dataset
+import torch
+
+from neuralcleanse.data import DatasetSplits, ImageDataset, load_dataset
 from neuralcleanse.errors import InputError
+from neuralcleanse.metrics import predict
 from neuralcleanse.models.classifier import Classifier
 from neuralcleanse.models.loading import complete_model_info, load_model
+
+log = logging.getLogger(__name__)
 
 
 def load_model_and_data(model_path: str | Path, data_source: str | Path, *, num_classes: int | None = None,
@@ -38,8 +44,18 @@ def load_model_and_data(model_path: str | Path, data_source: str | Path, *, num_
         raise InputError(f"{data_source} has no labels (a flat folder of images); add `labels_from_model` to "
                          "use the model's predictions, or sort the images into one sub-folder per class")
     if labels_from_model:
-        # Here, not at the top: the pipeline is a layer above the models and imports them.
-        from neuralcleanse.pipeline import use_model_labels
-
         data = use_model_labels(model, data)
     return model, data
+
+
+def use_model_labels(model: Classifier, data: DatasetSplits, device: torch.device | str = "cpu") -> DatasetSplits:
+    """Labels = the model's predictions. For data without labels; a backdoored model labels
+    triggered-looking inputs wrongly, so this is weaker than true labels, and says so."""
+    log.warning("using the model's own predictions as labels (`labels_from_model`): the scan then trusts the "
+                "model it is checking; true labels are better when you have them")
+
+    def relabel(split: ImageDataset) -> ImageDataset:
+        return ImageDataset(split.x, predict(model, split.x, device=device), model.num_classes, split.name)
+
+    test = relabel(data.test)
+    return DatasetSplits(test, test) if data.train is data.test else DatasetSplits(relabel(data.train), test)

@@ -1,21 +1,21 @@
-"""Turn a model file into a Classifier, whatever produced it."""
+"""Turn a model file into a Classifier, whatever produced it (formats/ has one module per format), and settle
+what a file could not say (label count, input shape and layout) against the data."""
 from __future__ import annotations
 
 import dataclasses
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from neuralcleanse.data.dataset import ImageDataset
 from neuralcleanse.data.preprocessing import Preprocessing
 from neuralcleanse.errors import InputError
 from neuralcleanse.models.checks import check_finite
-from neuralcleanse.models.checkpoint import classifier_from_checkpoint, is_checkpoint
 from neuralcleanse.models.classifier import Classifier, ModelInfo
-from neuralcleanse.models.exported import is_exported_archive, load_exported
-from neuralcleanse.models.foreign import (ChannelsLastInput, build_from_factory, detect_layout, load_onnx,
-                                          load_pickled_module)
+from neuralcleanse.models.formats import detect_format, read_network
+from neuralcleanse.models.formats.checkpoint import classifier_from_checkpoint
+from neuralcleanse.models.layout import ChannelsLastInput, detect_layout
 
 
 def load_model(
@@ -31,7 +31,7 @@ def load_model(
     input_layout: str = "auto",
 ) -> Classifier:
     """Loads one of the tool's checkpoints or a model file from elsewhere (TorchScript, torch.export
-    `.pt2`, ONNX, a state_dict with its factory, a trusted pickled module).
+    `.pt2`, ONNX, a state_dict or `.safetensors` with its factory, a trusted pickled module).
 
     A foreign model is taken to accept NCHW float input unless `input_layout` says otherwise;
     `preprocessing` says what it expects (default: [0,1] pixels as they are); for a checkpoint,
@@ -46,43 +46,25 @@ def load_model(
         raise InputError(f"model path is not a file: {path}")
     if input_layout not in ("auto", "nchw", "nhwc"):
         raise InputError(f"input layout must be auto, nchw or nhwc, not {input_layout!r}")
-    foreign = dict(num_classes=num_classes, input_shape=input_shape, preprocessing=preprocessing,
-                   preprocessing_overrides=preprocessing_overrides, input_layout=input_layout)
-    if factory:
-        net = build_from_factory(path, factory, factory_kwargs or {})
-        return _foreign(net, "factory", path, {"factory": factory, "factory_kwargs": factory_kwargs or {}}, **foreign)
-    if path.suffix.lower() == ".onnx":
-        return _foreign(load_onnx(path), "onnx", path, {}, **foreign)
-    if path.suffix.lower() == ".safetensors":
-        raise InputError(f"{path} holds only weights; name the code that builds the network with "
-                         "`factory` package.module:function (and `factory_kwargs`)")
-    archive = _archive_names(path)
-    if path.suffix.lower() == ".pt2" or is_exported_archive(archive):
-        # A .pt2 can run code as it loads (see exported.py): trusted files only, like a pickle.
-        return _foreign(load_exported(path, trust_pickle), "exported", path, {}, **foreign)
-    if _is_torchscript(archive):
-        try:
-            net = torch.jit.load(str(path), map_location="cpu")
-        except Exception as exc:  # torch raises many types for a bad archive
-            raise InputError(f"cannot read TorchScript model {path}: {str(exc).splitlines()[0]}") from None
-        return _foreign(net, "torchscript", path, {}, **foreign)
-    try:
-        payload = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # weights_only refuses arbitrary objects: most likely a whole pickled nn.Module.
-        return _foreign(load_pickled_module(path, trust_pickle), "pickle", path, {}, **foreign)
-    except Exception as exc:
-        raise InputError(
-            f"cannot read {path} as a neuralcleanse checkpoint or TorchScript file: {_first_sentence(exc)}"
-        ) from None
-    if not is_checkpoint(payload):
-        if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
-            raise InputError(f"{path} holds only weights (a state_dict); name the code that builds the network "
-                             "with `factory` package.module:function (and `factory_kwargs`)")
-        raise InputError(
-            f"{path} is a PyTorch file but not a neuralcleanse checkpoint; export the model with "
-            "torch.export or torch.jit.script/trace, or give its state_dict with `factory`"
-        )
+    detected = detect_format(path, factory)
+    if detected.format == "checkpoint":
+        return _checkpoint(detected.payload, num_classes, preprocessing_overrides)
+    net = read_network(path, detected.format, factory=factory, factory_kwargs=factory_kwargs,
+                       trust_pickle=trust_pickle)
+    metadata = {"factory": factory, "factory_kwargs": factory_kwargs or {}} if detected.format == "factory" else {}
+    info = ModelInfo(
+        num_classes=int(num_classes or 0),
+        input_shape=tuple(input_shape) if input_shape else (0, 0, 0),
+        preprocessing=preprocessing or Preprocessing(**(preprocessing_overrides or {})),
+        arch=None, source=detected.format,
+        metadata={"path": str(path), "input_layout": input_layout, **metadata},
+    )
+    model = Classifier(net, info)
+    model.eval()
+    return model
+
+
+def _checkpoint(payload: dict, num_classes: int | None, preprocessing_overrides: dict | None) -> Classifier:
     model = classifier_from_checkpoint(payload)
     if num_classes is not None and num_classes != model.num_classes:
         raise InputError(f"`num_classes` {num_classes} disagrees with the checkpoint's {model.num_classes} labels")
@@ -97,17 +79,15 @@ def load_model(
     return model
 
 
-def _foreign(net: torch.nn.Module, source: str, path: Path, metadata: dict, *, num_classes: int | None,
-             input_shape, preprocessing: Preprocessing | None, preprocessing_overrides: dict | None,
-             input_layout: str) -> Classifier:
-    info = ModelInfo(
-        num_classes=int(num_classes or 0),
-        input_shape=tuple(input_shape) if input_shape else (0, 0, 0),
-        preprocessing=preprocessing or Preprocessing(**(preprocessing_overrides or {})),
-        arch=None, source=source, metadata={"path": str(path), "input_layout": input_layout, **metadata},
-    )
-    model = Classifier(net, info)
-    model.eval()
+def as_classifier(model: nn.Module, data: ImageDataset) -> Classifier:
+    """A Classifier as the scan needs it: label count, input shape and layout settled against the
+    data. A plain nn.Module is taken to take raw [0,1] pixels (wrap it in a Classifier with a
+    Preprocessing to say otherwise); its input layout is probed like a model file's."""
+    if not isinstance(model, nn.Module):
+        raise InputError(f"the model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(model, Classifier):
+        model = Classifier(model, ModelInfo(0, (0, 0, 0), source="module", metadata={"input_layout": "auto"}))
+    complete_model_info(model, data.input_shape, data.num_classes)
     return model
 
 
@@ -149,24 +129,3 @@ def complete_model_info(model: Classifier, input_shape: tuple[int, int, int], nu
     model.info.num_classes = outputs
     if num_classes and num_classes > outputs:
         raise InputError(f"the data has labels up to {num_classes - 1} but the model outputs only {outputs} scores")
-
-
-def _archive_names(path: Path) -> list[str]:
-    """The member names of a zip archive (TorchScript, torch.export and torch.save files are ones), or []."""
-    if not zipfile.is_zipfile(path):
-        return []
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return zf.namelist()
-    except (zipfile.BadZipFile, OSError):
-        raise InputError(f"model file {path} is a damaged archive; export or download it again") from None
-
-
-def _is_torchscript(names: list[str]) -> bool:
-    return any(name.endswith("constants.pkl") or name.endswith("/code/__torch__.py") or "/code/" in name
-               for name in names)
-
-
-def _first_sentence(exc: Exception) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text.split(". ")[0][:200]

@@ -6,14 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from neuralcleanse.mitigation.runner import MitigationOutcome
-from neuralcleanse.models.checkpoint import save_checkpoint
-from neuralcleanse.models.classifier import script_net
-from neuralcleanse.models.exported import save_exported
-from neuralcleanse.models.foreign import ChannelsLastInput
-from neuralcleanse.files import write_atomic, write_json
+from neuralcleanse.models.formats import save_like
+from neuralcleanse.files import write_json
 from neuralcleanse.report.images import pyplot, save_figure
 from neuralcleanse.report.scan_report import report_header
 
@@ -78,33 +74,6 @@ def unlearning_chart(outcome: MitigationOutcome, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def _export_onnx(model, net, path: Path) -> bool:
-    """The patched network back to ONNX with the input convention it came with; False if it cannot be."""
-    c, h, w = model.info.input_shape
-    nhwc = isinstance(model.net, ChannelsLastInput)
-    dummy = torch.zeros(1, h, w, c) if nhwc else torch.zeros(1, c, h, w)
-    try:
-        write_atomic(path, lambda tmp: torch.onnx.export(net.eval(), (dummy,), tmp, dynamo=False,
-                                                         input_names=["input"], output_names=["logits"],
-                                                         dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}))
-        return True
-    except Exception as exc:  # exporters fail in many ways; the weights are still written
-        log.warning("could not export the patched model to ONNX (%s); writing its state_dict instead", exc)
-        return False
-
-
-def _export_program(model, path: Path) -> bool:
-    """The patched network back to a torch.export program (.pt2) with the input it was loaded with;
-    False if it cannot be."""
-    try:
-        write_atomic(path, lambda tmp: save_exported(model, tmp))
-        return True
-    except Exception as exc:  # export fails on code it cannot trace; the weights are still written
-        log.warning("could not export the patched model with torch.export (%s); writing its state_dict instead",
-                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        return False
-
-
 CHARTS = {"prune": pruning_chart, "filter": filter_chart, "unlearn": unlearning_chart}
 
 
@@ -117,26 +86,10 @@ def write_mitigation_report(outcome: MitigationOutcome, out_dir: str | Path, *, 
     patched = outcome.model
     if patched is not None:
         patched = patched.cpu()
-        if getattr(patched, "info", None) is not None and patched.info.arch is not None:
-            if outcome.method == "filter":
-                patched.info.metadata["input_filter"] = outcome.filter.to_dict()
-            save_checkpoint(patched, out / "model.pt")
-            files["checkpoint"] = "model.pt"
-        elif script_net(patched) is not None:
-            # Same input convention as the file the user gave: the network alone, preprocessing not baked in.
-            write_atomic(out / "model.torchscript.pt", lambda tmp: torch.jit.save(script_net(patched), tmp))
-            files["torchscript"] = "model.torchscript.pt"
-        else:
-            net = patched.net.net if isinstance(patched.net, ChannelsLastInput) else patched.net
-            if patched.info.source == "onnx" and _export_onnx(patched, net, out / "model.onnx"):
-                files["onnx"] = "model.onnx"
-            elif patched.info.source == "exported" and _export_program(patched, out / "model.pt2"):
-                files["exported"] = "model.pt2"
-            else:
-                # A network built by the user's factory or unpickled: its weights, in the network's own
-                # naming (no layout adapter prefix), loadable with the same --factory.
-                write_atomic(out / "model.state_dict.pt", lambda tmp: torch.save(net.state_dict(), tmp))
-                files["state_dict"] = "model.state_dict.pt"
+        if outcome.method == "filter" and patched.info.arch is not None:
+            patched.info.metadata["input_filter"] = outcome.filter.to_dict()
+        kind, name = save_like(patched, out)
+        files[kind] = name
     files["chart"] = CHARTS[outcome.method](outcome, out / f"{outcome.method}.png").name
     report = {
         **report_header(),

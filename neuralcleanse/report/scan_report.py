@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from neuralcleanse import __version__
+from neuralcleanse._version import __version__
 from neuralcleanse.detection.result import ScanResult
 from neuralcleanse.errors import InputError
 from neuralcleanse.files import resolve_inside, write_atomic, write_json

@@ -25,8 +25,8 @@ SCAN_OPTIONS = ("preset", "samples", "labels", "loss", "max_steps", "rule", "thr
 def check_options(options: dict[str, Any]) -> None:
     """The checks `scan` makes on its flags before loading anything, so a typo stops a batch before
     it starts instead of failing every model."""
-    from neuralcleanse.cli.options import parse_ints, parse_preprocessing
-    from neuralcleanse.models.foreign import parse_kwargs
+    from neuralcleanse.options import parse_ints, parse_preprocessing
+    from neuralcleanse.models.formats.weights import parse_kwargs
 
     if not options.get("data_source"):
         raise InputError("no data to scan with: give `data_source` (or a `data` column in the manifest)")
@@ -43,7 +43,7 @@ def scan_one(job: Job, *, resume: bool = False, force: bool = False, threads: in
     with the one-line message the command line would print; any other exception too, as a crash."""
     import torch
 
-    from neuralcleanse.cli.options import COMMON_FLAGS, PREPROCESSING_FLAGS, as_flags
+    from neuralcleanse.options import COMMON_FLAGS, PREPROCESSING_FLAGS, as_flags
 
     # N workers on N cores: more threads each would only make them fight over the cores.
     threads_before = torch.get_num_threads()
@@ -64,8 +64,8 @@ def scan_one(job: Job, *, resume: bool = False, force: bool = False, threads: in
 
 
 def _scan(job: Job, resume: bool, force: bool) -> dict[str, Any]:
-    from neuralcleanse.cli.options import load_model_and_data_from_flags, parse_device, parse_ints
-    from neuralcleanse.cli.report import write_page
+    from neuralcleanse.options import load_model_and_data_from_flags, parse_device, parse_ints
+    from neuralcleanse.report.html_report import write_html_report
     from neuralcleanse.files import run_folder_lock
     from neuralcleanse.pipeline import scan_folder
     from neuralcleanse.report.scan_report import load_scan
@@ -81,7 +81,7 @@ def _scan(job: Job, resume: bool, force: bool) -> dict[str, Any]:
                 data_desc={"source": opts["data_source"]}, **{k: v for k, v in settings.items() if v is not None})
     with run_folder_lock(out):
         _, report = load_scan(out)
-        page = write_page(out)
+        page = write_html_report(out)
     return scan_row(job, report, page)
 
 

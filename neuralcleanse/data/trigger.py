@@ -1,5 +1,6 @@
-"""Triggers: a mask and a pattern in raw pixel space, and the one function that stamps them; and, for
-measuring where that form stops, triggers outside it (a perturbation added to the whole image)."""
+"""Triggers: a mask and a pattern in raw pixel space, and the one function that stamps them; for
+measuring where that form stops, triggers outside it (a perturbation added to the whole image); and a
+backdoor: a trigger with the label it sends inputs to."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -177,3 +178,17 @@ def frequency_trigger(input_shape: Sequence[int], frequencies: Sequence[tuple[in
     grating = sum(dct_basis(h, w, int(u), int(v)) for u, v in frequencies)
     grating = grating / grating.abs().max() * float(amplitude)
     return AdditiveTrigger(grating[None].expand(c, h, w).clone())
+
+
+@dataclass
+class Backdoor:
+    """A trigger and the label it sends inputs to."""
+
+    target: int
+    trigger: AnyTrigger  # real backdoors may be outside the mask-and-pattern form; reversed ones are Triggers
+
+
+def known_backdoors(metadata: dict[str, Any]) -> list[Backdoor]:
+    """The real triggers a model we infected ourselves carries in its checkpoint metadata."""
+    info = metadata.get("backdoor") or {}
+    return [Backdoor(int(t), trigger_from_dict(d)) for t, d in zip(info.get("targets", []), info.get("triggers", []))]
