@@ -9,7 +9,8 @@ import torch
 from neuralcleanse.attacks.badnets import BadNets
 from neuralcleanse.data.trigger import patch_trigger
 from neuralcleanse.data.mnist import load_mnist
-from neuralcleanse.mitigation import known_backdoors, mitigate
+from neuralcleanse.detection import NeuralCleanse
+from neuralcleanse.mitigation import Unlearner, known_backdoors, mitigate
 from neuralcleanse.models.formats.checkpoint import save_checkpoint
 from neuralcleanse.pipeline import run_scan
 from neuralcleanse.report.html_report import write_html_report
@@ -31,7 +32,7 @@ def run_demo(out: str | Path, *, device: torch.device | str = "cpu", epochs: int
     echo(f"      clean accuracy {report.clean_accuracy:.2%}, attack success {report.attack_success[0]:.2%}"
          f" -> {ckpt}")
     echo("[2/4] scanning every label for a backdoor (preset fast)")
-    result = run_scan(model, data.test, out / "scan", device=device, progress=progress,
+    result = run_scan(model, data.test, out / "scan", NeuralCleanse(device=device, progress=progress),
                       model_desc={"path": str(ckpt)}, data_desc={"source": "mnist"})
     verdict = result.verdict.upper() if result.infected else result.verdict
     echo(f"      verdict: {verdict}; flagged {result.flagged}; anomaly index {result.anomaly_index:.2f}; "
@@ -40,7 +41,7 @@ def run_demo(out: str | Path, *, device: torch.device | str = "cpu", epochs: int
     summary = {"training": report.to_dict(), "scan": result.to_dict()}
     if result.infected:
         echo("[3/4] unlearning the backdoor: fine-tune with the reversed trigger on clean images, true labels kept")
-        outcome = mitigate(model, result, data, "unlearn", real=known_backdoors(model.info.metadata), device=device)
+        outcome = mitigate(model, result, data, Unlearner(device=device), real=known_backdoors(model.info.metadata))
         write_mitigation_report(outcome, out / "scan" / "unlearn", model={"path": str(ckpt)},
                                 scan_dir=str(out / "scan"), data={"source": "mnist"})
         b, a = outcome.before, outcome.after

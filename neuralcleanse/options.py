@@ -6,7 +6,7 @@ Library messages name arguments in backticks (`factory`); `as_flags` puts the co
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -26,6 +26,7 @@ PREPROCESSING_FLAGS = {
 
 # Arguments that several library functions share with one flag each.
 COMMON_FLAGS = {
+    "params": "--param",
     "out": "--out", "force": "--force", "resume": "--resume", "labels": "--labels", "layer": "--layer", "lr": "--lr",
     "method": "--method", "model_path": "MODEL", "data_source": "--data", "workers": "--workers", "ray": "--ray",
     "schedule": "--schedule",
@@ -64,6 +65,39 @@ def parse_position(text: str, flag: str) -> str | tuple[int, ...]:
         return tuple(int(v) for v in text.split(","))
     except ValueError:
         raise InputError(f"{flag} {text!r} is not ROW,COL") from None
+
+
+def parse_value(text: str) -> Any:
+    """A parameter's value as text: a number, true/false, none, a comma-separated list of those, or else
+    the text itself (a name)."""
+    def one(item: str) -> Any:
+        word = item.strip()
+        if word.lower() in ("none", "null"):
+            return None
+        if word.lower() in ("true", "false"):
+            return word.lower() == "true"
+        for kind in (int, float):
+            try:
+                return kind(word)
+            except ValueError:
+                pass
+        return word
+
+    return tuple(one(v) for v in text.split(",")) if "," in text else one(text)
+
+
+def parse_params(items: Sequence[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs (`params`) as keyword arguments; dashes in a key read as underscores."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key.isidentifier():
+            raise InputError(f"`params` takes KEY=VALUE, e.g. steps=600; got {item!r}")
+        if key in out:
+            raise InputError(f"`params` names {key} twice")
+        out[key] = parse_value(value)
+    return out
 
 
 def parse_device(name: str) -> torch.device:

@@ -98,7 +98,7 @@ def connect_ray(address: str) -> tuple[Any, bool]:
     try:
         import ray
     except ImportError:
-        raise InputError("`ray` needs Ray, which is not installed: pip install 'neuralcleanse[ray]'") from None
+        raise InputError("`ray` needs Ray, which is not installed: pip install 'ray>=2.52,<3' (or '.[ray]' in a checkout)") from None
     if ray.is_initialized():
         return ray, False
     try:

@@ -5,11 +5,9 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
 
 from neuralcleanse.data.dataset import DatasetSplits, ImageDataset
 from neuralcleanse.detection.result import ScanResult
-from neuralcleanse.detection.rules import DEFAULT_RULE
 from neuralcleanse.detection.scanner import NeuralCleanse
 from neuralcleanse.files import resolve_inside, run_folder_lock
 from neuralcleanse.models.classifier import Classifier
@@ -44,19 +42,12 @@ def check_scan_folder(out: str | Path, *, resume: bool = False, force: bool = Fa
     return False
 
 
-def run_scan(model: Classifier, data: ImageDataset, out: str | Path, *, preset: str = "fast",
-             samples: int | None = None, labels: Sequence[int] | None = None, loss: str | None = None,
-             max_steps: int | None = None, rule: str = DEFAULT_RULE, threshold: float | None = None, seed: int = 0,
-             block_size: int | None = None,
-             device: torch.device | str = "cpu", precision: str = "fp32", progress: bool = True, resume: bool = False,
-             schedule: str = "auto", restarts: int = 4, confirm: str | None = None, workers: int = 1,
-             ray: str | None = None, model_desc: dict[str, Any] | None = None, data_desc: dict[str, Any] | None = None) -> ScanResult:
+def run_scan(model: Classifier, data: ImageDataset, out: str | Path, scanner: NeuralCleanse | None = None, *,
+             labels: Sequence[int] | None = None, resume: bool = False, model_desc: dict[str, Any] | None = None,
+             data_desc: dict[str, Any] | None = None) -> ScanResult:
     """Scans and writes the report into `out`. The scan's state is saved in `out` as labels finish
     and removed once the report is written; `resume=True` goes on from it."""
-    scanner = NeuralCleanse(preset, samples=samples, rule=rule, threshold=threshold, device=device, seed=seed,
-                            block_size=block_size, precision=precision, progress=progress, loss=loss,
-                            max_steps=max_steps, schedule=schedule, restarts=restarts, confirm=confirm, workers=workers,
-                            ray=ray)
+    scanner = scanner or NeuralCleanse()
     state = Path(out) / STATE_NAME
     with run_folder_lock(out):
         if not resume and state.exists():
@@ -67,9 +58,10 @@ def run_scan(model: Classifier, data: ImageDataset, out: str | Path, *, preset: 
     return result
 
 
-def scan_folder(out: str | Path, load: Callable[[], tuple[Classifier, DatasetSplits]], *, resume: bool = False,
-                force: bool = False, resume_if_interrupted: bool = False,
-                **scan_options: Any) -> tuple[ScanResult, dict[str, Any] | None]:
+def scan_folder(out: str | Path, load: Callable[[], tuple[Classifier, DatasetSplits]],
+                scanner: NeuralCleanse | None = None, *, labels: Sequence[int] | None = None, resume: bool = False,
+                force: bool = False, resume_if_interrupted: bool = False, model_desc: dict[str, Any] | None = None,
+                data_desc: dict[str, Any] | None = None) -> tuple[ScanResult, dict[str, Any] | None]:
     """What `scan` does with its `out` folder, for the command and for each model of `scan-many`.
 
     A finished scan that `resume` asks to continue is only read back (its report is returned too);
@@ -89,7 +81,8 @@ def scan_folder(out: str | Path, load: Callable[[], tuple[Classifier, DatasetSpl
         check_scan_folder(out, resume=resume, force=force)
         if force:
             (Path(out) / REPORT_NAME).unlink(missing_ok=True)
-        return run_scan(model, data.test, out, resume=resume, **scan_options), None
+        return run_scan(model, data.test, out, scanner, labels=labels, resume=resume, model_desc=model_desc,
+                        data_desc=data_desc), None
 
 
 def _write(result: ScanResult, model: Classifier, data: ImageDataset, out: str | Path,

@@ -12,6 +12,8 @@ from neuralcleanse.mitigation import Backdoor
 from neuralcleanse.mitigation.unlearning import Unlearner
 from tiny_task import SIDE, TARGET
 
+pytestmark = pytest.mark.slow  # the quick subset (make test-quick) leaves this module out
+
 
 def test_gate_refuses_bad_values() -> None:
     for bad in (-0.1, 1.5):
@@ -31,8 +33,8 @@ def test_gate_opens_on_a_backdoor_the_plain_round_left(infected, data, trigger) 
     model, _ = infected
     decoy = [Backdoor(TARGET, patch_trigger((1, SIDE, SIDE), size=2, position="top-left", margin=1))]
     # The test task's labels are reached through their own features within 2 reversed norms (see GATE_BUDGET).
-    settings = dict(steps=60, lr=3e-3, refresh=2, gate_budget=1.0)
-    plain = Unlearner(steps=60, lr=3e-3).fit(model, decoy, data.train).apply()
+    settings = dict(steps=60, lr=3e-3, refresh=2, gate_budget=1.0, rounds=1)
+    plain = Unlearner(steps=60, lr=3e-3, rounds=1).fit(model, decoy, data.train).apply()
     run = Unlearner(adversarial=0.3, adversarial_gate=0.5, **settings).fit(model, decoy, data.train)
     checks = run.unlearning_.to_dict()["adversarial_gate"]
     assert attack_success_rate(plain, data.test, trigger, TARGET) > 0.8
@@ -48,7 +50,7 @@ def test_closed_gate_leaves_the_plain_result(infected, data, trigger) -> None:
     exactly what plain unlearning gives, and the check is on record."""
     model, _ = infected
     real = [Backdoor(TARGET, trigger)]
-    settings = dict(steps=60, lr=3e-3)
+    settings = dict(steps=60, lr=3e-3, rounds=1)
     plain = Unlearner(**settings).fit(model, real, data.train).apply()
     run = Unlearner(adversarial=0.3, adversarial_gate=0.5, gate_budget=1.0, **settings).fit(model, real, data.train)
     checks = run.unlearning_.gate_checks

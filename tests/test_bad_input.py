@@ -44,7 +44,8 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "mitigate: fraction outside (0,1]": ("step must lie in (0, 1]", "1.5"),
     "mitigate: label not scanned": ("label(s) [7] were not scanned",),
     "report: folder without results": ("holds no report.json or mitigation.json",),
-    "mitigate: --min-rounds above --rounds": ("--min-rounds 3 is more than --rounds 2",),
+    "mitigate: min_rounds above rounds": ("min_rounds must be a whole number from 1 to rounds (2), got 3",),
+    "mitigate: parameter the method lacks": ("prune has no parameter steps", "stop_success"),
     "attack trojan: target beyond the model's labels": ("--target must lie in 0..3",),
     "attack trojan: mask not understood": ("unknown --mask 'circle:3'", "square:SIZE@POS"),
     "attack trojan: unknown layer": ("unknown --layer 'fc9'", "0 (Conv2d)"),
@@ -76,6 +77,7 @@ def fixtures(tmp_path_factory) -> dict[str, list[str]]:
     return dict(bad_input_table.cases(bad_input_table.build(work), work))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASE_NAMES)
 def test_table_case(fixtures, case: str) -> None:
     result = invoke(*fixtures[case])

@@ -173,6 +173,7 @@ def test_scan_label_subset(trained, dataset: Path, tmp_path: Path) -> None:
     assert result.exit_code == (EXIT_INFECTED if report["infected"] else EXIT_CLEAN)
 
 
+@pytest.mark.slow
 def test_scan_confirm_rescans_near_the_threshold(trained, dataset: Path, tmp_path: Path) -> None:
     model_path, _ = trained
     args = ("scan", str(model_path), "--data", str(dataset), "--max-steps", "3", "--samples", "80", "--restarts", "0")
@@ -337,6 +338,7 @@ def test_scan_fewer_than_three_labels_message(trained, dataset: Path, tmp_path: 
 # ---- the installed console script -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_console_script_help() -> None:
     proc = subprocess.run([str(EXE), "--help"], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
@@ -345,6 +347,7 @@ def test_console_script_help() -> None:
     assert proc.stderr == ""
 
 
+@pytest.mark.slow
 def test_console_script_bad_input_is_one_line(dataset: Path, tmp_path: Path) -> None:
     proc = subprocess.run([str(EXE), "scan", str(tmp_path / "missing.pt"), "--data", str(dataset), "--out",
                            str(tmp_path / "o")], capture_output=True, text=True, timeout=120, cwd=tmp_path)

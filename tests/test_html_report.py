@@ -15,6 +15,8 @@ from neuralcleanse.cli import EXIT_CLEAN, EXIT_INFECTED
 from neuralcleanse.errors import InputError
 from neuralcleanse.report.html_report import write_html_report
 
+pytestmark = pytest.mark.slow  # the quick subset (make test-quick) leaves this module out
+
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[1]
 DATA_PNG = re.compile(r'<img[^>]*\ssrc="data:image/png;base64,[A-Za-z0-9+/=]+"')
@@ -35,7 +37,7 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     result = invoke("scan", str(model), "--data", str(npz), "--out", str(scan), "--samples", "80", "--max-steps", "20")
     assert result.exit_code == EXIT_INFECTED, result.output  # label 1's trigger: L1 ~4 against ~14 for the others
     result = invoke("mitigate", str(model), "--scan", str(scan), "--data", str(npz), "--method", "prune",
-                    "--out", str(scan / "prune"), "--labels", str(TARGET), "--step", "0.1")
+                    "--out", str(scan / "prune"), "--labels", str(TARGET), "-p", "step=0.1")
     assert result.exit_code == EXIT_CLEAN, result.output
     return scan, json.loads((scan / "report.json").read_text())
 

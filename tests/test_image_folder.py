@@ -56,6 +56,7 @@ def test_loader_reads_class_folders_and_splits(setup, tmp_path) -> None:
     assert load_dataset(big, image_size=(SIDE, SIDE), channels=3).test.input_shape == (3, SIDE, SIDE)
 
 
+@pytest.mark.slow
 def test_image_folder_scans_like_the_npz(setup, tmp_path) -> None:
     _, npz, model = setup
     folder = export_folder(npz, tmp_path / "imgs", split_dirs=False, scale=2)  # resized back to 8x8
@@ -67,6 +68,7 @@ def test_image_folder_scans_like_the_npz(setup, tmp_path) -> None:
     assert reports[0]["flagged"] == reports[1]["flagged"] and TARGET in reports[1]["flagged"]
 
 
+@pytest.mark.slow
 def test_unlabelled_folder_needs_labels_from_model(setup, tmp_path, caplog) -> None:
     _, npz, model = setup
     flat = export_folder(npz, tmp_path / "flat", split_dirs=False, flat=True)

@@ -208,48 +208,52 @@ def test_pruning_lowers_attack_success_and_survives_a_checkpoint(infected, data,
     assert rescan.num_labels == K
 
 
+@pytest.mark.slow
 def test_unlearning_lowers_attack_success(infected, data, reversed_, held_out, trigger) -> None:
     model, _ = infected
     real = known_backdoors(model.info.metadata)
     before = measure(model, held_out, real)
     # Two epochs at a fixed rate, without the distillation term (which slows unlearning at a given rate;
     # the default's rate search makes up for it, checked below).
-    unlearner = Unlearner(epochs=2, data_fraction=1.0, lr=3e-3, distill=0.0).fit(model, reversed_, data.train)
+    unlearner = Unlearner(epochs=2, data_fraction=1.0, lr=3e-3, distill=0.0, rounds=1).fit(model, reversed_, data.train)
     result = unlearner.unlearning_
     after = measure(unlearner.apply(), held_out, real)
     assert unlearner.evaluate(held_out, real).after == after
     # Jittered stamping draws a 20% share of every batch: about 0.2 x images seen (2 epochs).
     assert result.stamped == pytest.approx(0.2 * 2 * len(data.train), rel=0.15)
-    paper = Unlearner.paper(model, epochs=2, data_fraction=1.0).fit(model, reversed_, data.train).unlearning_
+    paper = Unlearner("paper", epochs=2, data_fraction=1.0).fit(model, reversed_, data.train).unlearning_
     assert paper.stamped == pytest.approx(0.2 * len(data.train), abs=1) and paper.lr == 5e-3
     assert after.attack_success[0] < 0.5 * before.attack_success[0], (before, after)
     assert after.clean_accuracy > before.clean_accuracy - 0.05
     assert attack_success_rate(model, held_out, trigger, TARGET) == pytest.approx(before.attack_success[0])
+    # The default: three rounds, the later two with fresh reversed triggers found by a fast scan of `data`.
     default = Unlearner().fit(model, reversed_, data.train)
     assert default.distill > 0 and default.evaluate(held_out, real).after.attack_success[0] < 0.1
+    assert [r["forced"] for r in default.unlearning_.rounds] == [True, True]
 
 
+@pytest.mark.slow
 def test_unlearning_rate_paper_uses_training_rate_sized_searches(infected, data, reversed_) -> None:
     model, _ = infected
     assert model.info.metadata["training"]["lr"] == 5e-3  # conftest trains the tiny model at 5e-3
-    assert Unlearner.paper(model, data_fraction=0.2).fit(model, reversed_, data.train).unlearning_.lr == 5e-3
-    assert Unlearner(data_fraction=0.2, lr=1e-4).fit(model, reversed_, data.train).unlearning_.lr == 1e-4
+    assert Unlearner("paper", data_fraction=0.2).fit(model, reversed_, data.train).unlearning_.lr == 5e-3
+    assert Unlearner(data_fraction=0.2, lr=1e-4, rounds=1).fit(model, reversed_, data.train).unlearning_.lr == 1e-4
     foreign = copy.deepcopy(model)
     del foreign.info.metadata["training"]
-    assert Unlearner.paper(foreign, data_fraction=0.2).fit(foreign, reversed_, data.train).unlearning_.lr == 1e-3
+    assert Unlearner("paper", data_fraction=0.2).fit(foreign, reversed_, data.train).unlearning_.lr == 1e-3
     # The sized recipe does not need the training rate: it tries each candidate on held-back data.
-    searched = Unlearner(steps=40, search_steps=20).fit(foreign, reversed_, data.train).unlearning_
+    searched = Unlearner(steps=40, search_steps=20, rounds=1).fit(foreign, reversed_, data.train).unlearning_
     assert [r["lr"] for r in searched.lr_search] == [1e-4, 3e-4, 1e-3, 3e-3] and searched.lr in (1e-4, 3e-4, 1e-3, 3e-3)
     assert all(0 <= r["reversed_success"] <= 1 and 0 <= r["clean_accuracy"] <= 1 for r in searched.lr_search)
     # A tolerance that keeps every rate: the pick is the lowest reversed success, ties to the larger rate.
-    loose = Unlearner(steps=40, search_steps=20, accuracy_tolerance=0.99).fit(foreign, reversed_, data.train).unlearning_
+    loose = Unlearner(steps=40, search_steps=20, accuracy_tolerance=0.99, rounds=1).fit(foreign, reversed_, data.train).unlearning_
     assert loose.lr_search == searched.lr_search  # the same short runs; only the choice differs
     assert loose.lr == min(loose.lr_search, key=lambda r: (round(r["reversed_success"], 2), -r["lr"]))["lr"]
     for bad in (-0.1, 1.0):
         with pytest.raises(InputError, match="accuracy_tolerance"):
             Unlearner(accuracy_tolerance=bad)
     # The candidates are a parameter: exactly those rates are tried, in order.
-    two = Unlearner(steps=40, search_steps=20, lr_candidates=(3e-3, 1e-2)).fit(foreign, reversed_, data.train).unlearning_
+    two = Unlearner(steps=40, search_steps=20, lr_candidates=(3e-3, 1e-2), rounds=1).fit(foreign, reversed_, data.train).unlearning_
     assert [r["lr"] for r in two.lr_search] == [3e-3, 1e-2] and two.lr in (3e-3, 1e-2)
     for bad in ((), (1e-3, 0.0), (-1e-3,)):
         with pytest.raises(InputError, match="lr_candidates"):
@@ -280,10 +284,11 @@ def test_rate_search_scores_the_refound_trigger_when_recorded() -> None:
     assert choose_rate([{k: v for k, v in r.items() if k != "refound_success"} for r in record], 0.95, 100, 0.02) == 3e-3
 
 
+@pytest.mark.slow
 def test_mitigate_runner_measures_before_and_after(infected, data, scan) -> None:
     model, _ = infected
-    out = mitigate(model, scan, data, "unlearn", labels=[TARGET], real=known_backdoors(model.info.metadata), epochs=2,
-                   data_fraction=1.0, baselines=True)
+    out = mitigate(model, scan, data, Unlearner(epochs=2), labels=[TARGET], real=known_backdoors(model.info.metadata),
+                   baselines=True)
     assert out.attack_trigger == "real" and out.labels == [TARGET]
     assert out.after.worst_attack_success < out.before.worst_attack_success
     assert set(out.baselines) == {"fine_tune_no_trigger", "unlearn_real_trigger"}
@@ -296,7 +301,7 @@ def test_mitigate_runner_measures_before_and_after(infected, data, scan) -> None
 def test_mitigate_filter_counts_flagged_inputs_as_stopped(infected, data, scan) -> None:
     model, _ = infected
     real = known_backdoors(model.info.metadata)
-    out = mitigate(model, scan, data, "filter", labels=[TARGET], top_fraction=0.1, real=real)
+    out = mitigate(model, scan, data, InputFilter(top_fraction=0.1), labels=[TARGET], real=real)
     # "After" counts a flagged input as stopped; recount that from the filter's own flags.
     _, held_out = split_for_mitigation(data)
     x = triggered_inputs(held_out, real)
@@ -433,6 +438,7 @@ def test_diverging_unlearning_says_so(infected, data, reversed_) -> None:
         Unlearner(lr=1e30, data_fraction=0.5).fit(model, reversed_, data.train)
 
 
+@pytest.mark.slow
 def test_mitigations_share_one_shape(infected, data, reversed_, held_out) -> None:
     """scikit-learn's shape: settings in the constructor, fit returns self, fitted values end in _,
     apply gives the mitigated model, evaluate the before and after figures."""
@@ -442,7 +448,7 @@ def test_mitigations_share_one_shape(infected, data, reversed_, held_out) -> Non
     real = known_backdoors(model.info.metadata)
     clean = data.train.random_sample(300)
     for cls, kwargs in ((InputFilter, {"top_fraction": 0.1}), (NeuronPruner, {"step": 0.1}),
-                        (Unlearner, {"data_fraction": 0.5})):
+                        (Unlearner, {"data_fraction": 0.5, "rounds": 1})):
         unfitted = cls(**kwargs)
         assert isinstance(unfitted, Mitigation)
         with pytest.raises(NotFittedError):
@@ -458,6 +464,7 @@ def test_mitigations_share_one_shape(infected, data, reversed_, held_out) -> Non
             cls(model)
 
 
+@pytest.mark.slow
 def test_verdict_comes_from_a_rescan_of_the_patched_model(infected, data, scan) -> None:
     """"Backdoor removed" only when a fresh scan of the patched model no longer flags the label;
     a repair that barely touches the model says the backdoor may persist, with the figures."""
@@ -467,12 +474,12 @@ def test_verdict_comes_from_a_rescan_of_the_patched_model(infected, data, scan) 
     # The rescan judges by the scan's rule: here the paper's, which the tiny task was tuned with.
     scan = NeuralCleanse("fast", samples=240, progress=False, seed=1, rule="published").scan(model, data.test)
     real = known_backdoors(model.info.metadata)
-    weak = mitigate(model, scan, data, "prune", labels=[TARGET], real=real, prune_step=0.03, max_fraction=0.03)
+    weak = mitigate(model, scan, data, NeuronPruner(step=0.03, max_fraction=0.03), labels=[TARGET], real=real)
     assert weak.rescan is not None and TARGET in weak.rescan.flagged_after
     assert weak.verdict == PERSISTS and weak.to_dict()["rescan"]["backdoor_removed"] is False
     assert weak.rescan.norms_before[TARGET] == pytest.approx(scan.l1_norms[scan.labels.index(TARGET)])
     # The sized recipe with twice its default budget: at 300 steps the label's rescan index lands at 2.5.
-    strong = mitigate(model, scan, data, "unlearn", labels=[TARGET], real=real, baselines=False, steps=600)
+    strong = mitigate(model, scan, data, Unlearner(steps=600), labels=[TARGET], real=real)
     assert strong.after.worst_attack_success < 0.2  # the real trigger, held-out data
     assert strong.verdict == REMOVED, strong.rescan.to_dict()
     assert strong.rescan.norms_after[TARGET] > strong.rescan.norms_before[TARGET]

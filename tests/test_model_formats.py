@@ -16,6 +16,8 @@ from cli_helpers import NUM_CLASSES, SIDE, TARGET, assert_bad_input, invoke, wri
 from neuralcleanse.cli import EXIT_CLEAN, EXIT_INFECTED
 from neuralcleanse.models.loading import load_model
 
+pytestmark = pytest.mark.slow  # the quick subset (make test-quick) leaves this module out
+
 MEAN, STD = "0.3", "0.2"
 FACTORY = "neuralcleanse.models.architectures:tiny_net"
 KWARGS = json.dumps({"num_classes": NUM_CLASSES, "in_channels": 1, "image_size": SIDE})
@@ -208,8 +210,8 @@ def test_mitigating_a_factory_model_writes_its_weights(exported, tmp_path) -> No
     invoke("scan", str(exported["state_dict"]), "--data", str(exported["npz"]), "--out", str(out), *SCAN, *extra)
     fixed = tmp_path / "fixed"
     result = invoke("mitigate", str(exported["state_dict"]), "--scan", str(out), "--data", str(exported["npz"]),
-                    "--method", "prune", "--out", str(fixed), "--labels", str(TARGET), "--step", "0.1",
-                    "--real-target", str(TARGET), "--real-size", "2", "--mean", MEAN, "--std", STD, *extra)
+                    "--method", "prune", "--out", str(fixed), "--labels", str(TARGET), "-p", "step=0.1",
+                    "--mean", MEAN, "--std", STD, *extra)
     assert result.exit_code == EXIT_CLEAN, result.output
     report = json.loads((fixed / "mitigation.json").read_text())
     assert report["files"]["state_dict"] == "model.state_dict.pt"
@@ -223,8 +225,8 @@ def test_mitigating_an_onnx_model_writes_onnx(onnx_exported, tmp_path) -> None:
     invoke("scan", str(exported["onnx"]), "--data", str(exported["npz"]), "--out", str(out), *SCAN)
     fixed = tmp_path / "fixed"
     result = invoke("mitigate", str(exported["onnx"]), "--scan", str(out), "--data", str(exported["npz"]),
-                    "--method", "prune", "--out", str(fixed), "--labels", str(TARGET), "--step", "0.1",
-                    "--real-target", str(TARGET), "--real-size", "2", "--mean", MEAN, "--std", STD)
+                    "--method", "prune", "--out", str(fixed), "--labels", str(TARGET), "-p", "step=0.1",
+                    "--mean", MEAN, "--std", STD)
     assert result.exit_code == EXIT_CLEAN, result.output
     report = json.loads((fixed / "mitigation.json").read_text())
     assert report["files"]["onnx"] == "model.onnx"

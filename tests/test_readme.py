@@ -8,6 +8,8 @@ import pytest
 
 from cli_helpers import invoke
 
+pytestmark = pytest.mark.slow  # the quick subset (make test-quick) leaves this module out
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 

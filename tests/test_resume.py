@@ -18,6 +18,8 @@ from neuralcleanse.cli import EXIT_CLEAN, EXIT_INFECTED
 from neuralcleanse.detection import NeuralCleanse
 from neuralcleanse.errors import InputError
 
+pytestmark = pytest.mark.slow  # the quick subset (make test-quick) leaves this module out
+
 EXE = Path(sys.executable).parent / "neuralcleanse"
 
 

@@ -21,6 +21,8 @@ from neuralcleanse.zoo import journal
 from neuralcleanse.zoo.manifest import _unique_names
 from neuralcleanse.zoo.summary import suspicious_first
 
+pytestmark = pytest.mark.slow  # the quick subset (make test-quick) leaves this module out
+
 # Small budgets (verdicts on these tiny models are not the point here) and a fixed block size, so
 # that two runs of one model agree bit for bit whatever runs them.
 FAST = ("--max-steps", "20", "--samples", "60", "--block-size", "3")
@@ -174,7 +176,7 @@ def test_ray_not_installed_says_how_to_install(zoo: Path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
     out = zoo / "out-noray"
     assert_bad_input(invoke("scan-many", str(zoo / "zoo"), "--data", str(zoo / "data.npz"), "--out", str(out),
-                            "--ray", "auto"), "pip install 'neuralcleanse[ray]'")
+                            "--ray", "auto"), "pip install 'ray>=2.52,<3'")
     assert not (out / journal.JOURNAL_NAME).exists()
 
 

@@ -20,6 +20,8 @@ from neuralcleanse.errors import InputError
 from neuralcleanse.models.classifier import Classifier
 from tiny_task import Interrupt, many_label_task, small_schedule
 
+pytestmark = pytest.mark.slow  # the quick subset (make test-quick) leaves this module out
+
 K = 30
 SMALL = small_schedule()
 

@@ -10,6 +10,8 @@ from neuralcleanse.detection import NeuralCleanse
 from neuralcleanse.models.classifier import Classifier
 from tiny_task import Interrupt, many_label_task, small_schedule
 
+pytestmark = pytest.mark.slow  # the quick subset (make test-quick) leaves this module out
+
 K = 24
 SMALL = small_schedule()
 

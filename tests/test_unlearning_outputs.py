@@ -49,8 +49,8 @@ def test_unlearning_a_softmax_network_trains_its_logits(infected, data, trigger)
     model, _ = infected
     wrapped = _ending_in_softmax(model, "module")
     backdoor = [Backdoor(TARGET, trigger)]
-    plain = Unlearner(steps=40, lr=1e-3, distill=0.0).fit(model, backdoor, data.train).apply()
-    patched = Unlearner(steps=40, lr=1e-3, distill=0.0).fit(wrapped, backdoor, data.train).apply()
+    plain = Unlearner(steps=40, lr=1e-3, distill=0.0, rounds=1).fit(model, backdoor, data.train).apply()
+    patched = Unlearner(steps=40, lr=1e-3, distill=0.0, rounds=1).fit(wrapped, backdoor, data.train).apply()
     for a, b in zip(plain.parameters(), patched.net[0].parameters()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     assert attack_success_rate(patched, data.test, trigger, TARGET) < 0.5
@@ -69,7 +69,7 @@ def test_distillation_term_and_setting(infected, data, trigger) -> None:
         with pytest.raises(InputError, match="distill"):
             Unlearner(distill=bad)
     backdoor = [Backdoor(TARGET, trigger)]
-    runs = {w: Unlearner(steps=60, lr=3e-3, distill=w).fit(model, backdoor, data.train) for w in (0.0, 1.0)}
+    runs = {w: Unlearner(steps=60, lr=3e-3, distill=w, rounds=1).fit(model, backdoor, data.train) for w in (0.0, 1.0)}
     for w, run in runs.items():
         patched = run.apply()
         assert attack_success_rate(patched, data.test, trigger, TARGET) < 0.2, w
@@ -98,7 +98,7 @@ def test_unlearning_with_mixup(infected, data, trigger) -> None:
         with pytest.raises(InputError, match="mixup"):
             Unlearner(mixup=bad)
     backdoor = [Backdoor(TARGET, trigger)]
-    runs = {m: Unlearner(steps=60, lr=3e-3, mixup=m).fit(model, backdoor, data.train) for m in (0.0, 0.5)}
+    runs = {m: Unlearner(steps=60, lr=3e-3, mixup=m, rounds=1).fit(model, backdoor, data.train) for m in (0.0, 0.5)}
     assert runs[0.0].unlearning_.losses != runs[0.5].unlearning_.losses  # the mixed rows change the training
     patched = runs[0.5].apply()
     assert attack_success_rate(patched, data.test, trigger, TARGET) < 0.2
@@ -165,7 +165,7 @@ def test_adversarial_unlearning_removes_a_backdoor_the_reversed_trigger_missed(i
         Unlearner(refresh=0)
     rates = {}
     for share in (0.0, 0.3):
-        run = Unlearner(steps=60, lr=3e-3, adversarial=share, refresh=2).fit(model, decoy, data.train)
+        run = Unlearner(steps=60, lr=3e-3, adversarial=share, refresh=2, rounds=1).fit(model, decoy, data.train)
         patched = run.apply()
         rates[share] = attack_success_rate(patched, data.test, trigger, TARGET)
         refound = run.unlearning_.to_dict().get("refound_triggers")

@@ -26,11 +26,12 @@ def test_rounds_go_on_while_the_recheck_finds_the_label(infected, data, trigger)
         calls.append(len(calls))
         return ([_other_trigger()] if len(calls) == 1 else []), {"round": len(calls)}
 
-    u = Unlearner(steps=20, lr=1e-3, rounds=4).fit(model, [Backdoor(TARGET, trigger)], data.train, recheck=recheck)
+    u = Unlearner(steps=20, lr=1e-3, rounds=4, min_rounds=1).fit(model, [Backdoor(TARGET, trigger)], data.train,
+                                                                 recheck=recheck)
     rounds = u.unlearning_.rounds
     # Round 1 trains, the recheck finds a trigger, round 2 trains with both, the recheck finds none: stop.
     assert [r["triggers_added"] for r in rounds] == [[TARGET], []] and len(calls) == 2
-    assert len(u.unlearning_.losses) == 2 * len(Unlearner(steps=20, lr=1e-3).fit(
+    assert len(u.unlearning_.losses) == 2 * len(Unlearner(steps=20, lr=1e-3, rounds=1).fit(
         model, [Backdoor(TARGET, trigger)], data.train).unlearning_.losses)
     # Each recheck saw the model its round made; the last one saw the model returned.
     assert seen_models[0] is not seen_models[1] and u.apply() is seen_models[1]
@@ -42,7 +43,7 @@ def test_one_round_never_rechecks(infected, data, trigger) -> None:
     def recheck(patched, every):
         raise AssertionError("called with rounds=1")
 
-    u = Unlearner(steps=10, lr=1e-3).fit(model, [Backdoor(TARGET, trigger)], data.train, recheck=recheck)
+    u = Unlearner(steps=10, lr=1e-3, rounds=1).fit(model, [Backdoor(TARGET, trigger)], data.train, recheck=recheck)
     assert u.unlearning_.rounds == []
 
 
@@ -74,24 +75,24 @@ def test_min_rounds_run_whatever_the_recheck_finds(infected, data, trigger) -> N
             Unlearner(rounds=4, min_rounds=bad)
 
 
+@pytest.mark.slow
 def test_rounds_through_mitigate_rescan_on_tuning_data(infected, data) -> None:
     from neuralcleanse.detection import NeuralCleanse
     from neuralcleanse.mitigation import mitigate
 
     model, _ = infected
     scan = NeuralCleanse("fast", samples=240, progress=False).scan(model, data.test)
-    out = mitigate(model, scan, data, "unlearn", labels=[TARGET], steps=30, lr=1e-3, rounds=2, min_rounds=1,
-                   baselines=False)
+    out = mitigate(model, scan, data, Unlearner(steps=30, lr=1e-3, rounds=2, min_rounds=1), labels=[TARGET])
     rounds = out.details["unlearning"]["rounds"]
     assert len(rounds) == 1 and rounds[0]["treated_labels"] == [TARGET] and rounds[0]["forced"] is False
     assert out.settings["rounds"] in (1, 2) and out.settings["rounds"] == 1 + bool(rounds[0]["triggers_added"])
     # By default the second round runs whatever the rescan finds, with the label's fresh trigger.
-    out = mitigate(model, scan, data, "unlearn", labels=[TARGET], steps=30, lr=1e-3, rounds=2, baselines=False)
+    out = mitigate(model, scan, data, Unlearner(steps=30, lr=1e-3, rounds=2), labels=[TARGET])
     rounds = out.details["unlearning"]["rounds"]
     assert rounds[0]["forced"] is True and rounds[0]["triggers_added"] == [TARGET]
     assert out.settings["rounds"] == 2 and out.settings["min_rounds"] == 2
     # With one round asked for, the default asks for no more.
-    out = mitigate(model, scan, data, "unlearn", labels=[TARGET], steps=30, lr=1e-3, rounds=1, baselines=False)
+    out = mitigate(model, scan, data, Unlearner(steps=30, lr=1e-3, rounds=1), labels=[TARGET])
     assert out.details["unlearning"]["rounds"] == [] and out.settings["rounds"] == 1
 
 
@@ -119,7 +120,7 @@ def test_freeze_norm_keeps_batch_norm_statistics(data, trigger, freeze) -> None:
     net = torch.nn.Sequential(torch.nn.Conv2d(channels, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
                               torch.nn.Flatten(), torch.nn.Linear(4 * SIDE * SIDE, int(data.train.y.max()) + 1)).eval()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    patched = Unlearner(steps=5, lr=1e-2, freeze_norm=freeze).fit(net, [Backdoor(TARGET, trigger)], data.train).apply()
+    patched = Unlearner(steps=5, lr=1e-2, freeze_norm=freeze, rounds=1).fit(net, [Backdoor(TARGET, trigger)], data.train).apply()
     after = patched.state_dict()
     assert not torch.equal(after["0.weight"], before["0.weight"])  # it trained either way
     kept = torch.equal(after["1.running_mean"], before["1.running_mean"]) and \
@@ -128,6 +129,7 @@ def test_freeze_norm_keeps_batch_norm_statistics(data, trigger, freeze) -> None:
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # the source is untouched
 
 
+@pytest.mark.slow
 def test_extra_triggers_are_treated_beside_the_scans(infected, data) -> None:
     """mitigate(extra_triggers=): more reversed triggers of a treated label (e.g. other scan seeds) are
     stamped and measured beside the scan's, the label is treated once, and a label not treated is refused."""
@@ -136,12 +138,13 @@ def test_extra_triggers_are_treated_beside_the_scans(infected, data) -> None:
 
     model, _ = infected
     scan = NeuralCleanse("fast", samples=240, progress=False).scan(model, data.test)
-    settings = dict(labels=[TARGET], steps=20, lr=1e-3, rounds=1, baselines=False, verify=False)
-    plain = mitigate(model, scan, data, "unlearn", **settings)
-    more = mitigate(model, scan, data, "unlearn", extra_triggers=[_other_trigger()], **settings)
+    method = Unlearner(steps=20, lr=1e-3, rounds=1)
+    settings = dict(labels=[TARGET], verify=False)
+    plain = mitigate(model, scan, data, method, **settings)
+    more = mitigate(model, scan, data, method, extra_triggers=[_other_trigger()], **settings)
     assert plain.settings["extra_triggers"] == 0 and more.settings["extra_triggers"] == 1
     assert more.labels == [TARGET] and more.reversed_after.targets == [TARGET, TARGET]
     assert any(not torch.equal(a, b) for a, b in zip(plain.model.parameters(), more.model.parameters()))
     with pytest.raises(InputError, match="not treated"):
-        mitigate(model, scan, data, "unlearn", extra_triggers=[Backdoor(TARGET + 1, _other_trigger().trigger)],
+        mitigate(model, scan, data, method, extra_triggers=[Backdoor(TARGET + 1, _other_trigger().trigger)],
                  **settings)

@@ -225,6 +225,7 @@ def test_enough_mutations() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 @pytest.mark.parametrize("name, kind, mutate", MUTATIONS, ids=[m[0] for m in MUTATIONS])
 def test_tampered_folder_is_refused_with_one_line(pristine, tmp_path, name, kind, mutate) -> None:
     sandbox = tmp_path / "sandbox"
@@ -321,6 +322,7 @@ def test_non_image_inside_the_folder_is_not_embedded(pristine, tmp_path) -> None
 
 # ---- one run per folder -------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_second_run_on_a_busy_folder_is_refused(pristine, tmp_path) -> None:
     """Another process holds the folder (as a running scan does): a scan with --force and a
     mitigation into it are refused at once, and the finished scan in it is untouched."""

@@ -24,8 +24,8 @@ from neuralcleanse.errors import InputError
 @click.option("--samples", type=click.IntRange(min=10), default=None,
               help="Clean samples to optimise with (default 1000).")
 @click.option("--labels", default=None, help="Only these labels, e.g. 0,3,7 (outlier analysis needs ≥3).")
-@click.option("--loss", type=click.Choice(["cross_entropy", "original"]), default=None,
-              help="original = the published code's swapped cross-entropy.")
+@click.option("--loss", type=click.Choice(["cross_entropy", "original"]), default=None, hidden=True,
+              help="original = the published code's swapped cross-entropy (kept for study; docs/presets.md).")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,
               help="Override the preset's step budget per label.")
 @click.option("--rule", type=click.Choice(sorted(RULES)), default=DEFAULT_RULE, show_default=True,
@@ -41,13 +41,13 @@ from neuralcleanse.errors import InputError
 @click.option("--restarts", type=click.IntRange(min=0), default=4, show_default=True,
               help="When the anomaly index lies within 1 of the threshold, scan again with this many more seeds "
                    "and report the seed whose index is the median (0: never).")
-@click.option("--confirm", type=click.Choice(["original"]), default=None,
+@click.option("--confirm", type=click.Choice(["original"]), default=None, hidden=True,
               help="When the anomaly index lies within 1 of the threshold, scan again with this preset and report "
-                   "that scan instead of restarting (slower: minutes a model; docs/results.md, 'Session 13').")
+                   "that scan instead of restarting (kept for study, not recommended; docs/presets.md).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Split the labels across this many local processes (one model, merged into one result).")
 @click.option("--ray", "ray_address", default=None, metavar="auto|ADDRESS",
-              help="Split the labels across Ray tasks on this cluster (needs neuralcleanse[ray]; docs/scale.md).")
+              help="Split the labels across Ray tasks on this cluster (needs Ray: pip install 'ray>=2.52,<3'; docs/scale.md).")
 @click.option("--resume", is_flag=True, help="Go on with an interrupted scan in --out (same command otherwise).")
 @click.option("--force", is_flag=True, help="Replace a finished or interrupted scan in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout (messages go to stderr).")
@@ -66,23 +66,32 @@ def scan(ctx: click.Context, model_path: str, data_source: str, out: str, preset
     Exit code 0: no label flagged; 3: infected (at least one label flagged); 4: inconclusive (every
     label is easy to reach, so mask size cannot single out a backdoor); 2: bad input; 1: crash.
     """
+    from neuralcleanse.detection import NeuralCleanse
     from neuralcleanse.pipeline import scan_folder
     from neuralcleanse.report.html_report import read_run_folder
 
     if resume and force:
         raise InputError("--resume and --force contradict each other: resume keeps the run in --out, force replaces it")
     label_list = parse_ints(labels) if labels else None
+    scanner = NeuralCleanse(preset, samples=samples, rule=rule, threshold=threshold, device=parse_device(device),
+                            seed=seed, block_size=block_size, precision=precision, progress=ctx.obj["progress"],
+                            schedule=schedule, restarts=restarts, confirm=confirm,
+                            workers=max(workers, 2) if ray_address and workers == 1 else workers, ray=ray_address,
+                            **config_overrides(loss=loss, max_steps=max_steps))
     result, finished = scan_folder(
-        out, lambda: load_model_and_data_from_flags(model_path, data_source, **model_flags), resume=resume, force=force,
-        preset=preset, samples=samples, labels=label_list, loss=loss, max_steps=max_steps, rule=rule,
-        threshold=threshold, seed=seed, block_size=block_size, device=parse_device(device), precision=precision,
-        schedule=schedule, restarts=restarts, confirm=confirm, workers=max(workers, 2) if ray_address and workers == 1 else workers, ray=ray_address,
-        progress=ctx.obj["progress"], model_desc={"path": str(model_path)}, data_desc={"source": data_source})
+        out, lambda: load_model_and_data_from_flags(model_path, data_source, **model_flags), scanner,
+        labels=label_list, resume=resume, force=force, model_desc={"path": str(model_path)},
+        data_desc={"source": data_source})
     if finished is not None:
         read_run_folder(Path(out))  # what the page shows, checked before anything is printed
         click.echo(f"{Path(out) / 'report.json'} is a finished scan: nothing to resume", err=True)
     _print_verdict(result, out, as_json, finished)
     return _exit_code(result)
+
+
+def config_overrides(**values: Any) -> dict[str, Any]:
+    """The ReverseConfig settings a flag gave (None: the preset's)."""
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _exit_code(result: Any) -> int:

@@ -31,7 +31,7 @@ COMMAND_LINE_ONLY = ("factory", "factory_kwargs", "trust_pickle")
               help="Models scanned at once on this machine, each in its own process.")
 @click.option("--ray", "ray_address", default=None, metavar="auto|ADDRESS",
               help="Scan on a Ray cluster: auto (run on a cluster node) or HEAD:6379. Needs "
-                   "pip install 'neuralcleanse[ray]' and shared paths (docs/scale.md).")
+                   "pip install 'ray>=2.52,<3' (or '.[ray]' in a checkout) and shared paths (docs/scale.md).")
 @click.option("--threads-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
               help="PyTorch threads for each model being scanned (Ray reserves as many CPUs).")
 @click.option("--resume", is_flag=True,

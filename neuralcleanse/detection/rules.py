@@ -29,7 +29,7 @@ class Rule:
     alpha: when set, the threshold grows with the number of labels n tested: the z-score that
     the smallest of n normal draws passes with probability about `alpha` (Bonferroni,
     Φ⁻¹(1 − alpha/n)), never below `threshold`. At 1,000 labels an index of 2 is the tail of the
-    natural spread, not an outlier (docs/results.md, "Many labels")."""
+    natural spread, not an outlier (docs/results.md, "Scale")."""
 
     name: str
     log_norms: bool = False
@@ -103,7 +103,7 @@ RULES: dict[str, Rule] = {
 # The default since 0.3. On the MNIST population's test split it flags the true target of 17 of 20
 # infected models (published: 13) for 3 false alarms in 20 (published: 2); it leaves the clean GTSRB
 # benchmark twin clean (published: flagged); at 1,000 labels the published rule flags a dozen natural
-# labels. docs/results.md, "Which rule is the default", has the figures.
+# labels. docs/experiments/2026-12-02-decision-rule.md has the figures.
 DEFAULT_RULE = "log-mad"
 
 

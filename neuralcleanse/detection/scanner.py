@@ -50,7 +50,7 @@ class NeuralCleanse:
     scanned again with this many more seeds and the scan with the median index is the result (the
     full schedule only; chosen on the MNIST population's tune split, docs/results.md).
     `confirm="original"`: within the same band, the labels are instead scanned again with that preset
-    and its scan is the result (slower; docs/results.md, "Session 13", has what it buys).
+    and its scan is the result (slower; docs/experiments/2026-12-03-scan-variants.md has what it buys).
     """
 
     def __init__(
@@ -137,7 +137,7 @@ class NeuralCleanse:
         """Near the threshold the labels are scanned again with the `confirm` preset (same seed and
         overrides), and that scan is the result. With `original` on the MNIST population this ranked
         models better than the seeds' median (test AUROC 0.963 against 0.940) for 32-67x the time of a
-        fast scan on the models it touches, and raised a false alarm on tune (docs/results.md, "Session 13")."""
+        fast scan on the models it touches, and raised a false alarm on tune (docs/experiments/2026-12-03-scan-variants.md)."""
         again = copy.copy(self)
         again.plan = self._with_overrides(get_preset(self.confirm))
         again.confirm, again.restarts, again.progress = None, 0, False
@@ -209,7 +209,7 @@ class NeuralCleanse:
         `restarts` more seeds, and the scan whose anomaly index is the median of them all is the result
         (its norms, masks and patterns; an even count takes the lower middle, the cautious side).
         Averaging the norms instead (0.3) shrank their spread across labels, and so the MAD, and biased
-        the index upward: two seeds' 2.73, 2.32, 2.45 became 3.14 (docs/results.md, "Restarts")."""
+        the index upward: two seeds' 2.73, 2.32, 2.45 became 3.14 (docs/experiments/2026-12-02-decision-rule.md)."""
         runs = [first]
         for k in range(1, self.restarts + 1):
             again = copy.copy(self)

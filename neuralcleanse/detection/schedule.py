@@ -4,7 +4,7 @@ With 1,000 labels the full `fast` budget takes ~20 minutes on a 2-core CPU, and 
 confirms that ordinary labels are ordinary. Coarse to fine: a short pass over every label, then
 the full budget only for
 - the candidates: the labels with the smallest norms after the short pass (a backdoor's target is
-  reached quickly with a small mask, so it is among them: docs/results.md, "Many labels",
+  reached quickly with a small mask, so it is among them: docs/results.md, "Scale",
   measures where the target stood), and
 - a reference: labels drawn at random from all of them, which estimate the median and MAD of
   full-budget norms without bias.

@@ -2,7 +2,7 @@
 
 The reversed trigger is one route to the label, found once on the model as given. On some networks
 (global pooling, batch norm) it is not the attacker's route, and unlearning it leaves the real trigger
-working (docs/mitigation.md, "Session 14"). Re-finding a small trigger for the label on the model as it
+working (docs/experiments/2026-12-03-unlearning-away-from-the-real-trigger.md). Re-finding a small trigger for the label on the model as it
 is being trained, every few steps, and stamping that too, unlearns whichever route is cheapest now: once
 the reversed one is gone, the next cheapest, which is where a planted trigger lies.
 """
@@ -28,7 +28,7 @@ class RefoundTriggers:
     (a hinge: within the budget the search is free to find any route, not only the smallest one).
     The hinge's `weight` holds the budget: at 0.05 the masks grew to four times it on MNIST nets, where
     they drew the label's own features, and unlearning those cost the label's clean accuracy (96% ->
-    51% recall on one model; docs/mitigation.md, "Session 15")."""
+    51% recall on one model; docs/experiments/2026-12-03-adversarial-unlearning.md)."""
 
     def __init__(self, model: nn.Module, backdoors: Sequence[Backdoor], search_steps: int = 10,
                  budget: float = 3.0, step_size: float = 0.1, weight: float = 1.0) -> None:

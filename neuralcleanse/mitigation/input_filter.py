@@ -9,11 +9,12 @@ from torch import nn
 
 from neuralcleanse.data.dataset import ImageDataset
 from neuralcleanse.errors import InputError, check_fractions, refuse_model_argument
-from neuralcleanse.mitigation.base import Mitigation, NotFittedError
+from neuralcleanse.mitigation.base import Mitigation, NotFittedError, Tuning
 from neuralcleanse.data.trigger import Backdoor
 from neuralcleanse.metrics import Measurement
 from neuralcleanse.mitigation.backdoors import triggered_inputs
 from neuralcleanse.mitigation.profile import ActivationProfile, profile_activations, unit_activations
+from neuralcleanse.models.classifier import clone_model
 from neuralcleanse.models.layers import FeatureLayer, capture_units
 
 
@@ -109,9 +110,11 @@ class InputFilter(Mitigation):
     >>> filt.rates(held_out).false_negative_rate
     """
 
+    name = "filter"
+
     def __init__(self, top_fraction: float | None = None, false_positive_rate: float = 0.05,
                  layer: FeatureLayer | str | None = None, batch_size: int = 256,
-                 device: torch.device | str = "cpu", score: str = "lda") -> None:
+                 device: torch.device | str = "cpu", score: str = "lda", seed: int = 0) -> None:
         refuse_model_argument("InputFilter", top_fraction, "InputFilter(...).fit(model, backdoors, clean_data)")
         if score not in SCORES:
             raise InputError(f"unknown filter score {score!r}; use one of {', '.join(SCORES)}")
@@ -123,6 +126,7 @@ class InputFilter(Mitigation):
         self.layer = layer
         self.batch_size = batch_size
         self.device = device
+        self.seed = seed
         self.score_kind = score
         self.offset_: torch.Tensor | None = None
         self.scale_: torch.Tensor | None = None
@@ -133,6 +137,7 @@ class InputFilter(Mitigation):
 
     def fit(self, model: nn.Module, backdoors: Sequence[Backdoor], data: ImageDataset) -> "InputFilter":
         self._remember(model, backdoors)
+        self.fit_samples_ = len(data)
         profile = profile_activations(model, data, backdoors, self.layer, self.batch_size, self.device, keep=True)
         chosen = scored_units(profile, self.score_kind, self.top_fraction)
         self.units_, self.offset_, self.scale_, self.weight_ = chosen
@@ -141,6 +146,21 @@ class InputFilter(Mitigation):
         # Flag strictly above the (1 - FPR) quantile of clean scores.
         self.threshold_ = float(torch.quantile(scores.double(), 1.0 - self.false_positive_rate))
         return self
+
+    def fit_tuning(self, model: nn.Module, backdoors: Sequence[Backdoor], tuning: Tuning) -> "InputFilter":
+        # No pruning curve to measure: units are ranked and the threshold set on the whole tuning draw (a 95%
+        # quantile of 250 clean scores, what half of a user's 500 gives, is a noisy threshold).
+        return self.fit(model, backdoors, tuning.capped)
+
+    def run_record(self, held_out: ImageDataset, judge: Sequence[Backdoor]) -> tuple[dict, dict, dict]:
+        rates = self.rates(held_out, judge)
+        settings = dict(top_fraction=self.top_fraction, false_positive_rate=self.false_positive_rate,
+                        filter_score=self.score_kind, fit_samples=self.fit_samples_,
+                        layer=self.profile_.layer.to_dict())
+        details = {"filter": {**self.to_dict(), **rates.to_dict(),
+                              "reversed_false_negative_rate": self.rates(held_out).false_negative_rate}}
+        # The model itself is unchanged; its copy carries the filter's settings into the checkpoint.
+        return settings, details, {"model": clone_model(self.source_model_), "filter": self, "filter_rates": rates}
 
     def _fitted(self) -> tuple[FeatureLayer, torch.Tensor, float]:
         if self.profile_ is None or self.units_ is None or self.threshold_ is None:

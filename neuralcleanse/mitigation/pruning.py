@@ -8,13 +8,13 @@ import torch
 from torch import nn
 
 from neuralcleanse.data.dataset import ImageDataset
-from neuralcleanse.errors import check_fractions, refuse_model_argument
-from neuralcleanse.mitigation.base import Mitigation
+from neuralcleanse.errors import InputError, check_fractions, refuse_model_argument
+from neuralcleanse.mitigation.base import Mitigation, Tuning
 from neuralcleanse.models.classifier import clone_model
 from neuralcleanse.data.trigger import Backdoor
 from neuralcleanse.metrics import measure
 from neuralcleanse.mitigation.profile import ActivationProfile, profile_activations
-from neuralcleanse.models.layers import FeatureLayer, prune_units, silence_units
+from neuralcleanse.models.layers import FeatureLayer, can_bake, prune_units, resolve_layer, silence_units
 
 
 @dataclass
@@ -74,9 +74,11 @@ class NeuronPruner(Mitigation):
     >>> pruner.apply()               # the pruned copy; pruner.pruning_.curve holds every step
     """
 
+    name = "prune"
+
     def __init__(self, step: float = 0.02, stop_success: float = 0.05, max_fraction: float = 1.0,
                  layer: FeatureLayer | str | None = None, batch_size: int = 256,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", seed: int = 0) -> None:
         refuse_model_argument("NeuronPruner", step, "NeuronPruner(...).fit(model, backdoors, clean_data)")
         check_fractions(step=step, max_fraction=max_fraction)
         check_fractions(include_one=False, stop_success=stop_success)
@@ -86,6 +88,7 @@ class NeuronPruner(Mitigation):
         self.layer = layer
         self.batch_size = batch_size
         self.device = device
+        self.seed = seed
         self.profile_: ActivationProfile | None = None
         self.pruning_: PruningResult | None = None
 
@@ -97,8 +100,9 @@ class NeuronPruner(Mitigation):
         measured. `model` itself is not changed."""
         self._remember(model, backdoors)
         if curve_data is None:
-            order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
+            order = torch.randperm(len(data), generator=torch.Generator().manual_seed(self.seed))
             data, curve_data = data.subset(order[: len(order) // 2]), data.subset(order[len(order) // 2:])
+        self.curve_samples_ = len(curve_data)
         self.pruning_ = self._prune(model, backdoors, data, curve_data, real)
         self.profile_ = self.pruning_.profile
         return self
@@ -106,6 +110,23 @@ class NeuronPruner(Mitigation):
     def apply(self) -> nn.Module:
         self._check_fitted()
         return self.pruning_.model
+
+    def fit_tuning(self, model: nn.Module, backdoors: Sequence[Backdoor], tuning: Tuning) -> "NeuronPruner":
+        chosen = resolve_layer(model, self.layer)
+        if getattr(getattr(model, "info", None), "arch", None) is None and not can_bake(model, chosen):
+            raise InputError(f"pruning layer {chosen.name!r} needs a hook, which only the tool's checkpoints "
+                             "keep; for this model prune a dense or convolutional layer (the default does)")
+        return self.fit(model, backdoors, tuning.fit, curve_data=tuning.curve, real=tuning.real)
+
+    def run_record(self, held_out: ImageDataset, judge: Sequence[Backdoor]) -> tuple[dict, dict, dict]:
+        result = self.pruning_
+        settings = dict(step=self.step, stop_success=self.stop_success, max_fraction=self.max_fraction,
+                        layer=result.layer.to_dict(), curve_samples=self.curve_samples_)
+        details = {"pruning": result.to_dict()}
+        if not result.reached:
+            details["pruning"]["note"] = (f"the reversed trigger still succeeds above {self.stop_success:.0%} "
+                                          f"with {self.max_fraction:.0%} of the layer pruned")
+        return settings, details, {"model": self.apply(), "pruning": result}
 
     def _prune(self, model: nn.Module, backdoors: Sequence[Backdoor], rank_data: ImageDataset,
                eval_data: ImageDataset, real: Sequence[Backdoor]) -> PruningResult:

@@ -1,10 +1,10 @@
 """Unlearning: fine-tune on clean data where a share carries the reversed trigger but keeps its label."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
-
+import copy
 import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -15,7 +15,9 @@ from neuralcleanse.data.augment import Mixup
 from neuralcleanse.data.dataset import ImageDataset
 from neuralcleanse.errors import InputError, check_fractions, refuse_model_argument
 from neuralcleanse.mitigation.adversarial import RefoundTriggers, refound_success
-from neuralcleanse.mitigation.base import Mitigation
+from neuralcleanse.metrics import Measurement
+from neuralcleanse.mitigation.base import Mitigation, Recheck, Tuning
+from neuralcleanse.mitigation.verify import rescan
 from neuralcleanse.models.checks import output_kind
 from neuralcleanse.models.classifier import Classifier, clone_model
 from neuralcleanse.models.outputs import log_of_probabilities, logits_for_search
@@ -31,11 +33,16 @@ LR_CANDIDATES = (1e-4, 3e-4, 1e-3, 3e-3)
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm,)
 ACCURACY_TOLERANCE = 0.02  # clean accuracy a searched rate may give up on the held-back fifth (0.01 before 0.5)
 RECIPES = ("sized", "paper")
+SIZED_STEPS = 300  # optimiser steps of 64 images: the sized recipe's budget
+# Rounds of unlearning, each with the treated labels' fresh reversed triggers, run whatever the rescan between
+# them finds: a second round took the real attack to <= 5% on 13 of 19 MNIST tune-split models against 8, where
+# the rescan after round one had stopped finding the label on all (0.4); three since 0.5 (docs/mitigation.md).
+SIZED_ROUNDS = 3
 # The adversarial gate re-finds a trigger on this many tuning images, by this many searches of 10 Adam
 # steps each: six (the rate search's) left a planted trigger unfound from a decoy start on the test task.
 GATE_SAMPLES, GATE_SEARCHES = 500, 20
 # ... within this many times the reversed trigger's L1 norm (Unlearner's `gate_budget`). Chosen on the MNIST
-# tune split from checks at 0.5, 1, 2 and 3 (docs/results.md, "Session 16"): within 1 no MNIST model's
+# tune split from checks at 0.5, 1, 2 and 3 (docs/experiments/2026-12-04-gated-adversarial-round.md): within 1 no MNIST model's
 # re-found trigger passed 15%, not even where 82% of the real attack was left; within 3 it passed 20% on 7
 # of the 20 models, 5 of them already cleaned. On the 8x8 test task, 2 already reaches a cleaned model's
 # label through its own features: the tests there set 1.
@@ -89,12 +96,6 @@ class UnlearningResult:
                 "losses": self.losses, "lr_search": self.lr_search, "rounds": self.rounds,
                 **({"refound_triggers": self.refound} if self.refound else {}),
                 **({"adversarial_gate": self.gate_checks} if self.gate_checks else {})}
-
-
-# Given the model after a round of unlearning, the backdoors a fresh reverse-engineering still finds
-# (triggers of treated labels that still stand out; with the flag set, of every treated label), with a
-# record of what it saw; none: stop.
-Recheck = Callable[[nn.Module, bool], tuple[list[Backdoor], dict[str, Any]]]
 
 
 def budget_subset(data: ImageDataset, images: int, seed: int = 0) -> ImageDataset:
@@ -175,37 +176,24 @@ class Unlearner(Mitigation):
     keeps its true label, so the model learns that the trigger means nothing. With no backdoors it
     is plain fine-tuning, the paper's baseline.
 
-    The default ("sized") recipe is built for what users have: a few hundred to a few thousand clean
-    images, no training data, no record of the model's learning rate. It uses all of `data`, for a
-    budget of `steps` optimiser steps (cycling over the data), stamps the trigger jittered in place
-    and strength, and picks the learning rate by short runs at each of `lr_candidates` scored on a
-    fifth of the data held back (reversed trigger's success, with clean accuracy kept within
-    `accuracy_tolerance`, two points since 0.5: on a 100-image fifth one point is one image).
-    `Unlearner.paper()` is the published recipe: one epoch on 10% of the data, 20% stamped exactly,
-    the model's own training rate (else 1e-3). docs/mitigation.md has the measurements.
+    `recipe="sized"` (the default) is built for what users have: a few hundred to a few thousand clean
+    images, no training data, no record of the model's learning rate. It uses all of `data` (`data_fraction`
+    1), for a budget of `steps` (300) optimiser steps of `batch_size` images, cycling over the data (or
+    `epochs` instead), stamps the trigger jittered in place and strength (`jitter` pixels: by default a
+    sixteenth of the image side), and picks the learning rate by short runs at each of `lr_candidates`
+    scored on a fifth of the data held back (reversed trigger's success, with clean accuracy kept within
+    `accuracy_tolerance`, two points: on a 100-image fifth one point is one image), unless `lr` is given.
+    It runs `rounds` (3) rounds; `distill` (1) weighs the distillation term.
+    `recipe="paper"` is the published recipe: one epoch on 10% of the data, 20% stamped exactly (no
+    jitter), the model's own training rate when its checkpoint records it (else 1e-3), one round, no
+    distillation. Parameters left at None take their recipe's value; docs/mitigation.md has the measurements.
 
-    `rounds` > 1 with a `recheck` given to `fit`: after each round the treated labels are reverse-
-    engineered afresh on the patched model, and while one still stands out its new trigger joins
-    the others for another round (the real trigger is seldom the first reversed one). The first
-    `min_rounds` rounds run whatever the recheck says, each with every treated label's fresh trigger:
-    a label that no longer stands out can still answer to the rest of the real trigger.
-
-    `roam` moves that share of the stamps anywhere in the image (JitteredStamp); off by default, as it
-    did not remove more on the population (docs/mitigation.md, "Session 14").
-
-    `adversarial` > 0 stamps a further share of each batch with triggers re-found for the treated labels
-    on the model being trained, every `refresh` batches (adversarial unlearning, after I-BAU;
-    neuralcleanse.mitigation.adversarial), within `adversarial_budget` times the reversed trigger's
-    L1 norm: where the reversed trigger is another route to the label than the attacker's, unlearning
-    it alone leaves the real one, and re-finding unlearns whichever small route is left. The rate
-    search then scores each rate by such a re-found trigger as well. docs/mitigation.md, "Session 15".
-    With `adversarial_gate` set, the rate search and the rounds above stay plain, and re-found triggers
-    are stamped only afterwards, in up to `adversarial_rounds` more rounds, each run only while a trigger
-    re-found on the patched model (within `gate_budget`, 2, times the reversed one's L1 norm; on up to
-    GATE_SAMPLES tuning images) still sends at least `adversarial_gate` of them to the label, so that
-    the extra cost falls on the models the plain rounds left open. On MNIST that check picked the
-    models needing the round on the tune split but not on the test split, where the round for every
-    model (`adversarial_gate=0`) did best (docs/mitigation.md, "Session 16").
+    Rounds: after each round the treated labels are reverse-engineered afresh on the patched model (by
+    `recheck` given to `fit`; `mitigate()` rescans with the scan's settings; by default a fast scan of the
+    treated labels beside up to ten others), and while one still stands out its new trigger joins the
+    others for another round (the real trigger is seldom the first reversed one). The first `min_rounds`
+    (all of them by default) run whatever the recheck says, each with every treated label's fresh
+    trigger: a label that no longer stands out can still answer to the rest of the real trigger.
 
     `distill` > 0 adds a distillation term (train_classifier): every training input, stamped or not,
     is also taught to answer as the model given answers the plain image. The clean behaviour is then
@@ -213,23 +201,47 @@ class Unlearner(Mitigation):
     a small set can afford. Cross-entropy is always taken on logits: a network that ends in a softmax
     is trained through the input of that softmax (`logits_view`), whatever its file's form.
 
+    Kept for study, measured and not adopted (docs/mitigation.md says what each did): `mixup` (a share of
+    each batch mixed with another image for the distillation term), `roam` (a share of the stamps moved
+    anywhere in the image, for global-pooling networks), `adversarial` (a further share of each batch
+    stamped with triggers re-found on the model being trained every `refresh` batches, within
+    `adversarial_budget` times the reversed trigger's L1 norm, after I-BAU; the rate search then scores
+    rates by a re-found trigger too), and `adversarial_gate` (re-found triggers stamped only in up to
+    `adversarial_rounds` extra rounds, each run only while a trigger re-found on the patched model within
+    `gate_budget` times the reversed one's norm still sends at least that share of GATE_SAMPLES tuning
+    images to the label).
+
     >>> patched = Unlearner().fit(model, backdoors, clean).apply()
     """
 
-    def __init__(self, steps: int | None = 300, trigger_share: float = 0.2, data_fraction: float = 1.0,
-                 lr: float | None = None, batch_size: int = 64, jitter: int | None = None, epochs: int | None = None,
-                 search_steps: int = 60, seed: int = 0, device: torch.device | str = "cpu",
-                 progress: bool = False, rounds: int = 1, min_rounds: int = 1,
-                 accuracy_tolerance: float = ACCURACY_TOLERANCE, freeze_norm: bool = False,
-                 distill: float = DISTILL, lr_candidates: Sequence[float] = LR_CANDIDATES, mixup: float = 0.0,
-                 roam: float = 0.0, adversarial: float = 0.0, refresh: int = 10,
-                 adversarial_budget: float = 3.0, adversarial_gate: float | None = None,
-                 adversarial_rounds: int = 1, gate_budget: float = GATE_BUDGET) -> None:
-        refuse_model_argument("Unlearner", steps, "Unlearner(...).fit(model, backdoors, clean_data)")
-        if epochs is not None and epochs < 1:
-            raise InputError(f"epochs must be at least 1, got {epochs}")
-        if epochs is None and (steps is None or steps < 1):
-            raise InputError(f"steps must be at least 1, got {steps}")
+    name = "unlearn"
+
+    def __init__(self, recipe: str = "sized", *, steps: int | None = None, epochs: int | None = None,
+                 trigger_share: float = 0.2, data_fraction: float | None = None, lr: float | None = None,
+                 rounds: int | None = None, min_rounds: int | None = None,
+                 accuracy_tolerance: float = ACCURACY_TOLERANCE, distill: float | None = None,
+                 jitter: int | None = None, batch_size: int = 64, search_steps: int = 60, freeze_norm: bool = False,
+                 lr_candidates: Sequence[float] = LR_CANDIDATES, mixup: float = 0.0, roam: float = 0.0,
+                 adversarial: float = 0.0, refresh: int = 10, adversarial_budget: float = 3.0,
+                 adversarial_gate: float | None = None, adversarial_rounds: int = 1, gate_budget: float = GATE_BUDGET,
+                 seed: int = 0, device: torch.device | str = "cpu", progress: bool = False) -> None:
+        refuse_model_argument("Unlearner", recipe, "Unlearner(...).fit(model, backdoors, clean_data)")
+        if recipe not in RECIPES:
+            raise InputError(f"unknown unlearning recipe {recipe!r}; use one of {', '.join(RECIPES)}")
+        self.recipe = recipe
+        paper = recipe == "paper"
+        # What a parameter left at None means depends on the recipe (see the class docstring).
+        if paper or epochs is not None:
+            epochs = 1 if epochs is None else epochs
+            steps = None
+        elif steps is None:
+            steps = SIZED_STEPS
+        data_fraction = (0.1 if paper else 1.0) if data_fraction is None else data_fraction
+        jitter = 0 if paper and jitter is None else jitter
+        rounds = (1 if paper else SIZED_ROUNDS) if rounds is None else rounds
+        if min_rounds is None and isinstance(rounds, int):
+            min_rounds = 1 if paper else min(SIZED_ROUNDS, rounds)
+        distill = (0.0 if paper else DISTILL) if distill is None else distill
         check_fractions(trigger_share=trigger_share, data_fraction=data_fraction)
         if lr is not None and lr <= 0:
             raise InputError(f"lr must be positive, got {lr}")
@@ -290,19 +302,14 @@ class Unlearner(Mitigation):
         self.unlearning_: UnlearningResult | None = None
         self._teacher: nn.Module | None = None
 
-    @classmethod
-    def paper(cls, model: nn.Module | None = None, **kwargs: Any) -> "Unlearner":
-        """The published recipe: one epoch on 10% of the data, 20% stamped exactly (no jitter), at the
-        model's own training rate when its checkpoint records it, else 1e-3."""
-        lr = kwargs.pop("lr", None) or (training_lr(model) if model is not None else None) or FALLBACK_LR
-        return cls(steps=None, epochs=kwargs.pop("epochs", 1), data_fraction=kwargs.pop("data_fraction", 0.1),
-                   jitter=0, lr=lr, **kwargs)
-
     def fit(self, model: nn.Module, backdoors: Sequence[Backdoor] | None, data: ImageDataset,
             recheck: Recheck | None = None) -> "Unlearner":
         """Fine-tunes a copy of `model`; `backdoors=None` fine-tunes with no trigger (the baseline).
-        `recheck`: see the class; used for rounds after the first."""
+        `recheck` finds the treated labels' fresh triggers between rounds (see the class); by default a
+        fast scan of them, beside up to ten other labels, on `data`."""
         self._remember(model, backdoors)
+        if recheck is None and backdoors and self.rounds > 1:
+            recheck = self._default_recheck(sorted({b.target for b in backdoors}), data)
         subset = data if self.data_fraction >= 1.0 else data.random_sample(
             max(1, int(round(self.data_fraction * len(data)))), seed=self.seed)
         search: list[dict[str, float]] = []
@@ -310,7 +317,12 @@ class Unlearner(Mitigation):
         # The model as given, frozen: what a clean input should still get (see `distill`).
         # (The published recipe stamps its set beforehand, keeping no plain image to distil from.)
         self._teacher = clone_model(model).eval() if self.distill > 0 and self.jitter != 0 else None
-        lr = self.lr if self.lr is not None else self._search_lr(model, backdoors, subset, search)
+        if self.lr is not None:
+            lr = self.lr
+        elif self.recipe == "paper":  # the model's own training rate, when its checkpoint records it
+            lr = training_lr(model) or FALLBACK_LR
+        else:
+            lr = self._search_lr(model, backdoors, subset, search)
         patched, losses, stamped, epochs = self._train(model, backdoors, subset, lr, self.steps, self._plain_share)
         rounds: list[dict[str, Any]] = []
         current = list(backdoors or [])
@@ -335,6 +347,45 @@ class Unlearner(Mitigation):
     def apply(self) -> nn.Module:
         self._check_fitted()
         return self.unlearning_.model
+
+    def fit_tuning(self, model: nn.Module, backdoors: Sequence[Backdoor], tuning: Tuning) -> "Unlearner":
+        return self.fit(model, backdoors, tuning.data, recheck=tuning.recheck)
+
+    def run_record(self, held_out: ImageDataset, judge: Sequence[Backdoor]) -> tuple[dict, dict, dict]:
+        found = self.unlearning_
+        sized = self.recipe == "sized"
+        lr_source = "given" if self.lr else ("searched" if sized else
+                                             "model's training" if training_lr(self.source_model_) else "fallback")
+        settings = dict(recipe=self.recipe, steps=self.steps, epochs=found.epochs, jitter=self.jitter,
+                        trigger_share=self.trigger_share, data_fraction=self.data_fraction, lr=found.lr,
+                        accuracy_tolerance=self.accuracy_tolerance, freeze_norm=self.freeze_norm,
+                        distill=self.distill if self.jitter != 0 else 0.0, mixup=self.mixup if sized else 0.0,
+                        roam=self.roam if sized else 0.0, adversarial=self.adversarial if sized else 0.0,
+                        refresh=self.refresh, adversarial_budget=self.adversarial_budget,
+                        adversarial_gate=self.adversarial_gate, min_rounds=self.min_rounds,
+                        rounds=1 + sum(bool(r["triggers_added"]) for r in found.rounds), lr_source=lr_source)
+        return settings, {"unlearning": found.to_dict()}, {"model": self.apply().to(self.device)}
+
+    def baselines(self, model: nn.Module, data: ImageDataset, held_out: ImageDataset,
+                  judge: Sequence[Backdoor], real: Sequence[Backdoor] = ()) -> dict[str, Measurement]:
+        """What plain fine-tuning with these settings does (no trigger stamped), and unlearning the real
+        trigger when it is known, each in one round: the paper's comparisons."""
+        def once() -> "Unlearner":
+            fresh = copy.deepcopy(self)
+            fresh.rounds = fresh.min_rounds = 1
+            return fresh
+
+        out = {"fine_tune_no_trigger": once().fit(model, None, data).measure_after(held_out, judge)}
+        if real:
+            out["unlearn_real_trigger"] = once().fit(model, real, data).measure_after(held_out, real)
+        return out
+
+    def _default_recheck(self, treated: list[int], data: ImageDataset) -> Recheck:
+        def recheck(patched: nn.Module, every: bool) -> tuple[list[Backdoor], dict[str, Any]]:
+            again = rescan(patched, None, treated, data, self.device)
+            return again.still_standing(every), again.to_dict()
+
+        return recheck
 
     @property
     def _plain_share(self) -> float:

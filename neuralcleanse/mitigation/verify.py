@@ -64,8 +64,11 @@ class Rescan:
 
     def summary(self) -> str:
         """Each treated label's norm and anomaly index, before -> after, in one line."""
-        return "; ".join(f"label {l}: L1 norm {self.norms_before[l]:.1f} -> {self.norms_after[l]:.1f}, anomaly index "
-                         f"{self.index_before[l]:.2f} -> {self.index_after[l]:.2f}" for l in self.treated)
+        def pair(before: dict[int, float], after: dict[int, float], label: int, digits: int) -> str:
+            return (f"{before[label]:.{digits}f} -> " if label in before else "") + f"{after[label]:.{digits}f}"
+
+        return "; ".join(f"label {l}: L1 norm {pair(self.norms_before, self.norms_after, l, 1)}, anomaly index "
+                         f"{pair(self.index_before, self.index_after, l, 2)}" for l in self.treated)
 
     def to_dict(self) -> dict[str, Any]:
         def table(d: dict[int, float]) -> dict[str, float | None]:
@@ -78,18 +81,27 @@ class Rescan:
                 "flagged_after": self.flagged_after, "wall_time_s": round(self.wall_time, 3)}
 
 
-def labels_to_rescan(scan: ScanResult, treated: Sequence[int], others: int = 10) -> list[int]:
+def labels_to_rescan(scan: ScanResult | None, treated: Sequence[int], others: int = 10,
+                     num_classes: int = 0) -> list[int]:
     """The treated labels plus up to `others` more, spread evenly over the scan's norms (sorted),
-    so the rescanned set has the original's median and spread; all labels when there are few."""
-    rest = sorted((l for l in scan.labels if l not in treated), key=lambda l: scan.l1_norms[scan.labels.index(l)])
+    so the rescanned set has the original's median and spread; all labels when there are few.
+    Without a scan, spread evenly over the `num_classes` labels."""
+    if scan is None:
+        rest = [l for l in range(num_classes) if l not in treated]
+    else:
+        rest = sorted((l for l in scan.labels if l not in treated),
+                      key=lambda l: scan.l1_norms[scan.labels.index(l)])
     if len(rest) > others:
         step = len(rest) / others
         rest = [rest[int(i * step + step / 2)] for i in range(others)]
     return sorted(set(treated) | set(rest))
 
 
-def scanner_like(scan: ScanResult, device: torch.device | str = "cpu") -> NeuralCleanse:
-    """A scanner with the settings the scan recorded (its preset's when they cannot be read)."""
+def scanner_like(scan: ScanResult | None, device: torch.device | str = "cpu") -> NeuralCleanse:
+    """A scanner with the settings the scan recorded (its preset's when they cannot be read; the
+    defaults without a scan)."""
+    if scan is None:
+        return NeuralCleanse(device=device, progress=False)
     settings = scan.settings or {}
     try:
         config = dict(settings["config"])
@@ -102,14 +114,18 @@ def scanner_like(scan: ScanResult, device: torch.device | str = "cpu") -> Neural
                          progress=False)
 
 
-def rescan(patched: nn.Module, scan: ScanResult, treated: Sequence[int], data: ImageDataset,
+def rescan(patched: nn.Module, scan: ScanResult | None, treated: Sequence[int], data: ImageDataset,
            device: torch.device | str = "cpu", others: int = 10) -> Rescan:
-    labels = labels_to_rescan(scan, treated, others)
-    after = scanner_like(scan, device).scan(patched, data, labels=labels)
+    """Scans `patched`'s treated labels beside `others` more on `data`, with the settings and rule of `scan`
+    (the defaults when it is None: then the "before" figures are left empty)."""
+    labels = labels_to_rescan(scan, treated, others, data.num_classes)
+    scanner = scanner_like(scan, device)
+    after = scanner.scan(patched, data, labels=labels)
+    before = {} if scan is None else {l: scan.labels.index(l) for l in treated}
     return Rescan(
         treated=list(treated), labels=labels,
-        norms_before={l: scan.l1_norms[scan.labels.index(l)] for l in treated},
+        norms_before={l: scan.l1_norms[i] for l, i in before.items()},
         norms_after={l: after.l1_norms[after.labels.index(l)] for l in treated},
-        index_before={l: scan.outliers.label_indices[scan.labels.index(l)] for l in treated},
+        index_before={l: scan.outliers.label_indices[i] for l, i in before.items()},
         index_after={l: after.outliers.label_indices[labels.index(l)] for l in treated},
-        flagged_after=after.flagged, rule=scan.rule.name, wall_time=after.wall_time, scan=after)
+        flagged_after=after.flagged, rule=scanner.rule.name, wall_time=after.wall_time, scan=after)

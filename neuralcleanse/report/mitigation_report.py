@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from neuralcleanse.mitigation.runner import MitigationOutcome
+from neuralcleanse.mitigation.base import MitigationResult
 from neuralcleanse.models.formats import save_like
 from neuralcleanse.files import write_json
 from neuralcleanse.report.images import pyplot, save_figure
@@ -17,7 +17,7 @@ MITIGATION_NAME = "mitigation.json"
 log = logging.getLogger(__name__)
 
 
-def pruning_chart(outcome: MitigationOutcome, path: Path) -> Path:
+def pruning_chart(outcome: MitigationResult, path: Path) -> Path:
     plt = pyplot()
     curve = outcome.pruning.curve
     x = [100 * s.fraction for s in curve]
@@ -38,7 +38,7 @@ def pruning_chart(outcome: MitigationOutcome, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def filter_chart(outcome: MitigationOutcome, path: Path) -> Path:
+def filter_chart(outcome: MitigationResult, path: Path) -> Path:
     plt = pyplot()
     rates = outcome.filter_rates
     clean, trig = rates.clean_scores.numpy(), rates.triggered_scores.numpy()
@@ -55,7 +55,7 @@ def filter_chart(outcome: MitigationOutcome, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def unlearning_chart(outcome: MitigationOutcome, path: Path) -> Path:
+def unlearning_chart(outcome: MitigationResult, path: Path) -> Path:
     plt = pyplot()
     rows = {"before": outcome.before, "unlearn (reversed trigger)": outcome.after}
     names = {"fine_tune_no_trigger": "fine-tune, no trigger", "unlearn_real_trigger": "unlearn (real trigger)"}
@@ -77,7 +77,7 @@ def unlearning_chart(outcome: MitigationOutcome, path: Path) -> Path:
 CHARTS = {"prune": pruning_chart, "filter": filter_chart, "unlearn": unlearning_chart}
 
 
-def write_mitigation_report(outcome: MitigationOutcome, out_dir: str | Path, *, model: dict[str, Any] | None = None,
+def write_mitigation_report(outcome: MitigationResult, out_dir: str | Path, *, model: dict[str, Any] | None = None,
                             scan_dir: str | None = None, data: dict[str, Any] | None = None) -> Path:
     """Writes the patched model first, then the chart, then mitigation.json (last, so its presence
     means the run finished)."""

@@ -14,8 +14,8 @@ from typing import Any, Iterator
 from neuralcleanse.errors import InputError
 from neuralcleanse.zoo.manifest import MODELS_DIR, Job
 
-# The options that load the model and data (cli.options.load_model_and_data_from_flags's keywords);
-# the others go to run_scan.
+# The options that load the model and data (options.load_model_and_data_from_flags's keywords);
+# the others configure the scanner (NeuralCleanse; loss and max_steps override its preset's settings).
 LOAD_OPTIONS = ("num_classes", "factory", "factory_kwargs", "trust_pickle", "input_layout", "labels_from_model",
                 "pixel_range", "mean", "std", "channel_order")
 SCAN_OPTIONS = ("preset", "samples", "labels", "loss", "max_steps", "rule", "threshold", "seed", "block_size",
@@ -66,19 +66,21 @@ def scan_one(job: Job, *, resume: bool = False, force: bool = False, threads: in
 def _scan(job: Job, resume: bool, force: bool) -> dict[str, Any]:
     from neuralcleanse.options import load_model_and_data_from_flags, parse_device, parse_ints
     from neuralcleanse.report.html_report import write_html_report
+    from neuralcleanse.detection import NeuralCleanse
     from neuralcleanse.files import run_folder_lock
     from neuralcleanse.pipeline import scan_folder
     from neuralcleanse.report.scan_report import load_scan
 
     out = Path(job.out)
     opts = job.options
-    settings = {k: opts.get(k) for k in SCAN_OPTIONS}
-    settings["labels"] = parse_ints(settings["labels"]) if settings["labels"] else None
-    settings["device"] = parse_device(settings["device"] or "cpu")
+    settings = {k: opts.get(k) for k in SCAN_OPTIONS if opts.get(k) is not None}
+    labels = parse_ints(settings.pop("labels")) if settings.get("labels") else None
+    settings["device"] = parse_device(settings.get("device") or "cpu")
+    scanner = NeuralCleanse(settings.pop("preset", "fast"), progress=False, **settings)
     scan_folder(out, lambda: load_model_and_data_from_flags(job.path, opts["data_source"],
                                                             **{k: opts.get(k) for k in LOAD_OPTIONS}),
-                resume_if_interrupted=resume, force=force, progress=False, model_desc={"path": job.model},
-                data_desc={"source": opts["data_source"]}, **{k: v for k, v in settings.items() if v is not None})
+                scanner, labels=labels, resume_if_interrupted=resume, force=force, model_desc={"path": job.model},
+                data_desc={"source": opts["data_source"]})
     with run_folder_lock(out):
         _, report = load_scan(out)
         page = write_html_report(out)
