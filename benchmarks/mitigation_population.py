@@ -12,11 +12,11 @@ a restart skips what is there. The models come from population.py's cache (rebui
 mitigation_population_<dataset>_<method>.jsonl): for the filter, the real trigger's false-negative rate at
 the 5% false-positive threshold, and for pruning the real trigger's success after.
 
-    .venv/bin/python benchmarks/mitigation_population.py --dataset mnist --split test --sizes 1000
-    .venv/bin/python benchmarks/mitigation_population.py --dataset mnist --sizes 250,500,1000,2000 --summary
-    .venv/bin/python benchmarks/mitigation_population.py --method filter --split test --sizes 1000
-    .venv/bin/python benchmarks/mitigation_population.py --recipes sized --rounds 3 --sizes 1000
-    .venv/bin/python benchmarks/mitigation_population.py --recipes sized --rounds 3 --min-rounds 2 --sizes 1000
+    python -m benchmarks.mitigation_population --dataset mnist --split test --sizes 1000
+    python -m benchmarks.mitigation_population --dataset mnist --sizes 250,500,1000,2000 --summary
+    python -m benchmarks.mitigation_population --method filter --split test --sizes 1000
+    python -m benchmarks.mitigation_population --recipes sized --rounds 3 --sizes 1000
+    python -m benchmarks.mitigation_population --recipes sized --rounds 3 --min-rounds 2 --sizes 1000
 
 A fresh draw (models no run has looked at) has its own population file: population.py --first-index 200
 --out results/population_mnist_fresh200.jsonl makes it (and, with --rebuild-kept badnets, rebuilds its
@@ -27,24 +27,22 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import seed_triggers, take_shard  # noqa: E402
-from population import classifier  # noqa: E402
-from population_recipes import build_net, trigger_of  # noqa: E402
+from benchmarks.common import seed_triggers, take_shard
+from benchmarks.population import classifier
+from benchmarks.population_recipes import build_net, trigger_of
 
-from neuralcleanse import NeuralCleanse, load_dataset  # noqa: E402
-from neuralcleanse.data.dataset import DatasetSplits  # noqa: E402
-from neuralcleanse.mitigation import Backdoor, mitigate  # noqa: E402
-from neuralcleanse.mitigation.backdoors import measure  # noqa: E402
-from neuralcleanse.mitigation.runner import split_for_mitigation  # noqa: E402
-from neuralcleanse.mitigation.unlearning import LR_CANDIDATES, Unlearner  # noqa: E402
-from neuralcleanse.mitigation.verify import REMOVED  # noqa: E402
+from neuralcleanse import NeuralCleanse, load_dataset
+from neuralcleanse.data.dataset import DatasetSplits
+from neuralcleanse.mitigation import Backdoor, mitigate
+from neuralcleanse.mitigation.backdoors import measure
+from neuralcleanse.mitigation.runner import split_for_mitigation
+from neuralcleanse.mitigation.unlearning import LR_CANDIDATES, Unlearner
+from neuralcleanse.mitigation.verify import REMOVED
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ("sized", "paper")
@@ -207,7 +205,7 @@ def summarise(path: Path) -> str:
 
 def plot_sizes(path: Path, recipe: str, split: str, out: Path) -> None:
     """The real attack left and the accuracy given up against the number of clean images the user has:
-    one dot a model, the median joined, the issue's 5% line."""
+    one dot a model, the median joined, the goal's 5% line."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,12 +1,12 @@
 """Search variants measured on the population: the same models scanned with other reverse-engineering settings.
 
-    .venv/bin/python benchmarks/population_variants.py --dataset mnist --variant tv1 --split tune
-    .venv/bin/python benchmarks/population_variants.py --dataset mnist --report
+    python -m benchmarks.experiments.scan_variants.population_variants --dataset mnist --variant tv1 --split tune
+    python -m benchmarks.experiments.scan_variants.population_variants --dataset mnist --report
 
-Every kept model of benchmarks/results/population_<dataset>.jsonl (of --split) is scanned once per
+Every kept model of benchmarks/results/population_<dataset>.jsonl (benchmarks.population; of --split) is scanned once per
 variant with `NeuralCleanse("fast", seed=0, restarts=0, **overrides)`: a single seed, so the
 variants are compared on like terms (population.py's seed-0 norms are variant "tv0"'s, the published penalty).
-Each scan writes one line to benchmarks/results/population_<dataset>_variants.jsonl as it finishes
+Each scan writes one line to benchmarks/experiments/scan_variants/results/population_<dataset>_variants.jsonl as it finishes
 (the label norms, each label's mask total variation, the target); a restart skips what is there.
 Models are rebuilt by population.py (`--rebuild-kept all`) when missing.
 
@@ -18,25 +18,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks.common import RESULTS
+from benchmarks.experiments.scan_variants.population_restarts import index_and_min
+from benchmarks.mitigation_population import model_of
+from benchmarks.population_report import auroc, fmt_auc, read_rows, tune_threshold
+
+from neuralcleanse.data import load_dataset
+from neuralcleanse.detection import NeuralCleanse
+from neuralcleanse.detection.rules import get_rule
+from neuralcleanse.detection.reverse_engineer import total_variation
+
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT.parent))
-sys.path.insert(0, str(ROOT))
-
-from mitigation_population import model_of  # noqa: E402
-from population_report import auroc, fmt_auc, read_rows, tune_threshold  # noqa: E402
-from population_restarts import index_and_min  # noqa: E402
-
-from neuralcleanse.data import load_dataset  # noqa: E402
-from neuralcleanse.detection import NeuralCleanse  # noqa: E402
-from neuralcleanse.detection.rules import get_rule  # noqa: E402
-from neuralcleanse.detection.reverse_engineer import total_variation  # noqa: E402
 
 # name -> the scan's preset and seed (default "fast", 0) and overrides of its reverse-engineering settings
 VARIANTS: dict[str, dict] = {
@@ -238,7 +236,7 @@ def main() -> None:
     ap.add_argument("--report", action="store_true", help="report only, scan nothing")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    population = [r for r in read_rows(ROOT / "results" / f"population_{args.dataset}.jsonl") if r["kept"]]
+    population = [r for r in read_rows(RESULTS / f"population_{args.dataset}.jsonl") if r["kept"]]
     out = ROOT / "results" / f"population_{args.dataset}_variants.jsonl"
     if not args.report:
         rows = [r for r in population if args.split in ("all", r["split"]) and args.kind in ("all", r["kind"])]
@@ -252,7 +250,7 @@ def main() -> None:
     text = report(args.dataset, population, out)
     print(text)
     (ROOT / "results" / f"population_{args.dataset}_variants.md").write_text(
-        f"# Search variants on the {args.dataset} population\n\n`benchmarks/population_variants.py --report`; "
+        f"# Search variants on the {args.dataset} population\n\n`python -m benchmarks.experiments.scan_variants.population_variants --report`; "
         "thresholds chosen on the tune split (at most 5% of its clean models flagged).\n\n" + text + "\n")
 
 

@@ -1,19 +1,19 @@
 """How much a scan's verdict depends on its seed (the clean samples drawn, the start, the batches).
 
-    .venv/bin/python benchmarks/scan_seeds.py --dataset gtsrb --model clean --preset fast --seeds 0 1 2 3 4
-    .venv/bin/python benchmarks/scan_seeds.py --dataset gtsrb --model clean --preset original --seeds 1 \
+    python -m benchmarks.experiments.scan_variants.scan_seeds --dataset gtsrb --model clean --preset fast --seeds 0 1 2 3 4
+    python -m benchmarks.experiments.scan_variants.scan_seeds --dataset gtsrb --model clean --preset original --seeds 1 \
         --labels 1 12 25 34 38 39
 
 `--labels` scans only those labels (the original preset on all 43 GTSRB labels runs for about an hour
 here): their norms can be compared across seeds, but an outlier analysis over a few labels says
 nothing about the model, so such rows carry no verdict. `--name` keeps such runs in files of their
-own and `--block-size` pins the labels per pass; benchmarks/merge_subsets.py joins runs that together
+own and `--block-size` pins the labels per pass; merge_subsets.py (beside this file) joins runs that together
 cover every label at one seed into one verdict.
 
 A model whose smallest norms sit near the anomaly-index threshold of 2 can be flagged by one seed and
 not by the next; this measures that spread, under either preset, so that a difference between
 `fast` and `original` can be set against each preset's own run-to-run variation.
-Writes benchmarks/results/scan_seeds_<dataset>_<model>_<preset>.json and .md, rewritten after each
+Writes benchmarks/experiments/scan_variants/results/scan_seeds_<dataset>_<model>_<preset>.json and .md, rewritten after each
 seed; `--update` keeps the seeds already there that this run does not redo.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import json
 import time
 from pathlib import Path
 
-from common import TARGETS, benchmark_model, markdown_table, parse_overrides, run_meta, target_overlap
+from benchmarks.common import MODELS, TARGETS, benchmark_model, markdown_table, parse_overrides, run_meta, target_overlap
 from neuralcleanse.data import load_dataset
 from neuralcleanse.detection import NeuralCleanse
 
@@ -43,7 +43,7 @@ def main() -> None:
                     help="override the preset's settings, e.g. --set samples_per_step=64 max_steps=192")
     ap.add_argument("--block-size", type=int, default=None, help="labels per pass (default: timed)")
     ap.add_argument("--name", default="", help="appended to the output file's name")
-    ap.add_argument("--models-dir", type=Path, default=ROOT / "models")
+    ap.add_argument("--models-dir", type=Path, default=MODELS)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--update", action="store_true")
     args = ap.parse_args()
@@ -55,7 +55,7 @@ def main() -> None:
     rows: list[dict] = []
     if args.update and out.with_suffix(".json").exists():
         rows = [r for r in json.loads(out.with_suffix(".json").read_text())["rows"] if r["seed"] not in args.seeds]
-    meta = run_meta("scan_seeds.py", args.device)
+    meta = run_meta("experiments.scan_variants.scan_seeds", args.device)
     data = load_dataset(args.dataset).test
     model, path = benchmark_model(args.dataset, args.model == "badnets", args.models_dir, args.device)
     subset = args.labels is not None

@@ -1,13 +1,14 @@
 """Where does the reversed trigger lie against the real one? A diagnosis of unlearning's failures.
 
-    .venv/bin/python benchmarks/trigger_overlap.py --dataset mnist
-    .venv/bin/python benchmarks/trigger_overlap.py --dataset mnist --report
+    python -m benchmarks.experiments.trigger_diagnosis.trigger_overlap --dataset mnist
+    python -m benchmarks.experiments.trigger_diagnosis.trigger_overlap --dataset mnist --report
 
-For every kept infected model of the population, the model is scanned as mitigation_population.py scans
+For every kept infected model of the population, the model is scanned as benchmarks.mitigation_population scans
 it (`fast`, seed 0, on the same N = 1,000 clean test images; no restarts, so the seed-0 trigger) and the share of the true
 target's reversed mask that lies on the real trigger's pixels is recorded
-(benchmarks/results/trigger_overlap_<dataset>.jsonl, one line a model, written as it goes). The report
-joins it with the unlearning records (default recipe, N = 1,000) and counts, per architecture, the models
+(benchmarks/experiments/trigger_diagnosis/results/trigger_overlap_<dataset>.jsonl, one line a model, written as it goes). The report
+joins it with the unlearning records (default recipe, N = 1,000;
+benchmarks/results/unlearning_population_<dataset>_default.jsonl) and counts, per architecture, the models
 whose reversed trigger lies mostly away from the real one and how many of them unlearning failed
 (real attack above 5% after).
 """
@@ -15,19 +16,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mitigation_population import model_of, population  # noqa: E402
-from population_recipes import trigger_of  # noqa: E402
+from benchmarks.common import RESULTS
+from benchmarks.mitigation_population import model_of, population
+from benchmarks.population_recipes import trigger_of
 
-from neuralcleanse import NeuralCleanse, load_dataset  # noqa: E402
+from neuralcleanse import NeuralCleanse, load_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parent
 SIZE = 1000
 AWAY = 0.25  # "mostly away": under a quarter of the reversed mask's mass on the real trigger's pixels
 DEFAULT_RECIPE = "sized+rounds3+min3+tol0.02+kd1"  # the unlearning default since 0.6, as recorded
@@ -37,7 +37,7 @@ def scan_all(dataset: str, out: Path, threads: int) -> None:
     torch.set_num_threads(threads)
     done = {json.loads(l)["id"] for l in out.open()} if out.exists() else set()
     test = load_dataset(dataset).test
-    user = test.random_sample(SIZE, seed=1000 + SIZE)  # mitigation_population.py's draw for this N
+    user = test.random_sample(SIZE, seed=1000 + SIZE)  # benchmarks.mitigation_population's draw for this N
     for row in population(dataset, "all"):
         if row["id"] in done:
             continue
@@ -86,19 +86,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=("mnist", "gtsrb"), default="mnist")
     ap.add_argument("--report", action="store_true", help="report only, scan nothing")
-    ap.add_argument("--unlearning", default=None, help="the unlearning records to join (default: session 10's file)")
+    ap.add_argument("--unlearning", default=None, help="the unlearning records to join (default: the default recipe's, 0.6)")
     ap.add_argument("--recipe", default=DEFAULT_RECIPE)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    out = ROOT / "benchmarks" / "results" / f"trigger_overlap_{args.dataset}.jsonl"
+    out = ROOT / "results" / f"trigger_overlap_{args.dataset}.jsonl"
     unlearning = Path(args.unlearning) if args.unlearning else (
-        ROOT / "benchmarks" / "results" / f"unlearning_population_{args.dataset}_s10.jsonl")
+        RESULTS / f"unlearning_population_{args.dataset}_default.jsonl")
     if not args.report:
         scan_all(args.dataset, out, args.threads)
     text = report(out, unlearning, args.recipe)
     print(text)
-    (ROOT / "benchmarks" / "results" / f"trigger_overlap_{args.dataset}.md").write_text(
-        f"# Reversed and real triggers on the {args.dataset} population\n\n`benchmarks/trigger_overlap.py`\n\n"
+    (ROOT / "results" / f"trigger_overlap_{args.dataset}.md").write_text(
+        f"# Reversed and real triggers on the {args.dataset} population\n\n`python -m benchmarks.experiments.trigger_diagnosis.trigger_overlap`\n\n"
         + text + "\n")
 
 

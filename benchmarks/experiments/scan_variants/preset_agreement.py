@@ -1,16 +1,16 @@
 """How closely a variant of the `fast` settings reproduces the `original` preset's per-label norms.
 
-    .venv/bin/python benchmarks/preset_agreement.py --dataset gtsrb --model clean --seeds 0 1 \
+    python -m benchmarks.experiments.scan_variants.preset_agreement --dataset gtsrb --model clean --seeds 0 1 \
         --variant "" --variant early_stop_patience=40 --variant lr=0.05
 
 Each `--variant` is a space-separated list of KEY=VALUE overrides of the fast preset's settings
 ("" is the preset itself). Every variant reverse-engineers the same labels (by default the six
 with the smallest `original` norms and six others) and is compared with the norms of the full
-`original` scan recorded in benchmarks/results/scan_speed.json (seed 0): mean |log(fast/original)|
+`original` scan recorded in benchmarks/results/scan_speed.json (seed 0; benchmarks.scan_speed): mean |log(fast/original)|
 is the typical relative difference per label, `bias` its signed mean (positive: larger masks than
 `original`, i.e. less converged). Comparing labels, not verdicts, lets one variant be judged in
-about a minute instead of a full scan; a verdict needs all labels (scan_speed.py, scan_seeds.py).
-Writes benchmarks/results/preset_agreement_<dataset>_<model>.json and .md.
+about a minute instead of a full scan; a verdict needs all labels (benchmarks.scan_speed, scan_seeds.py).
+Writes benchmarks/experiments/scan_variants/results/preset_agreement_<dataset>_<model>.json and .md.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import math
 import time
 from pathlib import Path
 
-from common import benchmark_model, markdown_table, parse_overrides, run_meta
+from benchmarks.common import MODELS, RESULTS, benchmark_model, markdown_table, parse_overrides, run_meta
 from neuralcleanse.data import load_dataset
 from neuralcleanse.detection import NeuralCleanse
 
@@ -28,11 +28,11 @@ ROOT = Path(__file__).resolve().parent
 
 
 def original_norms(dataset: str, model: str) -> dict[int, float]:
-    rows = json.loads((ROOT / "results" / "scan_speed.json").read_text())["rows"]
+    rows = json.loads((RESULTS / "scan_speed.json").read_text())["rows"]
     for r in rows:
         if r["model"] == f"{dataset}-{model}" and r["preset"] == "original" and r["labels_scanned"] == len(r["labels"]):
             return dict(zip(r["labels"], r["l1_norms"]))
-    raise SystemExit(f"scan_speed.json has no full original scan of {dataset}-{model}; run scan_speed.py first")
+    raise SystemExit(f"scan_speed.json has no full original scan of {dataset}-{model}; run python -m benchmarks.scan_speed first")
 
 
 def main() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=None, metavar="'KEY=VALUE ...'")
     ap.add_argument("--labels", type=int, nargs="+", default=None)
     ap.add_argument("--block-size", type=int, default=4)
-    ap.add_argument("--models-dir", type=Path, default=ROOT / "models")
+    ap.add_argument("--models-dir", type=Path, default=MODELS)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     orig = original_norms(args.dataset, args.model)
@@ -52,7 +52,7 @@ def main() -> None:
     data = load_dataset(args.dataset).test
     model, path = benchmark_model(args.dataset, args.model == "badnets", args.models_dir, args.device)
     out = ROOT / "results" / f"preset_agreement_{args.dataset}_{args.model}"
-    meta = {**run_meta("preset_agreement.py", args.device),
+    meta = {**run_meta("experiments.scan_variants.preset_agreement", args.device),
             "labels": labels, "original_norms": {str(l): round(orig[l], 2) for l in labels}}
     rows = []
     for spec in args.variant or [""]:

@@ -1,41 +1,41 @@
 """Does the reversed trigger of the true target stay put across scan seeds? A gate candidate for unlearning.
 
-    .venv/bin/python benchmarks/trigger_stability.py --dataset mnist
-    .venv/bin/python benchmarks/trigger_stability.py --dataset mnist --population \
+    python -m benchmarks.experiments.trigger_diagnosis.trigger_stability --dataset mnist
+    python -m benchmarks.experiments.trigger_diagnosis.trigger_stability --dataset mnist --population \
         benchmarks/results/population_mnist_fresh200.jsonl
-    .venv/bin/python benchmarks/trigger_stability.py --report
+    python -m benchmarks.experiments.trigger_diagnosis.trigger_stability --report
 
-For every kept infected model, the true target is reverse-engineered as mitigation_population.py's scan does
+For every kept infected model, the true target is reverse-engineered as benchmarks.mitigation_population's scan does
 (`fast`, no restarts, on the same N = 1,000 clean test images) with seeds 0-4. The five masks are compared
 pairwise: `inter` is the mean histogram intersection of the masks normalised to sum 1 (1: the same mask
 everywhere; 0: disjoint), `cos` their mean cosine similarity. One JSON line a model goes to
-benchmarks/results/trigger_stability_<dataset>.jsonl as it finishes. The report joins them with session 16's
-records of what the default unlearning (the plain rounds) left of the real attack and gives the AUROC of
+benchmarks/experiments/trigger_diagnosis/results/trigger_stability_<dataset>.jsonl as it finishes. The report joins
+them with the records of what the default unlearning (the plain rounds) left of the real attack and gives the AUROC of
 "low stability" for "the real attack survived (> 5%)". The idea: where seeds disagree, the reversed trigger is
-one of many routes to the label and may not be the attacker's. `common.seed_triggers` is also what
-`mitigation_population.py --extra-seeds` treats beside the scan's trigger.
+one of many routes to the label and may not be the attacker's. `benchmarks.common.seed_triggers` is also what
+`benchmarks.mitigation_population --extra-seeds` treats beside the scan's trigger.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import seed_triggers  # noqa: E402
-from mitigation_population import model_of, population  # noqa: E402
+from benchmarks.common import BENCHMARKS, RESULTS, seed_triggers
+from benchmarks.mitigation_population import model_of, population
 
-from neuralcleanse import load_dataset  # noqa: E402
+from neuralcleanse import load_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parent
 SIZE = 1000
 SEEDS = 5
-FAILED = 0.05  # the issue's line: real attack success left above this is a failed repair
-OUTCOMES = ("unlearning_population_mnist_s16.jsonl", "unlearning_population_mnist_fresh200.jsonl")
+FAILED = 0.05  # the repair goal's line: real attack success left above this is a failed repair
+# What the default unlearning (its plain rounds, 0.8) left: the MNIST tune and test splits, and the fresh draw.
+OUTCOMES = (BENCHMARKS / "experiments" / "unlearning_variants" / "results" / "unlearning_population_mnist_gate.jsonl",
+            RESULTS / "unlearning_population_mnist_fresh200.jsonl")
 
 
 def agreement(masks: list[torch.Tensor]) -> dict[str, float]:
@@ -50,7 +50,7 @@ def agreement(masks: list[torch.Tensor]) -> dict[str, float]:
 def measure_all(dataset: str, population_file: Path | None, out: Path) -> None:
     done = {json.loads(l)["id"] for l in out.open()} if out.exists() else set()
     test = load_dataset(dataset).test
-    user = test.random_sample(SIZE, seed=1000 + SIZE)  # mitigation_population.py's draw for this N
+    user = test.random_sample(SIZE, seed=1000 + SIZE)  # benchmarks.mitigation_population's draw for this N
     for row in population(dataset, "all", population_file):
         if row["id"] in done:
             continue
@@ -69,13 +69,12 @@ def measure_all(dataset: str, population_file: Path | None, out: Path) -> None:
 def report(out: Path) -> str:
     stability = {l["id"]: l for l in map(json.loads, out.open())} if out.exists() else {}
     left = {}
-    for name in OUTCOMES:
-        path = ROOT / "benchmarks" / "results" / name
+    for path in OUTCOMES:
         if path.exists():
             left.update({r["id"]: r["plain_real_after"] for r in map(json.loads, path.open()) if "plain_real_after" in r})
     rows = [(stability[i]["inter"], left[i] > FAILED, stability[i]["arch"]) for i in stability if i in left]
     lines = [f"Seed agreement of the target's reversed trigger ({SEEDS} seeds) against what the default unlearning "
-             f"left of the real attack ({', '.join(OUTCOMES)}).", "",
+             f"left of the real attack ({', '.join(p.name for p in OUTCOMES)}).", "",
              "| architecture | models | survived (> 5%) | agreement of those (inter) | agreement of the rest |",
              "|---|---|---|---|---|"]
     for arch in sorted({a for _, _, a in rows}) + ["all"]:
@@ -100,13 +99,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    out = ROOT / "benchmarks" / "results" / f"trigger_stability_{args.dataset}.jsonl"
+    out = ROOT / "results" / f"trigger_stability_{args.dataset}.jsonl"
     if not args.report:
         measure_all(args.dataset, args.population, out)
     text = report(out)
     print(text)
-    (ROOT / "benchmarks" / "results" / f"trigger_stability_{args.dataset}.md").write_text(
-        f"# Seed agreement of reversed triggers, {args.dataset}\n\n`benchmarks/trigger_stability.py`\n\n{text}\n")
+    (ROOT / "results" / f"trigger_stability_{args.dataset}.md").write_text(
+        f"# Seed agreement of reversed triggers, {args.dataset}\n\n`python -m benchmarks.experiments.trigger_diagnosis.trigger_stability`\n\n{text}\n")
 
 
 if __name__ == "__main__":

@@ -1,47 +1,45 @@
 """Input-filter scores compared offline, judged by the real trigger, on the infected population.
 
-For each kept infected model (population.py) this draws the user's N clean test images as
-mitigation_population.py does, scans them with the same settings, and caches the activations of the
+For each kept infected model (benchmarks.population) this draws the user's N clean test images as
+benchmarks.mitigation_population does, scans them with the same settings, and caches the activations of the
 filter's layer (the input of the last dense layer) on: the tuning half, the tuning half carrying the
 reversed trigger, the held-out half, and the held-out half carrying the REAL trigger
 (benchmarks/models/filter_acts/<dataset>/<id>-<N>.pt, git-ignored; rebuilt when missing). Every score
 variant is then a few lines of tensor code over the cache: fitted on the tuning half (ranking and
 threshold at 5% false positives), measured on the held-out half. One JSON line per (model, variant)
-goes to benchmarks/results/filter_variants_<dataset>.jsonl, and a table per split is printed.
+goes to benchmarks/experiments/filter_variants/results/filter_variants_<dataset>.jsonl, and a table per split is printed.
 
-    .venv/bin/python benchmarks/filter_variants.py --dataset mnist            # tune and test splits
-    .venv/bin/python benchmarks/filter_variants.py --dataset mnist --summary  # table from the file
+    python -m benchmarks.experiments.filter_variants.filter_variants --dataset mnist            # tune and test splits
+    python -m benchmarks.experiments.filter_variants.filter_variants --dataset mnist --summary  # table from the file
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import take_shard  # noqa: E402
-from mitigation_population import model_of, population  # noqa: E402
-from population_recipes import trigger_of  # noqa: E402
+from benchmarks.common import MODELS, take_shard
+from benchmarks.mitigation_population import model_of, population
+from benchmarks.population_recipes import trigger_of
 
-from neuralcleanse import NeuralCleanse, load_dataset  # noqa: E402
-from neuralcleanse.data.dataset import DatasetSplits  # noqa: E402
-from neuralcleanse.mitigation import Backdoor  # noqa: E402
-from neuralcleanse.mitigation.backdoors import reversed_backdoors, triggered_inputs  # noqa: E402
-from neuralcleanse.mitigation.input_filter import calibration_scores, scored_units, unit_score  # noqa: E402
-from neuralcleanse.mitigation.profile import ActivationProfile, unit_activations  # noqa: E402
-from neuralcleanse.mitigation.runner import split_for_mitigation  # noqa: E402
-from neuralcleanse.models.layers import resolve_layer  # noqa: E402
+from neuralcleanse import NeuralCleanse, load_dataset
+from neuralcleanse.data.dataset import DatasetSplits
+from neuralcleanse.mitigation import Backdoor
+from neuralcleanse.mitigation.backdoors import reversed_backdoors, triggered_inputs
+from neuralcleanse.mitigation.input_filter import calibration_scores, scored_units, unit_score
+from neuralcleanse.mitigation.profile import ActivationProfile, unit_activations
+from neuralcleanse.mitigation.runner import split_for_mitigation
+from neuralcleanse.models.layers import resolve_layer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parent
 FPR = 0.05
 
 
 def activations(row: dict, dataset: str, size: int, test) -> dict[str, torch.Tensor]:
-    path = ROOT / "benchmarks" / "models" / "filter_acts" / dataset / f"{row['id']}-{size}.pt"
+    path = MODELS / "filter_acts" / dataset / f"{row['id']}-{size}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
     model, recipe = model_of(row, dataset)
@@ -122,7 +120,7 @@ def main() -> None:
     ap.add_argument("--summary", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    path = ROOT / "benchmarks" / "results" / f"filter_variants_{args.dataset}.jsonl"
+    path = ROOT / "results" / f"filter_variants_{args.dataset}.jsonl"
     if not args.summary:
         done = {(r["id"], r["variant"], r["size"]) for r in map(json.loads, path.open())} if path.exists() else set()
         test = load_dataset(args.dataset).test

@@ -1,7 +1,8 @@
-"""Pilot (session 17, issue 13): unlearn, beside the reversed trigger, one steered to raise the filter's score.
+"""Pilot (2026-12-04): unlearn, beside the reversed trigger, one steered to raise the filter's score.
 
-    .venv/bin/python benchmarks/pilots/steered_trigger_unlearning.py 3 mnist-badnets-022,mnist-badnets-047 \
-        benchmarks/results/unlearning_population_mnist_s17_steered.jsonl
+    python -m benchmarks.experiments.unlearning_variants.steered_trigger_unlearning 3 \
+        mnist-badnets-022,mnist-badnets-047 \
+        benchmarks/experiments/unlearning_variants/results/unlearning_population_mnist_steered_trigger.jsonl
 
 Why: the input filter (Fisher's discriminant of reversed-stamped against clean inputs at the input of the last
 dense layer) catches the real trigger even where unlearning the reversed trigger leaves it working; the reverse-
@@ -9,8 +10,9 @@ engineering's cross-entropy stops pushing once the label is reached, a score of 
 does not. So a trigger started from the reversed one and moved by 200 Adam steps to raise that score on the tuning
 half's images of other labels, its mask's L1 held under BUDGET times the reversed one's, might lie nearer the
 attacker's. It is treated beside the reversed trigger through `mitigate(extra_triggers=)` (patched in place of
-mitigation_population.py's other-seed triggers), with the default recipe. A one-off: it repaired one of the seven
-models the default fails (docs/results.md, "Session 17"). Kept so those figures can be rerun.
+benchmarks.mitigation_population's other-seed triggers), with the default recipe. A one-off: it repaired one of the
+seven models the default fails (docs/experiments/2026-12-04-repairs-at-the-last-layers.md). Kept so those figures
+can be rerun.
 """
 import json
 import sys
@@ -19,19 +21,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import mitigation_population as mp  # noqa: E402
-from neuralcleanse import NeuralCleanse, load_dataset  # noqa: E402
-from neuralcleanse.attacks.trigger import Trigger, apply_trigger  # noqa: E402
-from neuralcleanse.data.dataset import DatasetSplits  # noqa: E402
-from neuralcleanse.detection.reverse_engineer import squash, unsquash  # noqa: E402
-from neuralcleanse.mitigation import Backdoor, InputFilter  # noqa: E402
-from neuralcleanse.mitigation.input_filter import unit_score  # noqa: E402
-from neuralcleanse.mitigation.runner import split_for_mitigation  # noqa: E402
-from neuralcleanse.models.layers import capture_units  # noqa: E402
+import benchmarks.mitigation_population as mp
+from neuralcleanse import NeuralCleanse, load_dataset
+from neuralcleanse.attacks.trigger import Trigger, apply_trigger
+from neuralcleanse.data.dataset import DatasetSplits
+from neuralcleanse.detection.reverse_engineer import squash, unsquash
+from neuralcleanse.mitigation import Backdoor, InputFilter
+from neuralcleanse.mitigation.input_filter import unit_score
+from neuralcleanse.mitigation.runner import split_for_mitigation
+from neuralcleanse.models.layers import capture_units
 
-BUDGET, ids, out = float(sys.argv[1]), sys.argv[2].split(','), Path(sys.argv[3])
-torch.set_num_threads(1)
+BUDGET = 3.0  # set from the command line by main()
 log = {}
 
 
@@ -74,12 +74,22 @@ def steered(model, user, target, seeds, classes):
     return [trig]
 
 
-mp.seed_triggers = steered
-test = load_dataset('mnist').test
-rows = {r['id']: r for r in mp.population('mnist', 'all')}
-for i in ids:
-    res = mp.run_one(rows[i], 'mnist', 1000, 'sized', f'steered{BUDGET:g}', test, rounds=3, min_rounds=3, tolerance=0.02, distill=1.0, extra_seeds=1)
-    res.update(steer=dict(log))
-    with out.open('a') as fh:
-        fh.write(json.dumps(res) + '\n')
-    print(i, res['arch'], f"real {100*res['real_after']:.1f}% cost {100*(res['clean_before']-res['clean_after']):.1f} pt lr={res['lr']} steer={ {k: round(v, 2) for k, v in log.items()} } {res['seconds']}s", flush=True)
+def main() -> None:
+    global BUDGET
+    BUDGET, ids, out = float(sys.argv[1]), sys.argv[2].split(','), Path(sys.argv[3])
+    torch.set_num_threads(1)
+    mp.seed_triggers = steered
+    test = load_dataset('mnist').test
+    rows = {r['id']: r for r in mp.population('mnist', 'all')}
+    for i in ids:
+        res = mp.run_one(rows[i], 'mnist', 1000, 'sized', f'steered{BUDGET:g}', test, rounds=3, min_rounds=3,
+                         tolerance=0.02, distill=1.0, extra_seeds=1)
+        res.update(steer=dict(log))
+        with out.open('a') as fh:
+            fh.write(json.dumps(res) + '\n')
+        print(i, res['arch'], f"real {100*res['real_after']:.1f}% cost {100*(res['clean_before']-res['clean_after']):.1f} pt "
+              f"lr={res['lr']} steer={ {k: round(v, 2) for k, v in log.items()} } {res['seconds']}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

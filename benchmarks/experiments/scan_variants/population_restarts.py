@@ -1,12 +1,12 @@
 """Restarts near the threshold, measured on the population: do two more seeds settle the verdicts?
 
-    .venv/bin/python benchmarks/population_restarts.py --dataset mnist            # scan what is missing, then report
-    .venv/bin/python benchmarks/population_restarts.py --dataset mnist --report   # report only
+    python -m benchmarks.experiments.scan_variants.population_restarts --dataset mnist            # scan what is missing, then report
+    python -m benchmarks.experiments.scan_variants.population_restarts --dataset mnist --report   # report only
 
-For every scanned model of benchmarks/results/population_<dataset>.jsonl whose default-rule anomaly
+For every scanned model of benchmarks/results/population_<dataset>.jsonl (benchmarks.population) whose default-rule anomaly
 index (seed 0, as recorded there) lies in (1.2, 4.0), the model is scanned again with seeds 1 and 2
 (`NeuralCleanse("fast", seed=s, restarts=0)`, one scan each), and the norms of all three seeds are
-written to benchmarks/results/population_<dataset>_restarts.jsonl (one line per model, as it goes;
+written to benchmarks/experiments/scan_variants/results/population_<dataset>_restarts.jsonl (one line per model, as it goes;
 a restart of the script skips what is there). The report then applies the scan's restart rule
 offline: a model whose seed-0 index lies within `band` of the threshold is judged again from the three
 seeds: each label's geometric-mean norm (the rule of 0.3-0.4), each label's median norm, or the seed
@@ -17,20 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mitigation_population import model_of  # noqa: E402
-from population_report import auroc  # noqa: E402
+from benchmarks.common import RESULTS
+from benchmarks.mitigation_population import model_of
+from benchmarks.population_report import auroc
 
-from neuralcleanse.data import load_dataset  # noqa: E402
-from neuralcleanse.detection import NeuralCleanse  # noqa: E402
-from neuralcleanse.detection.outlier import CONSISTENCY  # noqa: E402
-from neuralcleanse.detection.rules import DEFAULT_RULE, get_rule  # noqa: E402
+from neuralcleanse.data import load_dataset
+from neuralcleanse.detection import NeuralCleanse
+from neuralcleanse.detection.outlier import CONSISTENCY
+from neuralcleanse.detection.rules import DEFAULT_RULE, get_rule
 
 ROOT = Path(__file__).resolve().parent
 SEEDS = (1, 2)
@@ -104,7 +103,7 @@ def main() -> None:
                     help="scan only this split's models again (the table covers what is recorded)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    rows = [json.loads(line) for line in (ROOT / "results" / f"population_{args.dataset}.jsonl").open()]
+    rows = [json.loads(line) for line in (RESULTS / f"population_{args.dataset}.jsonl").open()]
     rows = [r for r in rows if r.get("kept") and r.get("scan")]
     out = ROOT / "results" / f"population_{args.dataset}_restarts.jsonl"
     if not args.report:

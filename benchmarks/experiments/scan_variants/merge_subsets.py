@@ -1,8 +1,8 @@
 """A verdict from `scan_seeds.py --labels` runs that together cover every label at one seed.
 
-    .venv/bin/python benchmarks/merge_subsets.py --seed 1 \
-        benchmarks/results/scan_seeds_gtsrb_clean_original_subset.json \
-        benchmarks/results/scan_seeds_gtsrb_clean_original_subset_rest.json
+    python -m benchmarks.experiments.scan_variants.merge_subsets --seed 1 \
+        benchmarks/experiments/scan_variants/results/scan_seeds_gtsrb_clean_original_subset.json \
+        benchmarks/experiments/scan_variants/results/scan_seeds_gtsrb_clean_original_subset_rest.json
 
 A label's reversed trigger does not depend on which labels share its block (each label draws its
 own batches from its own stream; checked: the six-label seed-0 run reproduced the full scan's norms
@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from common import markdown_table
+from benchmarks.common import markdown_table
 from neuralcleanse.detection.outlier import label_outliers
 
 
