@@ -1,4 +1,5 @@
-"""Models the benchmarks share: the paper's BadNets models and their clean twins, trained once."""
+"""What the benchmarks share: the paper's BadNets models and their clean twins (trained once), the folders
+results and models go to, and small helpers. Imported as `benchmarks.common`; it does nothing on import."""
 from __future__ import annotations
 
 import json
@@ -7,16 +8,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
+from neuralcleanse.attacks import BadNets, Trigger, patch_trigger
+from neuralcleanse.detection import NeuralCleanse
+from neuralcleanse.data import load_dataset
+from neuralcleanse.models import load_model, save_checkpoint
+from neuralcleanse.training import DEFAULTS, train_model
 
-from neuralcleanse.attacks import BadNets, Trigger, patch_trigger  # noqa: E402
-from neuralcleanse.detection import NeuralCleanse  # noqa: E402
-from neuralcleanse.data import load_dataset  # noqa: E402
-from neuralcleanse.models import load_model, save_checkpoint  # noqa: E402
-from neuralcleanse.training import DEFAULTS, train_model  # noqa: E402
-
+BENCHMARKS = Path(__file__).resolve().parent   # benchmarks/
+RESULTS = BENCHMARKS / "results"               # the maintained benchmarks' current results (in git)
+MODELS = BENCHMARKS / "models"                 # trained and cached models (git-ignored)
 TARGETS = {"mnist": 7, "gtsrb": 33}
 
 
@@ -44,7 +46,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 def run_meta(script: str, device: str) -> dict[str, Any]:
     """What a result file says about the run that made it."""
     return {"machine": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "device": device, "command": " ".join([f"benchmarks/{script}", *sys.argv[1:]])}
+            "device": device, "command": " ".join([f"python -m benchmarks.{script.removesuffix('.py')}", *sys.argv[1:]])}
 
 
 def markdown_table(rows: list[dict], cols: list[str]) -> str:

@@ -1,6 +1,6 @@
-"""Issue-2 figures: each BadNets model and its clean twin, trained and scanned, in one table.
+"""Detection on the benchmark models: each BadNets model and its clean twin, trained and scanned, in one table.
 
-    .venv/bin/python benchmarks/detection_results.py [--preset fast] [--datasets mnist gtsrb]
+    python -m benchmarks.detection_results [--preset fast] [--datasets mnist gtsrb]
 
 Per model: clean accuracy, attack success, the scan's verdict, flagged labels, anomaly index, the
 target's reversed-trigger norm, and how much of the reversed mask lies on the real trigger. The
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from common import benchmark_model, markdown_table, target_overlap
+from benchmarks.common import benchmark_model, markdown_table, target_overlap
 from neuralcleanse.attacks import Trigger
 from neuralcleanse.data import load_dataset
 from neuralcleanse.detection import NeuralCleanse

@@ -1,8 +1,8 @@
 """Scans of a 1,000-label model: the coarse-to-fine schedule against the full `fast` preset.
 
-    .venv/bin/python benchmarks/many_labels.py                       # both models, both schedules
-    .venv/bin/python benchmarks/many_labels.py --schedules coarse    # the quick one only
-    .venv/bin/python benchmarks/many_labels.py --build-only          # train and cache the two models
+    python -m benchmarks.many_labels                       # both models, both schedules
+    python -m benchmarks.many_labels --schedules coarse    # the quick one only
+    python -m benchmarks.many_labels --build-only          # train and cache the two models
 
 The task is `mnist-triples` (three MNIST digits side by side, 1x28x84, labels 000-999;
 neuralcleanse/data/mnist_triples.py). Two models of the paper's MNIST net shape are trained on it
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import markdown_table, run_meta
+from benchmarks.common import markdown_table, run_meta
 from neuralcleanse.attacks import BadNets, patch_trigger
 from neuralcleanse.data import load_dataset
 from neuralcleanse.detection import NeuralCleanse

@@ -6,45 +6,48 @@ on the N images, unlearns the true target's reversed trigger with each recipe ("
 and "paper", the published one) through `neuralcleanse.mitigation.mitigate` exactly as the CLI runs it
 (half the N images tune, half are held out), and records the REAL trigger's attack success and the
 clean accuracy before and after on the held-out half, and the rescan's verdict. One JSON line per
-(model, N, recipe) in benchmarks/results/unlearning_population_<dataset>.jsonl, written as it goes;
+(model, N, recipe) in benchmarks/results/unlearning_population_<dataset><tag>.jsonl, written as it goes;
 a restart skips what is there. The models come from population.py's cache (rebuilt when missing).
 `--method filter|prune` measures those instead (recipe "default"; results in
-mitigation_population_<dataset>_<method>.jsonl): for the filter, the real trigger's false-negative rate at
+mitigation_population_<dataset>_<method><tag>.jsonl): for the filter, the real trigger's false-negative rate at
 the 5% false-positive threshold, and for pruning the real trigger's success after.
 
-    .venv/bin/python benchmarks/mitigation_population.py --dataset mnist --split test --sizes 1000
-    .venv/bin/python benchmarks/mitigation_population.py --dataset mnist --sizes 250,500,1000,2000 --summary
-    .venv/bin/python benchmarks/mitigation_population.py --method filter --split test --sizes 1000
-    .venv/bin/python benchmarks/mitigation_population.py --recipes sized --rounds 3 --sizes 1000
-    .venv/bin/python benchmarks/mitigation_population.py --recipes sized --rounds 3 --min-rounds 2 --sizes 1000
+The script's own defaults are the first recipe's (one round, no distillation); the library's default
+unlearning (since 0.6) is run with the flags of the first line, which wrote unlearning_population_mnist_default.jsonl:
 
-A fresh draw (models no run has looked at) has its own population file: population.py --first-index 200
---out results/population_mnist_fresh200.jsonl makes it (and, with --rebuild-kept badnets, rebuilds its
-models on a fresh machine); pass it here with --population.
+    python -m benchmarks.mitigation_population --split all --recipes sized --rounds 3 --min-rounds 3 \
+        --tolerance 0.02 --distill 1 --tag _default
+    python -m benchmarks.mitigation_population --split test --recipes sized --rounds 3 --min-rounds 3 \
+        --tolerance 0.02 --distill 1 --sizes 250,500,2000 --tag _sizes --plot docs/unlearning_sizes_mnist.png
+    python -m benchmarks.mitigation_population --method filter --filter-score lda --split test --tag _lda
+    python -m benchmarks.mitigation_population --method prune --split test
+    python -m benchmarks.mitigation_population --tag _sizes --summary    # the table of what is recorded
+
+A fresh draw (models no run has looked at) has its own population file: `python -m benchmarks.population
+--first-index 200 --out benchmarks/results/population_mnist_fresh200.jsonl` makes it (and, with
+--rebuild-kept badnets, rebuilds its models on a fresh machine); pass it here with --population.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import seed_triggers, take_shard  # noqa: E402
-from population import classifier  # noqa: E402
-from population_recipes import build_net, trigger_of  # noqa: E402
+from benchmarks.common import seed_triggers, take_shard
+from benchmarks.population import classifier
+from benchmarks.population_recipes import build_net, trigger_of
 
-from neuralcleanse import NeuralCleanse, load_dataset  # noqa: E402
-from neuralcleanse.data.dataset import DatasetSplits  # noqa: E402
-from neuralcleanse.mitigation import Backdoor, mitigate  # noqa: E402
-from neuralcleanse.mitigation.backdoors import measure  # noqa: E402
-from neuralcleanse.mitigation.runner import split_for_mitigation  # noqa: E402
-from neuralcleanse.mitigation.unlearning import LR_CANDIDATES, Unlearner  # noqa: E402
-from neuralcleanse.mitigation.verify import REMOVED  # noqa: E402
+from neuralcleanse import NeuralCleanse, load_dataset
+from neuralcleanse.data.dataset import DatasetSplits
+from neuralcleanse.mitigation import Backdoor, mitigate
+from neuralcleanse.mitigation.backdoors import measure
+from neuralcleanse.mitigation.runner import split_for_mitigation
+from neuralcleanse.mitigation.unlearning import LR_CANDIDATES, Unlearner
+from neuralcleanse.mitigation.verify import REMOVED
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ("sized", "paper")
@@ -207,7 +210,7 @@ def summarise(path: Path) -> str:
 
 def plot_sizes(path: Path, recipe: str, split: str, out: Path) -> None:
     """The real attack left and the accuracy given up against the number of clean images the user has:
-    one dot a model, the median joined, the issue's 5% line."""
+    one dot a model, the median joined, the goal's 5% line."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,6 +1,6 @@
-"""Issue-4 figures: input filter, pruning and unlearning on the BadNets models, in one table.
+"""Mitigation on the benchmark models: input filter, pruning and unlearning on the BadNets models, in one table.
 
-    .venv/bin/python benchmarks/mitigation_results.py [--datasets mnist gtsrb]
+    python -m benchmarks.mitigation_results [--datasets mnist gtsrb]
 
 Per model: a `fast` scan, then each method with its defaults exactly as `neuralcleanse mitigate`
 runs it (the reversed trigger of the flagged label; the real trigger, carried by the checkpoint,
@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from common import TARGETS, benchmark_model, markdown_table
+from benchmarks.common import TARGETS, benchmark_model, markdown_table
 from neuralcleanse.data import load_dataset
 from neuralcleanse.detection import NeuralCleanse
 from neuralcleanse.mitigation import known_backdoors, mitigate

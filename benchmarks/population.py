@@ -1,12 +1,12 @@
 """A population of classifiers made many ways (not with the package's `train`), clean and BadNets-infected,
 each scanned with the tool: the data for the verdict's miss and false-alarm rates.
 
-    .venv/bin/python benchmarks/population.py --dataset mnist                 # 40 clean + 40 kept infected
-    .venv/bin/python benchmarks/population.py --dataset mnist --limit 4       # smoke test: first 4 models
-    .venv/bin/python benchmarks/population.py --dataset gtsrb --clean 10 --infected 10
-    .venv/bin/python benchmarks/population.py --dataset mnist --build-only    # train and cache, no scans
-    .venv/bin/python benchmarks/population.py --dataset mnist --scan-only     # scan cached models only
-    .venv/bin/python benchmarks/population.py --dataset mnist --rebuild-kept badnets  # on a fresh machine
+    python -m benchmarks.population --dataset mnist                 # 40 clean + 40 kept infected
+    python -m benchmarks.population --dataset mnist --limit 4       # smoke test: first 4 models
+    python -m benchmarks.population --dataset gtsrb --clean 10 --infected 10
+    python -m benchmarks.population --dataset mnist --build-only    # train and cache, no scans
+    python -m benchmarks.population --dataset mnist --scan-only     # scan cached models only
+    python -m benchmarks.population --dataset mnist --rebuild-kept badnets  # on a fresh machine
 
 Model i of each kind ("clean", "badnets") is made from a recipe drawn from its id alone
 (`population_recipes.draw_recipe`): architecture, input convention, output kind, optimiser, epochs,
@@ -38,26 +38,23 @@ import json
 import logging
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import torch
+import torch.nn.functional as F
+
+from neuralcleanse.attacks import BadNets
+from neuralcleanse.data import Preprocessing, load_dataset
+from neuralcleanse.data.dataset import DatasetSplits, ImageDataset
+from neuralcleanse.detection import NeuralCleanse
+from neuralcleanse.metrics import attack_success_rate, clean_accuracy
+from neuralcleanse.models.classifier import Classifier, ModelInfo
+from benchmarks.common import take_shard
+from benchmarks.population_recipes import CLASSES, SHAPES, SPACE, build_net, draw_recipe, model_id, trigger_of
+
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT.parent))
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from neuralcleanse.attacks import BadNets  # noqa: E402
-from neuralcleanse.data import Preprocessing, load_dataset  # noqa: E402
-from neuralcleanse.data.dataset import DatasetSplits, ImageDataset  # noqa: E402
-from neuralcleanse.detection import NeuralCleanse  # noqa: E402
-from neuralcleanse.metrics import attack_success_rate, clean_accuracy  # noqa: E402
-from neuralcleanse.models.classifier import Classifier, ModelInfo  # noqa: E402
-from common import take_shard  # noqa: E402
-from population_recipes import CLASSES, SHAPES, SPACE, build_net, draw_recipe, model_id, trigger_of  # noqa: E402
 
 DEFAULT_SIZES = {"mnist": (40, 40), "gtsrb": (10, 10)}
 MAX_DRAWS = 400  # per kind: a safety stop if the kept share is far lower than expected
@@ -177,7 +174,7 @@ def load_cached(path: Path, recipe: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def scan(entry: dict[str, Any], data: DatasetSplits, seed: int) -> dict[str, Any]:
-    from common import mask_overlap
+    from benchmarks.common import mask_overlap
 
     recipe = entry["recipe"]
     net = build_net(recipe)

@@ -1,6 +1,6 @@
 """The population's recipes: networks written here (not the package's), drawn per model from its index.
 
-Every model of `benchmarks/population.py` is made from one recipe, drawn by `draw_recipe(dataset,
+Every model of `benchmarks.population` is made from one recipe, drawn by `draw_recipe(dataset,
 kind, index)` from a generator seeded by the model's id alone, so a missing model file is rebuilt from
 its index. The networks are plain `torch.nn` modules of the kinds found in the wild: the paper's
 conv-pool-dense net, BatchNorm nets with global average pooling that normalise their own input, MLPs,

@@ -1,7 +1,7 @@
-"""Miss and false-alarm rates of detection rules over the scanned population (benchmarks/population.py).
+"""Miss and false-alarm rates of detection rules over the scanned population (benchmarks.population).
 
-    .venv/bin/python benchmarks/population_report.py                  # every population_<dataset>.jsonl there is
-    .venv/bin/python benchmarks/population_report.py --dataset mnist
+    python -m benchmarks.population_report                  # every population_<dataset>.jsonl there is
+    python -m benchmarks.population_report --dataset mnist
 
 Reads benchmarks/results/population_<dataset>.jsonl and writes benchmarks/results/population_<dataset>.md
 (tables), population_<dataset>_summary.json (the same figures), docs/population_<dataset>_roc.png and
@@ -31,17 +31,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
+from neuralcleanse.detection.outlier import CONSISTENCY, mad_outliers
+from neuralcleanse.detection.rules import DEFAULT_RULE, get_rule
+
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT.parent))
-
-import numpy as np  # noqa: E402
-
-from neuralcleanse.detection.outlier import CONSISTENCY, mad_outliers  # noqa: E402
-from neuralcleanse.detection.rules import DEFAULT_RULE, get_rule  # noqa: E402
 
 FACETS = {
     "architecture": lambda r: r["recipe"]["arch"],
@@ -224,7 +222,7 @@ def report(dataset: str, rows_all: list[dict], out_md: Path, docs: Path, max_fa:
         reasons[f"{r['kind']}: {r.get('drop_reason') or 'attack success < 90%'}"] = \
             reasons.get(f"{r['kind']}: {r.get('drop_reason') or 'attack success < 90%'}", 0) + 1
     dates = sorted(r.get("date", "") for r in rows_all)
-    L += [f"Made by `benchmarks/population.py`, read by `benchmarks/population_report.py` "
+    L += [f"Made by `python -m benchmarks.population`, read by `python -m benchmarks.population_report` "
           f"({dates[0] if dates else ''} – {dates[-1] if dates else ''}). Scan: `NeuralCleanse(\"fast\", seed=0)` "
           f"on the test split; networks, recipes and rules: the scripts' docstrings.", "",
           f"Models scanned: **{n_c} clean, {n_i} infected** (tune {len(by_split['tune'])}, test "

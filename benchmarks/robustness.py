@@ -1,10 +1,10 @@
 """The paper's robustness experiments (Wang et al., IEEE S&P 2019, Section VII; Trojan models, Section VI),
-reproduced on MNIST with the paper's MNIST net (issue 16, item 3).
+reproduced on MNIST with the paper's MNIST net (and on GTSRB at two points per sweep).
 
-    .venv/bin/python benchmarks/robustness.py --threads 1                  # everything, MNIST (~17 min)
-    .venv/bin/python benchmarks/robustness.py --only size,trojan           # some experiments
-    .venv/bin/python benchmarks/robustness.py --report-only                # tables and plots from the results
-    .venv/bin/python benchmarks/robustness.py --dataset gtsrb --only clean,size,labels,triggers,source,trojan
+    python -m benchmarks.robustness --threads 1                  # everything, MNIST (~17 min)
+    python -m benchmarks.robustness --only size,trojan           # some experiments
+    python -m benchmarks.robustness --report-only                # tables and plots from the results
+    python -m benchmarks.robustness --dataset gtsrb --only clean,size,labels,triggers,source,trojan
                                                                            # GTSRB: two points per sweep
 
 Experiments (`--only`, comma-separated):
@@ -42,32 +42,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT.parent))
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from common import markdown_table, mask_overlap, run_meta  # noqa: E402
-from neuralcleanse.attacks import (BadNets, Trigger, TrojanAttack, blended_trigger, frequency_trigger,  # noqa: E402
+from benchmarks.common import markdown_table, mask_overlap, run_meta
+from neuralcleanse.attacks import (BadNets, Trigger, TrojanAttack, blended_trigger, frequency_trigger,
                                    patch_trigger)
-from neuralcleanse.attacks.trojan_trigger import resolve_trojan_layer  # noqa: E402
-from neuralcleanse.data import load_dataset  # noqa: E402
-from neuralcleanse.detection import NeuralCleanse  # noqa: E402
-from neuralcleanse.detection.rules import get_rule  # noqa: E402
-from neuralcleanse.metrics import attack_success_rate, clean_accuracy  # noqa: E402
-from neuralcleanse.mitigation import Backdoor, known_backdoors, mitigate, profile_activations  # noqa: E402
-from neuralcleanse.models import load_model, save_checkpoint  # noqa: E402
-from neuralcleanse.models.layers import resolve_layer  # noqa: E402
-from neuralcleanse.training import DEFAULTS, train_model  # noqa: E402
+from neuralcleanse.attacks.trojan_trigger import resolve_trojan_layer
+from neuralcleanse.data import load_dataset
+from neuralcleanse.detection import NeuralCleanse
+from neuralcleanse.detection.rules import get_rule
+from neuralcleanse.metrics import attack_success_rate, clean_accuracy
+from neuralcleanse.mitigation import Backdoor, known_backdoors, mitigate, profile_activations
+from neuralcleanse.models import load_model, save_checkpoint
+from neuralcleanse.models.layers import resolve_layer
+from neuralcleanse.training import DEFAULTS, train_model
+
+ROOT = Path(__file__).resolve().parent
 
 EXPERIMENTS = ("clean", "size", "labels", "triggers", "source", "trojan", "beyond")
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -76,7 +73,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
               "other_targets": [1, 3, 5, 0, 9, 2, 8, 4, 6]},
     # Two points per sweep, with the paper's MNIST-shaped net sized for 3x32x32 (2 convolutions, 2 dense
     # layers: the "paper" net of the GTSRB population, as the Trojan rows there) trained for 3 epochs, so
-    # that the run fits a session on the project's CPU; the package's 6-convolution GTSRB net takes
+    # that the run fits an afternoon on the project's CPU; the package's 6-convolution GTSRB net takes
     # 10-17 min a model and learnt nothing in 2 epochs at 2e-3 (6% accuracy).
     "gtsrb": {"target": 33, "arch": "mnist", "epochs": 3, "lr": 1.5e-3,
               "sizes": [4, 16], "ks": [1, 9], "ns": [1, 3],
@@ -442,7 +439,7 @@ def tables(rows: list[dict]) -> str:
     for r in rows:
         by.setdefault(r["experiment"], []).append(r)
     clean = (by.get("clean") or [None])[0]
-    parts = [f"# Robustness benchmark ({rows[0]['dataset']})\n\nWritten by `benchmarks/robustness.py` from "
+    parts = [f"# Robustness benchmark ({rows[0]['dataset']})\n\nWritten by `python -m benchmarks.robustness` from "
              f"`{Path(rows[0].get('out_file', 'robustness.jsonl')).name}`. Default rule: log-mad, threshold "
              f"{rows[0]['threshold']}; `pub.` = the published rule (raw L1, index > 2) on the same norms.\n"]
     if clean:

@@ -2,10 +2,10 @@
 model, as a user would write it), `scan-many --workers 1` and `scan-many --workers 2`, on the same
 MNIST models with the same options; the verdicts must agree.
 
-    .venv/bin/python benchmarks/scale.py                           # 40 models, the three ways
-    .venv/bin/python benchmarks/scale.py --models 3 --only w1 --out /tmp/scale   # a quick check
+    python -m benchmarks.scale                           # 40 models, the three ways
+    python -m benchmarks.scale --models 3 --only w1 --out /tmp/scale   # a quick check
 
-The models are the first --models kept ones of the MNIST population (benchmarks/population.py, in its
+The models are the first --models kept ones of the MNIST population (benchmarks.population, in its
 run order: clean 0, badnets 0, clean 1, ...; trained there when not cached), exported as TorchScript
 into benchmarks/models/scale/ (git-ignored) with a manifest that gives each its --pixel-range. (A
 TorchScript network's final softmax cannot be cut off, so the search uses the log of its probabilities:
@@ -15,7 +15,7 @@ scan is the same computation whichever way it runs: the loop and --workers 1 use
 two. Results: benchmarks/results/scale_zoo.{json,md} (--out).
 
 The other half of the scale measurements, the 1,000-label scan's time and verdict under the coarse-to-fine
-schedule against the full `fast` preset, is benchmarks/many_labels.py (it trains its own two models).
+schedule against the full `fast` preset, is benchmarks.many_labels (it trains its own two models).
 """
 from __future__ import annotations
 
@@ -30,15 +30,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from benchmarks.common import markdown_table, run_meta
+from benchmarks.population import build, keep, load_cached, plan
+from benchmarks.population_recipes import SHAPES, SPACE, build_net, draw_recipe, model_id
+
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT.parent))
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from common import markdown_table, run_meta  # noqa: E402
-from population import build, keep, load_cached, plan  # noqa: E402
-from population_recipes import SHAPES, SPACE, build_net, draw_recipe, model_id  # noqa: E402
 
 EXE = Path(sys.executable).parent / "neuralcleanse"
 MODES = {"loop": "shell loop of `neuralcleanse scan`", "w1": "scan-many --workers 1", "w2": "scan-many --workers 2"}

@@ -1,8 +1,8 @@
 """Scan speed and quality, per model and preset, in one process and one table.
 
-    .venv/bin/python benchmarks/scan_speed.py                # all four models, both presets
-    .venv/bin/python benchmarks/scan_speed.py --datasets mnist --presets fast
-    .venv/bin/python benchmarks/scan_speed.py --original-subset 0   # `original` on every label
+    python -m benchmarks.scan_speed                # all four models, both presets
+    python -m benchmarks.scan_speed --datasets mnist --presets fast
+    python -m benchmarks.scan_speed --original-subset 0   # `original` on every label
 
 Writes benchmarks/results/scan_speed.json and .md, rewritten after each row so that an
 interrupted run keeps what it measured. Where the `original` preset would run for hours (GTSRB
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from common import TARGETS, benchmark_model, target_overlap
+from benchmarks.common import TARGETS, benchmark_model, target_overlap
 from neuralcleanse.data import load_dataset
 from neuralcleanse.detection import NeuralCleanse, get_preset
 from neuralcleanse.detection.hardware import choose_block_size
@@ -153,7 +153,7 @@ def render(rows, meta) -> str:
 
 
 def compare(rows: list[dict]) -> list[str]:
-    """`fast` against `original` per model: the issue's agreement checks and the speed-up."""
+    """`fast` against `original` per model: the agreement checks and the speed-up."""
     out = []
     for fast in (r for r in rows if r["preset"] == "fast"):
         orig = next((r for r in rows if r["model"] == fast["model"] and r["preset"] == "original"), None)

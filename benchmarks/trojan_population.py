@@ -1,6 +1,6 @@
-"""The Trojan attack on population models (benchmarks/population.py), then the default scan of each.
+"""The Trojan attack on population models (benchmarks.population), then the default scan of each.
 
-    .venv/bin/python benchmarks/trojan_population.py --dataset gtsrb --models gtsrb-clean-002 --target 33
+    python -m benchmarks.trojan_population --dataset gtsrb --models gtsrb-clean-002 --target 33
 
 For each clean model named (made by population.py's recipes, i.e. by code other than ours; rebuilt
 there when missing), `TrojanAttack()` with its defaults trojans it for `--target`, and
@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import mask_overlap, run_meta  # noqa: E402
-from mitigation_population import model_of  # noqa: E402
+from benchmarks.common import mask_overlap, run_meta
+from benchmarks.mitigation_population import model_of
 
-from neuralcleanse import load_dataset  # noqa: E402
-from neuralcleanse.attacks import TrojanAttack  # noqa: E402
-from neuralcleanse.detection import NeuralCleanse  # noqa: E402
+from neuralcleanse import load_dataset
+from neuralcleanse.attacks import TrojanAttack
+from neuralcleanse.detection import NeuralCleanse
 
 ROOT = Path(__file__).resolve().parent
 

@@ -1,0 +1,1 @@
+"""One-off studies: `python -m benchmarks.experiments.<topic>.<name>` (benchmarks/experiments/README.md)."""

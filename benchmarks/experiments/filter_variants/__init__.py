@@ -1,0 +1,1 @@
+"""Experiments: filter_variants (README.md beside this file)."""

@@ -1,0 +1,1 @@
+"""Experiments: scan_variants (README.md beside this file)."""

@@ -1,0 +1,1 @@
+"""Experiments: trigger_diagnosis (README.md beside this file)."""

@@ -1,0 +1,1 @@
+"""Experiments: unlearning_variants (README.md beside this file)."""
