@@ -43,8 +43,8 @@ from benchmarks.population_recipes import build_net, trigger_of
 
 from neuralcleanse import NeuralCleanse, load_dataset
 from neuralcleanse.data.dataset import DatasetSplits
-from neuralcleanse.mitigation import Backdoor, mitigate
-from neuralcleanse.mitigation.backdoors import measure
+from neuralcleanse.mitigation import Backdoor, InputFilter, NeuronPruner, mitigate
+from neuralcleanse.metrics import measure
 from neuralcleanse.mitigation.runner import split_for_mitigation
 from neuralcleanse.mitigation.unlearning import LR_CANDIDATES, Unlearner
 from neuralcleanse.mitigation.verify import REMOVED
@@ -116,12 +116,20 @@ def run_one(row: dict, dataset: str, size: int, recipe_name: str, label: str, te
                          ).scan(model, user)
     extra_triggers = [Backdoor(target, t) for t in seed_triggers(model, user, target, range(1, 1 + extra_seeds),
                                                                    test.num_classes)]
-    out = mitigate(model, scan, DatasetSplits(user, user), method, labels=[target], real=real,
-                   recipe=recipe_name if method == "unlearn" else "sized", baselines=False, rounds=rounds,
-                   min_rounds=min_rounds, accuracy_tolerance=tolerance, top_fraction=top_fraction,
-                   filter_score=filter_score, freeze_norm=freeze_norm, distill=distill, trigger_share=share,
-                   lr_candidates=rates, steps=steps, mixup=mixup, roam=roam, adversarial=adversarial,
-                   refresh=refresh, adversarial_budget=budget, adversarial_gate=gate, extra_triggers=extra_triggers)
+    if method == "unlearn" and recipe_name == "paper":
+        # The published recipe on all of the tuning half (as these records were made), one round.
+        chosen = Unlearner("paper", data_fraction=1.0, trigger_share=share)
+    elif method == "unlearn":
+        chosen = Unlearner(steps=steps, rounds=rounds, min_rounds=min_rounds, accuracy_tolerance=tolerance,
+                           freeze_norm=freeze_norm, distill=distill, trigger_share=share, lr_candidates=rates,
+                           mixup=mixup, roam=roam, adversarial=adversarial, refresh=refresh,
+                           adversarial_budget=budget, adversarial_gate=gate)
+    elif method == "filter":
+        chosen = InputFilter(top_fraction, score=filter_score)
+    else:
+        chosen = NeuronPruner()
+    out = mitigate(model, scan, DatasetSplits(user, user), chosen, labels=[target], real=real,
+                   extra_triggers=extra_triggers)
     extra = {}
     if out.filter_rates is not None:
         extra = {"filter_fpr": out.filter_rates.false_positive_rate, "filter_fnr_real": out.filter_rates.false_negative_rate}

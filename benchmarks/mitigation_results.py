@@ -17,7 +17,7 @@ from pathlib import Path
 from benchmarks.common import TARGETS, benchmark_model, markdown_table
 from neuralcleanse.data import load_dataset
 from neuralcleanse.detection import NeuralCleanse
-from neuralcleanse.mitigation import known_backdoors, mitigate
+from neuralcleanse.mitigation import known_backdoors, make_method, mitigate
 from neuralcleanse.mitigation.unlearning import training_lr
 from neuralcleanse.report.mitigation_report import CHARTS
 from neuralcleanse.training import DEFAULTS
@@ -57,8 +57,9 @@ def main() -> None:
         for method in args.methods:
             # The benchmark models predate checkpoints recording their training rate; they were trained
             # with DEFAULTS, which is what unlearning's default would read from a newer checkpoint.
-            out = mitigate(model, scan, data, method, labels=[TARGETS[dataset]], real=real, device=args.device,
-                           lr=training_lr(model) or DEFAULTS[dataset]["lr"])
+            params = {"lr": training_lr(model) or DEFAULTS[dataset]["lr"]} if method == "unlearn" else {}
+            out = mitigate(model, scan, data, make_method(method, params, device=args.device),
+                           labels=[TARGETS[dataset]], real=real, baselines=True)
             raw[f"{path.stem}/{method}"] = out.to_dict()
             CHARTS[method](out, args.out.parent / f"mitigation_{dataset}_{method}.png")
             row = {"model": path.stem, "method": method, "clean_acc_before": pct(out.before.clean_accuracy),

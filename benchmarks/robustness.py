@@ -59,7 +59,7 @@ from neuralcleanse.data import load_dataset
 from neuralcleanse.detection import NeuralCleanse
 from neuralcleanse.detection.rules import get_rule
 from neuralcleanse.metrics import attack_success_rate, clean_accuracy
-from neuralcleanse.mitigation import Backdoor, known_backdoors, mitigate, profile_activations
+from neuralcleanse.mitigation import Backdoor, Unlearner, known_backdoors, mitigate, profile_activations
 from neuralcleanse.models import load_model, save_checkpoint
 from neuralcleanse.models.layers import resolve_layer
 from neuralcleanse.training import DEFAULTS, train_model
@@ -289,7 +289,7 @@ def model_fields(model, data, backdoors: list[Backdoor], sources=None) -> dict[s
 
 def unlearn(model, scan, data, target: int, real: list[Backdoor], rounds: int, baselines: bool) -> dict[str, Any]:
     start = time.perf_counter()
-    out = mitigate(model, scan, data, "unlearn", labels=[target], real=real, rounds=rounds, baselines=baselines)
+    out = mitigate(model, scan, data, Unlearner(rounds=rounds), labels=[target], real=real, baselines=baselines)
     rec = {"rounds_asked": rounds, "rounds_run": out.settings["rounds"], "lr": out.settings["lr"],
            "clean_before": round(out.before.clean_accuracy, 4), "clean_after": round(out.after.clean_accuracy, 4),
            "asr_before": [round(v, 4) for v in out.before.attack_success],

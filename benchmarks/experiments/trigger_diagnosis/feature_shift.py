@@ -34,7 +34,7 @@ from benchmarks.population_recipes import trigger_of
 from neuralcleanse import NeuralCleanse, load_dataset
 from neuralcleanse.data.dataset import DatasetSplits
 from neuralcleanse.mitigation import Backdoor
-from neuralcleanse.mitigation.backdoors import measure
+from neuralcleanse.metrics import measure
 from neuralcleanse.mitigation.profile import profile_activations, unit_activations
 from neuralcleanse.mitigation.runner import split_for_mitigation
 from neuralcleanse.models.layers import resolve_layer

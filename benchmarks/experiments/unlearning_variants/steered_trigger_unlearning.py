@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 import benchmarks.mitigation_population as mp
 from neuralcleanse import NeuralCleanse, load_dataset
-from neuralcleanse.attacks.trigger import Trigger, apply_trigger
+from neuralcleanse.data.trigger import Trigger, apply_trigger
 from neuralcleanse.data.dataset import DatasetSplits
 from neuralcleanse.detection.reverse_engineer import squash, unsquash
 from neuralcleanse.mitigation import Backdoor, InputFilter
