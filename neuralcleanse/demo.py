@@ -10,7 +10,7 @@ from neuralcleanse.attacks.badnets import BadNets
 from neuralcleanse.data.trigger import patch_trigger
 from neuralcleanse.data.mnist import load_mnist
 from neuralcleanse.detection import NeuralCleanse
-from neuralcleanse.mitigation import Unlearner, known_backdoors, mitigate
+from neuralcleanse.mitigation import Unlearner, mitigate
 from neuralcleanse.models.formats.checkpoint import save_checkpoint
 from neuralcleanse.pipeline import run_scan
 from neuralcleanse.report.html_report import write_html_report
@@ -41,7 +41,7 @@ def run_demo(out: str | Path, *, device: torch.device | str = "cpu", epochs: int
     summary = {"training": report.to_dict(), "scan": result.to_dict()}
     if result.infected:
         echo("[3/4] unlearning the backdoor: fine-tune with the reversed trigger on clean images, true labels kept")
-        outcome = mitigate(model, result, data, Unlearner(device=device), real=known_backdoors(model.info.metadata))
+        outcome = mitigate(model, result, data, Unlearner(device=device))  # judged by the trigger it records
         write_mitigation_report(outcome, out / "scan" / "unlearn", model={"path": str(ckpt)},
                                 scan_dir=str(out / "scan"), data={"source": "mnist"})
         b, a = outcome.before, outcome.after

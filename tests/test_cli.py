@@ -114,7 +114,7 @@ def check_report(out_dir: Path, result: Result, num_labels: int, max_steps: int)
     assert report["infected"] == bool(report["flagged"])
     assert report["settings"]["config"]["max_steps"] == max_steps
     assert all(s <= max_steps for s in report["steps"])
-    assert report["wall_time_s"] >= 0
+    assert 0 < report["wall_time_s"] < 120 and report["image_passes"] > 0  # it ran, and a tiny scan is quick
     # The anomaly index is recomputable from the norms (their logs under the default rule).
     norms = np.asarray(report["l1_norms"])
     if report["rule"]["log_norms"]:

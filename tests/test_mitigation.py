@@ -244,7 +244,10 @@ def test_unlearning_rate_paper_uses_training_rate_sized_searches(infected, data,
     # The sized recipe does not need the training rate: it tries each candidate on held-back data.
     searched = Unlearner(steps=40, search_steps=20, rounds=1).fit(foreign, reversed_, data.train).unlearning_
     assert [r["lr"] for r in searched.lr_search] == [1e-4, 3e-4, 1e-3, 3e-3] and searched.lr in (1e-4, 3e-4, 1e-3, 3e-3)
-    assert all(0 <= r["reversed_success"] <= 1 and 0 <= r["clean_accuracy"] <= 1 for r in searched.lr_search)
+    # Each short run is scored on the same held-back fifth, in whole images.
+    assert {r["scored_on"] for r in searched.lr_search} == {len(data.train) // 5}
+    assert all(abs(r["clean_accuracy"] * r["scored_on"] - round(r["clean_accuracy"] * r["scored_on"])) < 1e-3
+               for r in searched.lr_search)
     # A tolerance that keeps every rate: the pick is the lowest reversed success, ties to the larger rate.
     loose = Unlearner(steps=40, search_steps=20, accuracy_tolerance=0.99, rounds=1).fit(foreign, reversed_, data.train).unlearning_
     assert loose.lr_search == searched.lr_search  # the same short runs; only the choice differs

@@ -21,7 +21,6 @@ def _api_block() -> str:
     return match.group(1)
 
 
-@pytest.mark.slow
 def test_readme_quick_start_runs_as_written(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     trained = invoke("train", "--dataset", "mnist", "--badnets", "--target", "7", "--trigger-size", "4",
@@ -29,9 +28,12 @@ def test_readme_quick_start_runs_as_written(tmp_path, monkeypatch, capsys) -> No
     assert trained.exit_code == 0, trained.output
     namespace: dict = {}
     exec(compile(_api_block(), "README.md", "exec"), namespace)
-    result, unlearner = namespace["result"], namespace["unlearner"]
+    result, repaired = namespace["result"], namespace["repaired"]
     assert result.infected and 7 in result.flagged
-    assert unlearner.evaluate(namespace["mnist"].test).after.worst_attack_success < 0.5
+    # The tool's checkpoint records its trigger: the repair is judged by the real one, on held-out images.
+    assert repaired.attack_trigger == "real" and repaired.labels == [7]
+    assert repaired.before.worst_attack_success > 0.9 > 0.1 > repaired.after.worst_attack_success
+    assert repaired.model is namespace["patched"] and repaired.rescan is not None
     assert namespace["guarded"].threshold > 0
     printed = capsys.readouterr().out
     assert "True" in printed

@@ -69,7 +69,7 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
     patched model), a chart, the patched model in the form it came in, and OUT/report.html. Exit code 0
     when done, 2 for bad input (including a scan with no flagged label).
     """
-    from neuralcleanse.mitigation import known_backdoors, make_method, mitigate as run_mitigation, reversed_backdoors
+    from neuralcleanse.mitigation import make_method, mitigate as run_mitigation, reversed_backdoors
     from neuralcleanse.report.html_report import read_run_folder
     from neuralcleanse.report.mitigation_report import MITIGATION_NAME, write_mitigation_report
     from neuralcleanse.report.scan_report import load_scan
@@ -100,8 +100,8 @@ def mitigate(ctx: click.Context, model_path: str, scan_dir: str, data_source: st
             (Path(out) / MITIGATION_NAME).unlink(missing_ok=True)
         try:
             # A model this tool infected records its real trigger: the repair is then judged by it.
-            outcome = run_mitigation(model, scan_result, data, chosen, labels=treated,
-                                     real=known_backdoors(model.info.metadata), baselines=baselines, verify=verify)
+            outcome = run_mitigation(model, scan_result, data, chosen, labels=treated, baselines=baselines,
+                                     verify=verify)
         except ValueError as exc:
             raise InputError(str(exc)) from None
         path = write_mitigation_report(outcome, out, model={"path": str(model_path), "source": model.info.source},

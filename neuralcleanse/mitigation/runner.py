@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from neuralcleanse.data.dataset import DatasetSplits, ImageDataset
-from neuralcleanse.data.trigger import Backdoor
+from neuralcleanse.data.trigger import Backdoor, known_backdoors
 from neuralcleanse.detection.result import ScanResult
 from neuralcleanse.errors import InputError
 from neuralcleanse.mitigation.backdoors import reversed_backdoors
@@ -74,7 +74,7 @@ def tuning_draws(tune: ImageDataset, seed: int = 0) -> tuple[ImageDataset, Image
 
 
 def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: Mitigation | str = DEFAULT_METHOD, *,
-             labels: Sequence[int] | None = None, real: Sequence[Backdoor] = (),
+             labels: Sequence[int] | None = None, real: Sequence[Backdoor] | None = None,
              extra_triggers: Sequence[Backdoor] = (), baselines: bool = False, verify: bool = True,
              verify_others: int = VERIFY_OTHERS) -> MitigationResult:
     """Runs `method` (a configured Unlearner, InputFilter or NeuronPruner, or one of METHODS by name with
@@ -82,7 +82,8 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: Mi
     line does: fitted on one part of `data` (its train split, or half of a single set), measured on the
     other, with the method's `seed` and `device`.
 
-    `real` (the true triggers, when known) is used only to measure. `extra_triggers`: more reversed
+    `real` (the true triggers, when known) is used only to measure; None: those a model this tool infected
+    records in its checkpoint, if any (pass () to judge by the reversed triggers alone). `extra_triggers`: more reversed
     triggers for treated labels, used beside the scan's (e.g. the same label reversed with other seeds).
     `baselines` (unlearning): also fine-tune with no trigger, and with the real one when given, to compare.
     `verify`: scan the patched model's treated labels again, beside `verify_others` more, and say no
@@ -104,7 +105,7 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: Mi
     if stray:
         raise InputError(f"extra_triggers name label(s) {stray} that are not treated; treated: {treated}")
     backdoors += list(extra_triggers)
-    real = list(real)
+    real = list(known_backdoors(getattr(getattr(model, "info", None), "metadata", {})) if real is None else real)
     judge = real or backdoors  # what attack success is measured with
     device = method.device
     tune, held_out = split_for_mitigation(data, method.seed)

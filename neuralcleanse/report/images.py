@@ -73,7 +73,7 @@ def save_norms_chart(labels: Sequence[int], norms: Sequence[float], flagged: Seq
         ax.set_xticks(positions, [str(v) for v in labels], fontsize=7)
     ax.axhline(median, color="black", lw=1, label=f"median {median:.1f}")
     if cut > 0:
-        ax.axhline(cut, color="#d62728", lw=1, ls="--", label=f"anomaly index {threshold:g}")
+        ax.axhline(cut, color="#d62728", lw=1, ls="--", label=f"anomaly index {threshold:.2f}")
     for pos, label in enumerate(labels):
         if label in flagged_set:
             ax.annotate(str(label), (pos, norms[pos]), ha="center", va="bottom", color="#d62728", fontsize=8)
