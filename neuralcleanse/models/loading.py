@@ -96,7 +96,12 @@ def _settle_layout(model: Classifier, input_shape: tuple[int, int, int]) -> None
     wanted = model.info.metadata.get("input_layout")
     if wanted not in ("auto", "nhwc") or isinstance(model.net, ChannelsLastInput):
         return
-    layout = detect_layout(model.net, input_shape) if wanted == "auto" else "nhwc"
+    was_training = model.net.training
+    model.net.eval()  # the probes must not move batch-norm statistics
+    try:
+        layout = detect_layout(model.net, input_shape) if wanted == "auto" else "nhwc"
+    finally:
+        model.net.train(was_training)
     if layout == "nhwc":
         model.net = ChannelsLastInput(model.net)
     model.info.metadata["input_layout"] = layout
@@ -113,6 +118,8 @@ def complete_model_info(model: Classifier, input_shape: tuple[int, int, int], nu
             f"but the data has {tuple(input_shape)}"
         )
     probe = torch.zeros((2, *input_shape))
+    was_training = model.training
+    model.eval()  # a probe in training mode would move a batch-norm layer's running statistics
     try:
         with torch.no_grad():
             out = model(probe)
@@ -120,6 +127,8 @@ def complete_model_info(model: Classifier, input_shape: tuple[int, int, int], nu
         raise InputError(
             f"the model failed on input of shape (N,{','.join(map(str, input_shape))}): {str(exc).splitlines()[0][:200]}"
         ) from None
+    finally:
+        model.train(was_training)
     if out.ndim != 2:
         raise InputError(f"the model should output (N, num_classes) logits, got shape {tuple(out.shape)}")
     check_finite(out, "a blank image")
