@@ -43,7 +43,7 @@ from benchmarks.population_recipes import build_net, trigger_of
 
 from neuralcleanse import NeuralCleanse, load_dataset
 from neuralcleanse.data.dataset import DatasetSplits
-from neuralcleanse.mitigation import Backdoor, InputFilter, NeuronPruner, mitigate
+from neuralcleanse.mitigation import Backdoor, InputFilter, make_method, mitigate
 from neuralcleanse.metrics import measure
 from neuralcleanse.mitigation.runner import split_for_mitigation
 from neuralcleanse.mitigation.unlearning import LR_CANDIDATES, Unlearner
@@ -126,8 +126,8 @@ def run_one(row: dict, dataset: str, size: int, recipe_name: str, label: str, te
                            adversarial_budget=budget, adversarial_gate=gate)
     elif method == "filter":
         chosen = InputFilter(top_fraction, score=filter_score)
-    else:
-        chosen = NeuronPruner()
+    else:  # prune, anp, unlearn+anp: the library's defaults
+        chosen = make_method(method)
     out = mitigate(model, scan, DatasetSplits(user, user), chosen, labels=[target], real=real,
                    extra_triggers=extra_triggers)
     extra = {}
@@ -135,6 +135,10 @@ def run_one(row: dict, dataset: str, size: int, recipe_name: str, label: str, te
         extra = {"filter_fpr": out.filter_rates.false_positive_rate, "filter_fnr_real": out.filter_rates.false_negative_rate}
     if out.pruning is not None:
         extra = {"pruned_fraction": out.pruning.fraction, "prune_reached": out.pruning.reached}
+    if "anp" in out.details:
+        anp = out.details["anp"]
+        extra = {"anp_threshold": anp["threshold"], "anp_pruned": anp["pruned_count"],
+                 "anp_pruned_fraction": anp["pruned_fraction"], "anp_seconds": anp["seconds"]}
     if gate is not None:
         # What the plain rounds left (the model entering the gated phase) and the gate's checks: from
         # one run with the gate at 0 the outcome at any gate can be read off (`gate_outcomes`).
@@ -266,7 +270,7 @@ def main() -> None:
                     help="only every N-th model from the I-th: N processes share one results file")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--recipes", default=",".join(RECIPES))
-    ap.add_argument("--method", default="unlearn", choices=("unlearn", "filter", "prune"))
+    ap.add_argument("--method", default="unlearn", choices=("unlearn", "filter", "prune", "anp", "unlearn+anp"))
     ap.add_argument("--tag", default="", help="suffix of the results file, e.g. for a run recording more fields")
     ap.add_argument("--summary", action="store_true", help="only print the table of what is recorded")
     ap.add_argument("--plot", default=None, metavar="PNG",

@@ -14,7 +14,8 @@ from neuralcleanse.metrics import attack_success_rate, clean_accuracy
 from neuralcleanse.mitigation import Backdoor
 from neuralcleanse.data.trigger import Trigger, patch_trigger
 from neuralcleanse.mitigation.adversarial import RefoundTriggers
-from neuralcleanse.mitigation.unlearning import JitteredStamp, Unlearner, logits_view
+from neuralcleanse.mitigation.unlearning import JitteredStamp, Unlearner
+from neuralcleanse.models.outputs import logits_view
 from neuralcleanse.models.classifier import Classifier, ModelInfo
 from neuralcleanse.models.fitting import distillation_loss
 from tiny_task import K, SIDE, TARGET

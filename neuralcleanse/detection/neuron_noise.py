@@ -31,7 +31,7 @@ from neuralcleanse.data.dataset import ImageDataset
 from neuralcleanse.detection.evidence import Evidence, bonferroni_normal
 from neuralcleanse.detection.prepare import ready
 from neuralcleanse.errors import InputError
-from neuralcleanse.models.neurons import Neurons
+from neuralcleanse.models.neurons import Neurons, batch_statistics
 
 
 class NeuronNoise:
@@ -75,7 +75,7 @@ class NeuronNoise:
         if not neurons.layers:
             return Evidence.not_run("noise", self.alpha, "the network has no hidden layer whose neurons can be perturbed")
         was_training = model.training
-        model.eval()  # running statistics: the user's model must come back as it was
+        model.eval()
         frozen = [p for p in model.parameters() if p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
@@ -105,7 +105,8 @@ class NeuronNoise:
             if len(held) == 0:
                 raise InputError(f"the neuron-noise test needs more than {self.batch} clean images")
             neurons.draw_noise(self.eps, generator)
-            self._push(model, neurons, fit)
+            with batch_statistics(model):  # as BAN pushes it; judged below in evaluation mode
+                self._push(model, neurons, fit)
             with torch.no_grad(), neurons.applied(model):
                 predicted = torch.cat([model(held.x[i: i + 256].to(self.device)).argmax(1).cpu()
                                        for i in range(0, len(held), 256)])

@@ -16,14 +16,17 @@ from neuralcleanse.data.trigger import Backdoor, known_backdoors
 from neuralcleanse.detection.result import ScanResult
 from neuralcleanse.errors import InputError
 from neuralcleanse.mitigation.backdoors import reversed_backdoors
+from neuralcleanse.mitigation.anp import AdversarialNeuronPruning
 from neuralcleanse.mitigation.base import Mitigation, MitigationResult, Tuning
+from neuralcleanse.mitigation.chain import Chain
 from neuralcleanse.mitigation.input_filter import InputFilter
 from neuralcleanse.mitigation.pruning import NeuronPruner
 from neuralcleanse.mitigation.unlearning import Unlearner
 from neuralcleanse.mitigation.verify import rescan
 
 # The command line's names for the methods; unlearning removes the backdoor where the others hide it.
-METHODS: dict[str, type[Mitigation]] = {"unlearn": Unlearner, "filter": InputFilter, "prune": NeuronPruner}
+METHODS: dict[str, type[Mitigation]] = {"unlearn": Unlearner, "filter": InputFilter, "prune": NeuronPruner,
+                                        "anp": AdversarialNeuronPruning}
 DEFAULT_METHOD = "unlearn"
 # Draws from the tuning split: units are ranked and thresholds set on FIT_SAMPLES images, the pruning
 # curve (which picks the model kept) is measured on CURVE_SAMPLES others.
@@ -36,19 +39,38 @@ RUN_PARAMETERS = ("seed", "device", "progress")  # set by the command line's own
 
 def make_method(name: str, params: dict[str, Any] | None = None, **run: Any) -> Mitigation:
     """METHODS[name] configured with `params` (the command line's `--param KEY=VALUE`, every name
-    checked) and `run` (seed, device, progress: given to the methods that take them)."""
+    checked) and `run` (seed, device, progress: given to the methods that take them). "a+b" chains methods
+    (Chain): a parameter "a.key" goes to step a, a plain "key" to every step that has it."""
+    params = dict(params or {})
+    if "+" in name:
+        names = name.split("+")
+        unknown = [n for n in names if n not in METHODS]
+        if unknown or len(set(names)) != len(names):
+            raise InputError(f"unknown method {name!r}; chain distinct methods of {', '.join(METHODS)} with +")
+        own = {n: {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith(n + ".")} for n in names}
+        shared = {k: v for k, v in params.items() if "." not in k}
+        stray = sorted(k for k in params if "." in k and k.split(".", 1)[0] not in names)
+        unused = sorted(k for k in shared if not any(k in _parameters(METHODS[n]) for n in names))
+        if stray or unused:
+            raise InputError(f"{name} has no parameter {', '.join(stray + unused)}")
+        return Chain(*(make_method(n, {**{k: v for k, v in shared.items() if k in _parameters(METHODS[n])},
+                                       **own[n]}, **run) for n in names))
     if name not in METHODS:
         raise InputError(f"unknown method {name!r}; use one of {', '.join(METHODS)}")
     cls = METHODS[name]
     signature = inspect.signature(cls).parameters
-    accepted = [p for p in signature if p not in RUN_PARAMETERS]
-    unknown = sorted(set(params or {}) - set(accepted))
+    accepted = _parameters(cls)
+    unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise InputError(f"{name} has no parameter {', '.join(unknown)}; its parameters: {', '.join(accepted)}")
     try:
-        return cls(**(params or {}), **{k: v for k, v in run.items() if k in signature})
+        return cls(**params, **{k: v for k, v in run.items() if k in signature})
     except TypeError as exc:  # a value of the wrong kind for a parameter
         raise InputError(f"{name}: {exc}") from None
+
+
+def _parameters(cls: type) -> list[str]:
+    return [p for p in inspect.signature(cls).parameters if p not in RUN_PARAMETERS]
 
 
 def split_for_mitigation(data: DatasetSplits, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:

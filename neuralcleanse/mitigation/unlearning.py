@@ -18,9 +18,8 @@ from neuralcleanse.mitigation.adversarial import RefoundTriggers, refound_succes
 from neuralcleanse.metrics import Measurement
 from neuralcleanse.mitigation.base import Mitigation, Recheck, Tuning
 from neuralcleanse.mitigation.verify import rescan
-from neuralcleanse.models.checks import output_kind
-from neuralcleanse.models.classifier import Classifier, clone_model
-from neuralcleanse.models.outputs import log_of_probabilities, logits_for_search
+from neuralcleanse.models.classifier import clone_model
+from neuralcleanse.models.outputs import logits_view
 from neuralcleanse.data.trigger import Backdoor
 from neuralcleanse.models.fitting import train_classifier
 from neuralcleanse.metrics import attack_success_rate, clean_accuracy
@@ -48,25 +47,6 @@ GATE_SAMPLES, GATE_SEARCHES = 500, 20
 # label through its own features: the tests there set 1.
 GATE_BUDGET = 2.0
 DISTILL = 1.0  # weight of the distillation term (0 before 0.6); chosen on the MNIST tune split
-
-
-def logits_view(model: nn.Module, data: ImageDataset) -> nn.Module:
-    """`model`, or a view sharing its weights whose outputs are logits: cross-entropy on a network
-    that ends in a softmax would treat probabilities as logits and barely move it. Falls back to the
-    log of the probabilities when the softmax cannot be cut off without copying the weights."""
-    if not isinstance(model, Classifier):
-        return model
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        probe = data.x[:64].to(device)
-        kind = output_kind(model(probe))
-        view = model if kind == "logits" else logits_for_search(model, kind, model.preprocess(probe[:8]))[0]
-    model.train(was_training)
-    if view is not model and {id(p) for p in view.parameters()} != {id(p) for p in model.parameters()}:
-        view = log_of_probabilities(model)
-    return view
 
 
 def training_lr(model: nn.Module) -> float | None:

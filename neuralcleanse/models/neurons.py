@@ -65,16 +65,16 @@ class Neurons:
         return sum(len(m) for m in self.mask.values())
 
     def draw_noise(self, eps: float, generator: torch.Generator | None = None) -> None:
-        """Both noises uniform in [−eps, eps], as ANP and BAN start them."""
-        for table in (self.weight_noise, self.bias_noise):
-            for name, t in table.items():
-                fresh = torch.rand(t.shape, generator=generator) * 2 * eps - eps
-                table[name] = fresh.to(t.device)
+        """Both noises uniform in [−eps, eps], as ANP and BAN start them (in place: the tensors stay the same
+        objects, so a list of them taken earlier still holds them)."""
+        with torch.no_grad():
+            for t in self.noise_tensors():
+                t.copy_(torch.rand(t.shape, generator=generator) * 2 * eps - eps)
 
     def clear_noise(self) -> None:
-        for table in (self.weight_noise, self.bias_noise):
-            for name, t in table.items():
-                table[name] = torch.zeros_like(t)
+        with torch.no_grad():
+            for t in self.noise_tensors():
+                t.zero_()
 
     def noise_tensors(self) -> list[torch.Tensor]:
         return [*self.weight_noise.values(), *self.bias_noise.values()]
@@ -105,3 +105,21 @@ class Neurons:
             return scale.view(shape) * (out - b) + shift * b
 
         return perturb
+
+
+@contextlib.contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[None]:
+    """Runs the block in training mode, so batch-norm layers normalise with each batch's own statistics (what
+    ANP and BAN optimise under: scaling a channel is then undone by the next batch-norm, as it was when the
+    network was trained), and puts back the running statistics and the mode afterwards."""
+    was_training = model.training
+    kept = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    model.train()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                if name in kept:
+                    buffer.copy_(kept[name])
+        model.train(was_training)

@@ -21,6 +21,8 @@ import logging
 import torch
 from torch import nn
 
+from neuralcleanse.data.dataset import ImageDataset
+from neuralcleanse.models.checks import output_kind
 from neuralcleanse.models.classifier import Classifier, ModelInfo
 
 log = logging.getLogger(__name__)
@@ -132,3 +134,22 @@ def _rewrap(model: Classifier, net: nn.Module) -> Classifier:
                                         info.arch_kwargs, info.source, info.metadata))
     wrapped.preprocess = model.preprocess
     return wrapped.train(model.training)
+
+
+def logits_view(model: nn.Module, data: ImageDataset) -> nn.Module:
+    """`model`, or a view sharing its weights whose outputs are logits: cross-entropy on a network
+    that ends in a softmax would treat probabilities as logits and barely move it. Falls back to the
+    log of the probabilities when the softmax cannot be cut off without copying the weights."""
+    if not isinstance(model, Classifier):
+        return model
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        probe = data.x[:64].to(device)
+        kind = output_kind(model(probe))
+        view = model if kind == "logits" else logits_for_search(model, kind, model.preprocess(probe[:8]))[0]
+    model.train(was_training)
+    if view is not model and {id(p) for p in view.parameters()} != {id(p) for p in model.parameters()}:
+        view = log_of_probabilities(model)
+    return view
