@@ -56,7 +56,8 @@ from benchmarks.population_recipes import CLASSES, SHAPES, SPACE, build_net, dra
 
 ROOT = Path(__file__).resolve().parent
 
-DEFAULT_SIZES = {"mnist": (40, 40), "gtsrb": (10, 10)}
+DEFAULT_SIZES = {"mnist": (40, 40), "gtsrb": (16, 12)}
+DEFAULT_BLENDED = {"mnist": 14, "gtsrb": 4}  # a quarter of the infected models
 MAX_DRAWS = 400  # per kind: a safety stop if the kept share is far lower than expected
 
 
@@ -228,7 +229,9 @@ def summary(recipe: dict[str, Any]) -> str:
     s = (f"{recipe['arch']:<12} in={recipe['input']:<17} out={recipe['output']:<11} {o['name']} lr={o['lr']:.2g} "
          f"ep={recipe['epochs']} bs={recipe['batch_size']} n={recipe['train_size']}")
     a = recipe["attack"]
-    if a:
+    if a and a.get("type") == "blended":
+        s += f" | blend alpha={a['alpha']:.2f} ->{a['target']} p={a['poison_rate']:.2f}"
+    elif a:
         s += f" | trig {a['side']}px@({a['row']},{a['col']}) {a['pattern']} ->{a['target']} p={a['poison_rate']:.2f}"
     return s
 
@@ -237,12 +240,12 @@ def summary(recipe: dict[str, Any]) -> str:
 # The plan
 
 
-def plan(n_clean: int, n_infected: int, status, first: int = 0) -> Iterator[tuple[str, int]]:
-    """(kind, index) in run order: clean 0, badnets 0, clean 1, badnets 1, ... Each kind's indices go
+def plan(n_clean: int, n_infected: int, status, first: int = 0, n_blended: int = 0) -> Iterator[tuple[str, int]]:
+    """(kind, index) in run order: clean 0, badnets 0, blended 0, clean 1, ... Each kind's indices go
     on until its number of models is kept, half per split (indices of a full split are passed over);
     `status(kind, index)` says after the yield whether the model was kept (True), dropped (False) or
     is unknown (None: not built, e.g. under --scan-only). Indices start at `first`."""
-    wanted = {"clean": n_clean, "badnets": n_infected}
+    wanted = {"clean": n_clean, "badnets": n_infected, "blended": n_blended}
     need = {k: {"tune": -(-n // 2), "test": n // 2} for k, n in wanted.items()}
     nxt = {k: first for k in wanted}
     while True:
@@ -287,11 +290,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=("mnist", "gtsrb"), default="mnist")
     ap.add_argument("--clean", type=int, default=None, help="clean models (default 40 MNIST, 10 GTSRB)")
-    ap.add_argument("--infected", type=int, default=None, help="infected models to keep (default as --clean)")
+    ap.add_argument("--infected", type=int, default=None, help="BadNets models to keep (default as --clean)")
+    ap.add_argument("--blended", type=int, default=None,
+                    help="blended-trigger models to keep (default: a quarter of all infected ones, MNIST 14, GTSRB 4)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N models of the run order")
     ap.add_argument("--build-only", action="store_true", help="train and cache, no scans")
     ap.add_argument("--scan-only", action="store_true", help="scan cached models only, build nothing")
-    ap.add_argument("--rebuild-kept", choices=("all", "clean", "badnets"), default=None,
+    ap.add_argument("--rebuild-kept", choices=("all", "clean", "badnets", "blended"), default=None,
                     help="train and cache only the models the results file records as kept (of this kind), "
                          "checking that each comes back with its recorded clean accuracy; no scans")
     ap.add_argument("--shard", default="0/1", metavar="I/N",
@@ -313,6 +318,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="  %(levelname)s %(name)s: %(message)s")
     n_clean = args.clean if args.clean is not None else DEFAULT_SIZES[args.dataset][0]
     n_infected = args.infected if args.infected is not None else DEFAULT_SIZES[args.dataset][1]
+    n_blended = args.blended if args.blended is not None else DEFAULT_BLENDED[args.dataset]
     out = args.out or ROOT / "results" / f"population_{args.dataset}.jsonl"
     models = args.models_dir / args.dataset
     min_acc = args.min_accuracy if args.min_accuracy is not None else SPACE[args.dataset]["min_accuracy"]
@@ -329,7 +335,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for position, (kind, index) in enumerate(plan(n_clean, n_infected,
                                                   lambda k, i: status.get(model_id(args.dataset, k, i)),
-                                                  args.first_index)):
+                                                  args.first_index, n_blended)):
         if args.limit is not None and position >= args.limit:
             break
         recipe = draw_recipe(args.dataset, kind, index)
