@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 from cli_helpers import NUM_CLASSES, SIDE, TARGET, assert_bad_input, invoke, train_args, write_npz
-from neuralcleanse.cli import EXIT_BAD_INPUT, EXIT_CLEAN, EXIT_INFECTED
+from neuralcleanse.cli import EXIT_BAD_INPUT, EXIT_CLEAN, EXIT_INCONCLUSIVE, EXIT_INFECTED
 
 REPO = Path(__file__).resolve().parents[1]
 EXE = Path(sys.executable).parent / "neuralcleanse"
@@ -122,10 +122,13 @@ def check_report(out_dir: Path, result: Result, num_labels: int, max_steps: int)
     med = np.median(norms)
     mad = np.median(np.abs(norms - med))
     assert report["anomaly_index"] == pytest.approx(abs(norms.min() - med) / (1.4826 * mad), rel=1e-6)
-    # Exit code 3 iff the report says infected, else 0.
-    expected = EXIT_INFECTED if report["infected"] else EXIT_CLEAN
+    # Exit code 3 iff the report says infected, 4 inconclusive, else 0.
+    expected = {"infected": EXIT_INFECTED, "inconclusive": EXIT_INCONCLUSIVE}.get(report["verdict"], EXIT_CLEAN)
     assert result.exit_code == expected, result.output
     assert ("INFECTED" in result.stdout) == report["infected"]
+    # Each test's evidence, and one verdict that follows from it.
+    assert set(report["detectors"]) == {"nc", "noise", "mmbd"} and report["combined"]["verdict"] == report["verdict"]
+    assert report["score"] == pytest.approx(report["combined"]["score"])
     # Images: mask, pattern and fusion per label, and the chart.
     for label in range(num_labels):
         for kind in ("mask", "pattern", "fusion"):
@@ -162,15 +165,17 @@ def test_scan_label_subset(trained, dataset: Path, tmp_path: Path) -> None:
     model_path, _ = trained
     result = invoke("scan", str(model_path), "--data", str(dataset), "--out", str(tmp_path / "s"), "--max-steps",
                     "3", "--samples", "80", "--labels", "0,2,3", "--loss", "original", "--preset", "original")
-    assert result.exit_code in (EXIT_CLEAN, EXIT_INFECTED), result.output
+    assert result.exit_code in (EXIT_CLEAN, EXIT_INFECTED, EXIT_INCONCLUSIVE), result.output
     report = json.loads((tmp_path / "s" / "report.json").read_text())
     assert report["labels"] == [0, 2, 3]
+    assert all(e["labels"] == [0, 2, 3] for e in report["detectors"].values())  # every test on the labels asked
     assert len(report["l1_norms"]) == 3
     assert report["settings"]["config"]["loss"] == "original"
     assert report["settings"]["preset"] == "original"
     assert sorted(p.name for p in (tmp_path / "s" / "triggers").glob("*_mask.png")) == [
         "label_0000_mask.png", "label_0002_mask.png", "label_0003_mask.png"]
-    assert result.exit_code == (EXIT_INFECTED if report["infected"] else EXIT_CLEAN)
+    assert result.exit_code == {"infected": EXIT_INFECTED, "inconclusive": EXIT_INCONCLUSIVE}.get(report["verdict"],
+                                                                                               EXIT_CLEAN)
 
 
 @pytest.mark.slow
@@ -193,7 +198,7 @@ def test_scan_torchscript_model(torchscript_model: Path, dataset: Path, tmp_path
     out = tmp_path / "ts"
     result = invoke("scan", str(torchscript_model), "--data", str(dataset), "--out", str(out), "--num-classes",
                     str(NUM_CLASSES), "--max-steps", "5", "--samples", "80")
-    assert result.exit_code in (EXIT_CLEAN, EXIT_INFECTED), result.output
+    assert result.exit_code in (EXIT_CLEAN, EXIT_INFECTED, EXIT_INCONCLUSIVE), result.output
     report = check_report(out, result, NUM_CLASSES, 5)
     assert report["model"]["source"] == "torchscript"
     assert report["model"]["num_classes"] == NUM_CLASSES
@@ -203,7 +208,7 @@ def test_scan_torchscript_model(torchscript_model: Path, dataset: Path, tmp_path
 def test_scan_torchscript_infers_label_count(torchscript_model: Path, dataset: Path, tmp_path: Path) -> None:
     result = invoke("scan", str(torchscript_model), "--data", str(dataset), "--out", str(tmp_path / "ts2"),
                     "--max-steps", "2", "--samples", "40")
-    assert result.exit_code in (EXIT_CLEAN, EXIT_INFECTED), result.output
+    assert result.exit_code in (EXIT_CLEAN, EXIT_INFECTED, EXIT_INCONCLUSIVE), result.output
     report = json.loads((tmp_path / "ts2" / "report.json").read_text())
     assert report["model"]["num_classes"] == NUM_CLASSES and len(report["l1_norms"]) == NUM_CLASSES
 

@@ -322,7 +322,8 @@ def test_mitigate_filter_counts_flagged_inputs_as_stopped(infected, data, scan) 
 def test_no_flagged_label_changes_nothing(infected, data, scan) -> None:
     model, _ = infected
     # The same scan judged with a threshold no label reaches: a clean verdict.
-    quiet = dataclasses.replace(scan, outliers=label_outliers(scan.l1_norms, scan.labels, threshold=1e9), verdict="")
+    quiet = dataclasses.replace(scan, outliers=label_outliers(scan.l1_norms, scan.labels, threshold=1e9), verdict="",
+                                evidence={}, combined=None)
     assert not quiet.infected
     before = copy.deepcopy(model.state_dict())
     for method in ("filter", "prune", "unlearn"):

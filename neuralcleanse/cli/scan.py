@@ -10,6 +10,7 @@ import numpy as np
 
 from neuralcleanse.cli.app import EXIT_CLEAN, EXIT_INCONCLUSIVE, EXIT_INFECTED, guard, main
 from neuralcleanse.detection.rules import DEFAULT_RULE, RULES
+from neuralcleanse.detection.scanner import DEFAULT_DETECTORS
 from neuralcleanse.cli.options import preprocessing_options, with_options
 from neuralcleanse.options import PREPROCESSING_FLAGS, load_model_and_data_from_flags, parse_device, parse_ints
 from neuralcleanse.report.html_report import write_html_report
@@ -44,6 +45,9 @@ from neuralcleanse.errors import InputError
 @click.option("--confirm", type=click.Choice(["original"]), default=None, hidden=True,
               help="When the anomaly index lies within 1 of the threshold, scan again with this preset and report "
                    "that scan instead of restarting (kept for study, not recommended; docs/presets.md).")
+@click.option("--detectors", default=",".join(DEFAULT_DETECTORS), show_default=True,
+              help="The tests, comma-separated: nc (Neural Cleanse, always), noise (neuron noise), mmbd (maximum "
+                   "margin); one verdict from all (docs/results.md measures each). nc alone: the paper's scan.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Split the labels across this many local processes (one model, merged into one result).")
 @click.option("--ray", "ray_address", default=None, metavar="auto|ADDRESS",
@@ -59,7 +63,7 @@ from neuralcleanse.errors import InputError
 @guard(PREPROCESSING_FLAGS)
 def scan(ctx: click.Context, model_path: str, data_source: str, out: str, preset: str, samples: int | None,
          labels: str | None, loss: str | None, max_steps: int | None, rule: str, threshold: float | None, seed: int,
-         block_size: int | None, schedule: str, restarts: int, confirm: str | None, workers: int, ray_address: str | None, resume: bool, force: bool,
+         block_size: int | None, schedule: str, restarts: int, confirm: str | None, detectors: str, workers: int, ray_address: str | None, resume: bool, force: bool,
          as_json: bool, device: str, precision: str, **model_flags: Any) -> int:
     """Reverse-engineer a trigger for every label and flag the outliers.
 
@@ -76,6 +80,7 @@ def scan(ctx: click.Context, model_path: str, data_source: str, out: str, preset
     scanner = NeuralCleanse(preset, samples=samples, rule=rule, threshold=threshold, device=parse_device(device),
                             seed=seed, block_size=block_size, precision=precision, progress=ctx.obj["progress"],
                             schedule=schedule, restarts=restarts, confirm=confirm,
+                            detectors=[d.strip() for d in detectors.split(",") if d.strip()],
                             workers=max(workers, 2) if ray_address and workers == 1 else workers, ray=ray_address,
                             **config_overrides(loss=loss, max_steps=max_steps))
     result, finished = scan_folder(
@@ -102,7 +107,15 @@ def _print_verdict(result: Any, out: str, as_json: bool = False, report: dict | 
     """The verdict for people; with --json they go to stderr and stdout carries report.json."""
     idx = result.anomaly_index
     idx_text = "inf" if idx == float("inf") else f"{idx:.2f}"
-    if result.verdict == "inconclusive":
+    if result.combined is not None:
+        word = {"infected": "INFECTED", "inconclusive": "INCONCLUSIVE"}.get(result.verdict, "clean")
+        flagged = f" — flagged label(s) {result.flagged}" if result.flagged else ""
+        click.echo(f"verdict: {word}{flagged}: {result.combined.reason} (score {result.score:.2f}; Neural Cleanse's "
+                   f"anomaly index {idx_text})", err=as_json)
+        for name, e in result.evidence.items():
+            said = f"label {e.candidate}, p-value {e.p_value:.2g}" if e.ran else f"did not run: {e.note}"
+            click.echo(f"  {name}: {said}", err=as_json)
+    elif result.verdict == "inconclusive":
         click.echo(f"verdict: INCONCLUSIVE — every label's reversed trigger is small (median L1 norm "
                    f"{float(np.median(result.l1_norms)):.1f}), so trigger size cannot single out a backdoor "
                    f"(smallest-norm anomaly index {idx_text}, rule {result.rule.name})", err=as_json)

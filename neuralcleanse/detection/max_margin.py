@@ -67,8 +67,11 @@ class MaxMargin:
         prepared = ready(model, data, self.device)
         return self.test_logits(prepared.logits, tuple(data.input_shape), prepared.num_classes)
 
-    def test_logits(self, model: nn.Module, input_shape: tuple[int, ...], num_classes: int) -> Evidence:
-        """The test on a network whose outputs are logits (what the scan hands over)."""
+    def test_logits(self, model: nn.Module, input_shape: tuple[int, ...], num_classes: int,
+                    labels: list[int] | None = None) -> Evidence:
+        """The test on a network whose outputs are logits (what the scan hands over), on `labels` (all by
+        default; the null is fitted to them)."""
+        labels = list(range(num_classes)) if labels is None else [int(v) for v in labels]
         start = time.perf_counter()
         was_training = model.training
         model.eval()
@@ -76,24 +79,24 @@ class MaxMargin:
         for p in frozen:
             p.requires_grad_(False)
         try:
-            margins, steps_run = self._margins(model, input_shape, num_classes)
+            margins, steps_run = self._margins(model, input_shape, labels)
         finally:
             for p in frozen:
                 p.requires_grad_(True)
             model.train(was_training)
         top, p_value = largest_of_gamma(margins)
-        return Evidence("mmbd", list(range(num_classes)), margins, top, p_value, self.alpha, statistic=margins[top],
+        return Evidence("mmbd", labels, margins, labels[top], p_value, self.alpha, statistic=margins[top],
                         details={"settings": self.settings(), "steps_run": steps_run,
                                  "median_margin": float(torch.tensor(margins).median())},
                         wall_time=time.perf_counter() - start)
 
-    def _margins(self, model: nn.Module, input_shape: tuple[int, ...], num_classes: int) -> tuple[list[float], int]:
+    def _margins(self, model: nn.Module, input_shape: tuple[int, ...], wanted: list[int]) -> tuple[list[float], int]:
         generator = torch.Generator().manual_seed(self.seed)
         per_chunk = max(1, MAX_ROWS // self.starts)
         margins: list[float] = []
         steps_run = 0
-        for first in range(0, num_classes, per_chunk):
-            labels = torch.arange(first, min(num_classes, first + per_chunk)).repeat_interleave(self.starts)
+        for first in range(0, len(wanted), per_chunk):
+            labels = torch.tensor(wanted[first: first + per_chunk]).repeat_interleave(self.starts)
             x = torch.rand((len(labels), *input_shape), generator=generator).to(self.device).requires_grad_(True)
             labels = labels.to(self.device)
             optimiser = (torch.optim.Adam([x], lr=self.lr) if self.optimizer == "adam"

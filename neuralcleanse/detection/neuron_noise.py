@@ -34,6 +34,9 @@ from neuralcleanse.errors import InputError
 from neuralcleanse.models.neurons import Neurons, batch_statistics
 
 
+MIN_IMAGES = 20  # half push the noise, half are judged: fewer tell nothing
+
+
 class NeuronNoise:
     """The neuron-noise test.
 
@@ -65,8 +68,11 @@ class NeuronNoise:
         prepared = ready(model, data, self.device)
         return self.test_logits(prepared.logits, data, prepared.num_classes)
 
-    def test_logits(self, model: nn.Module, data: ImageDataset, num_classes: int) -> Evidence:
-        """The test on a network whose outputs are logits (what the scan hands over), with clean `data`."""
+    def test_logits(self, model: nn.Module, data: ImageDataset, num_classes: int,
+                    labels: list[int] | None = None) -> Evidence:
+        """The test on a network whose outputs are logits (what the scan hands over), with clean `data`;
+        the pile-up is judged among `labels` (all by default)."""
+        labels = list(range(num_classes)) if labels is None else [int(v) for v in labels]
         start = time.perf_counter()
         try:
             neurons = Neurons.of(model, self.device)
@@ -74,6 +80,8 @@ class NeuronNoise:
             return Evidence.not_run("noise", self.alpha, str(exc))
         if not neurons.layers:
             return Evidence.not_run("noise", self.alpha, "the network has no hidden layer whose neurons can be perturbed")
+        if len(data) < MIN_IMAGES:
+            return Evidence.not_run("noise", self.alpha, f"it needs at least {MIN_IMAGES} clean images, got {len(data)}")
         was_training = model.training
         model.eval()
         frozen = [p for p in model.parameters() if p.requires_grad]
@@ -85,8 +93,8 @@ class NeuronNoise:
             for p in frozen:
                 p.requires_grad_(True)
             model.train(was_training)
-        scores, candidate, p_value, z = pile_up(counts)
-        return Evidence("noise", list(range(num_classes)), scores, candidate, p_value, self.alpha, statistic=z,
+        scores, top, p_value, z = pile_up(counts[labels])
+        return Evidence("noise", labels, scores, labels[top], p_value, self.alpha, statistic=z,
                         details={"settings": self.settings(), "layers": neurons.kind, "neurons": neurons.count,
                                  "counts": [int(v) for v in counts], "noisy_accuracy": noisy_accuracy,
                                  "wrong": int(sum(counts))},
@@ -98,12 +106,11 @@ class NeuronNoise:
         generator = torch.Generator().manual_seed(self.seed)
         counts = np.zeros(num_classes, dtype=np.int64)
         correct = total = 0
+        batch = min(self.batch, len(data) // 2)  # a small set: half pushes the noise, half judges it
         for _ in range(self.draws):
             order = torch.randperm(len(data), generator=generator)
-            fit = data.subset(order[: self.batch])
-            held = data.subset(order[self.batch: self.batch + self.eval_samples])
-            if len(held) == 0:
-                raise InputError(f"the neuron-noise test needs more than {self.batch} clean images")
+            fit = data.subset(order[:batch])
+            held = data.subset(order[batch: batch + self.eval_samples])
             neurons.draw_noise(self.eps, generator)
             with batch_statistics(model):  # as BAN pushes it; judged below in evaluation mode
                 self._push(model, neurons, fit)

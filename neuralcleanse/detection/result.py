@@ -8,6 +8,8 @@ import numpy as np
 import torch
 
 from neuralcleanse.data.trigger import Trigger
+from neuralcleanse.detection.combined import Combined, CombineRule, combine
+from neuralcleanse.detection.evidence import Evidence, bonferroni_normal
 from neuralcleanse.detection.outlier import OutlierResult
 from neuralcleanse.detection.rules import Rule, get_rule
 
@@ -19,7 +21,11 @@ class ScanResult:
 
     A coarse-to-fine scan returns only the labels it gave the full budget: `reference_labels` (a
     random sample whose norms estimate the median and MAD; None: all labels do) and the
-    candidates, while `tested_labels` counts every label the short pass looked at."""
+    candidates, while `tested_labels` counts every label the short pass looked at.
+
+    With second opinions (`NeuralCleanse(detectors=...)`), `evidence` holds each test's finding and
+    `combined` the verdict reached from them (detection/combined.py); `verdict` and `flagged` are then
+    the combined ones, and Neural Cleanse's own are `evidence["nc"]` and `outliers`."""
 
     labels: list[int]
     masks: torch.Tensor            # (L, H, W)
@@ -36,14 +42,28 @@ class ScanResult:
     verdict: str = ""
     reference_labels: list[int] | None = None
     tested_labels: int | None = None
+    evidence: dict[str, Evidence] = field(default_factory=dict)
+    combined: Combined | None = None
 
     def __post_init__(self) -> None:
         if not self.verdict:
-            self.verdict = self.rule.verdict(self.outliers, self.l1_norms, int(self.masks[0].numel()))
+            self.verdict = self.nc_verdict
+
+    @property
+    def nc_verdict(self) -> str:
+        """Neural Cleanse's own verdict, by its rule on the norms."""
+        return self.rule.verdict(self.outliers, self.l1_norms, int(self.masks[0].numel()))
 
     @property
     def infected(self) -> bool:
         return self.verdict == "infected"
+
+    def with_evidence(self, second: dict[str, Evidence], rule: CombineRule = CombineRule()) -> "ScanResult":
+        """This result judged by Neural Cleanse's evidence and the second opinions together."""
+        self.evidence = {"nc": nc_evidence(self), **second}
+        self.combined = combine(self.evidence, rule, nc_flagged=list(self.outliers.flagged))
+        self.verdict = self.combined.verdict
+        return self
 
     @classmethod
     def judged(cls, rule: Rule, labels: list[int], l1_norms: list[float], reference_labels: list[int] | None = None,
@@ -55,7 +75,13 @@ class ScanResult:
 
     @property
     def flagged(self) -> list[int]:
-        return list(self.outliers.flagged)
+        return list(self.combined.flagged) if self.combined is not None else list(self.outliers.flagged)
+
+    @property
+    def score(self) -> float:
+        """How suspicious the model is, one number (higher: more): the combined evidence's −log10 p-value,
+        or without second opinions Neural Cleanse's anomaly index."""
+        return self.combined.score if self.combined is not None else self.anomaly_index
 
     @property
     def anomaly_index(self) -> float:
@@ -77,20 +103,29 @@ class ScanResult:
         # Reports from before rules were recorded used the published rule with their threshold.
         rule = Rule.from_dict(d["rule"]) if "rule" in d else get_rule("published", float(d.get("threshold", 2.0)))
         reference = d.get("reference_labels")
-        return cls.judged(rule, labels, norms, None if reference is None else [int(v) for v in reference],
-                          None if d.get("tested_labels") is None else int(d["tested_labels"]), masks=masks, patterns=patterns,
-                          success_rates=[float(v) for v in d["success_rates"]],
-                          reached_threshold=[bool(v) for v in d["reached_threshold"]],
-                          steps=[int(v) for v in d["steps"]], settings=dict(d.get("settings", {})),
-                          wall_time=float(d.get("wall_time_s", 0.0)), passes=int(d.get("image_passes", 0)))
+        result = cls.judged(rule, labels, norms, None if reference is None else [int(v) for v in reference],
+                            None if d.get("tested_labels") is None else int(d["tested_labels"]), masks=masks,
+                            patterns=patterns, success_rates=[float(v) for v in d["success_rates"]],
+                            reached_threshold=[bool(v) for v in d["reached_threshold"]],
+                            steps=[int(v) for v in d["steps"]], settings=dict(d.get("settings", {})),
+                            wall_time=float(d.get("wall_time_s", 0.0)), passes=int(d.get("image_passes", 0)))
+        detectors = d.get("detectors") or {}
+        if detectors:
+            second = {name: Evidence.from_dict(e) for name, e in detectors.items() if name != "nc"}
+            result.with_evidence(second, CombineRule.from_dict((d.get("combined") or {}).get("rule", {})))
+        return result
 
     def to_dict(self) -> dict[str, Any]:
         o = self.outliers
         norms = [float(v) for v in self.l1_norms]
         reference = None if self.reference_labels is None else set(self.reference_labels)
+        combined = {} if self.combined is None else {
+            "score": round(self.score, 4), "combined": self.combined.to_dict(),
+            "detectors": {name: e.to_dict() for name, e in self.evidence.items()}}
         return {
             "verdict": self.verdict,
             "infected": self.infected,
+            **combined,
             "rule": self.rule.to_dict(),
             "labels": [int(v) for v in self.labels],
             "flagged": self.flagged,
@@ -119,3 +154,22 @@ class ScanResult:
 def _finite_or_none(v: float) -> float | None:
     # JSON has no Infinity; a zero MAD gives an infinite index, written as null with a note.
     return float(v) if v == v and abs(v) != float("inf") else None
+
+
+def nc_evidence(result: ScanResult) -> Evidence:
+    """Neural Cleanse's finding as evidence: the label with the smallest reversed trigger, and the
+    Bonferroni p-value of its anomaly index among the labels tested (what the count-aware rule tests);
+    its level is the rule's."""
+    tested = result.tested_labels or len(result.labels)
+    position = int(np.argmin(result.l1_norms))
+    alpha = result.rule.alpha if result.rule.alpha is not None else bonferroni_normal(result.rule.threshold, tested)
+    indices = result.outliers.label_indices
+    median = result.outliers.median
+    values = np.log(np.maximum(result.l1_norms, 1e-6)) if result.rule.log_norms else np.asarray(result.l1_norms)
+    signed = [float(i) if v < median else -float(i) for i, v in zip(indices, values)]
+    return Evidence("nc", list(result.labels), signed, int(result.labels[position]),
+                    bonferroni_normal(result.outliers.anomaly_index, tested), float(alpha),
+                    statistic=result.outliers.anomaly_index,
+                    details={"flagged": list(result.outliers.flagged), "rule": result.rule.name,
+                             "threshold": result.outliers.threshold, "verdict": result.nc_verdict},
+                    wall_time=result.wall_time)

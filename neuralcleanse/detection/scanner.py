@@ -24,13 +24,40 @@ from neuralcleanse.detection.reverse_engineer import TriggerReverseEngineer, che
 from neuralcleanse.detection.scan_state import ScanJournal, load_journal
 from neuralcleanse.detection.schedule import SCHEDULES, CoarseToFine
 from neuralcleanse.detection.split import run_split
+from neuralcleanse.detection.combined import CombineRule
+from neuralcleanse.detection.max_margin import MaxMargin
+from neuralcleanse.detection.neuron_noise import NeuronNoise
 from neuralcleanse.errors import InputError, refuse_model_argument
 from neuralcleanse.metrics import attack_success_rate
-from neuralcleanse.models.checks import check_model
-from neuralcleanse.models.loading import as_classifier
+from neuralcleanse.detection.prepare import ready
 from neuralcleanse.models.outputs import logits_for_search
 
 log = logging.getLogger(__name__)
+
+# The tests a default scan runs: Neural Cleanse, whose reversed triggers the page shows and the repairs use, and the
+# second opinions (docs/results.md measures each and the combination).
+DEFAULT_DETECTORS = ("nc", "noise", "mmbd")
+SECOND_OPINIONS = {"noise": NeuronNoise, "mmbd": MaxMargin}
+
+
+def second_opinions(detectors: Sequence[str | Any], seed: int, device: torch.device) -> dict[str, Any]:
+    """The tests besides Neural Cleanse, by name (with the scan's seed and device) or configured objects."""
+    chosen: dict[str, Any] = {}
+    names: list[str] = []
+    for item in detectors:
+        name = item if isinstance(item, str) else next((n for n, c in SECOND_OPINIONS.items() if isinstance(item, c)),
+                                                        None)
+        if name not in ("nc", *SECOND_OPINIONS):
+            raise InputError(f"unknown detector {item!r}; known: nc, {', '.join(SECOND_OPINIONS)}")
+        if name in names:
+            raise InputError(f"`detectors` names {name} twice")
+        names.append(name)
+        if name != "nc":
+            chosen[name] = SECOND_OPINIONS[name](seed=seed, device=device) if isinstance(item, str) else item
+    if "nc" not in names:
+        raise InputError("`detectors` must include nc: Neural Cleanse's reversed triggers are what the report shows "
+                         "and what the repairs start from")
+    return chosen
 
 
 class NeuralCleanse:
@@ -74,6 +101,8 @@ class NeuralCleanse:
         restarts: int = 4,
         restart_band: float = 1.0,
         confirm: str | None = None,
+        detectors: Sequence[str | Any] = DEFAULT_DETECTORS,
+        combine_rule: CombineRule = CombineRule(),
         **config_overrides: Any,
     ) -> None:
         refuse_model_argument("NeuralCleanse", preset, "NeuralCleanse(preset=...).scan(model, data)")
@@ -111,6 +140,9 @@ class NeuralCleanse:
             except ValueError as exc:
                 raise InputError(f"`confirm`: {exc}") from None
         self.confirm = confirm
+        self.second_opinions = second_opinions(detectors, seed, self.device)
+        self.detectors = ["nc", *self.second_opinions]
+        self.combine_rule = combine_rule
 
     def scan(self, model: nn.Module, data: ImageDataset, labels: Sequence[int] | None = None,
              on_label_done: Callable[[int], None] | None = None, checkpoint: str | Path | None = None,
@@ -127,7 +159,24 @@ class NeuralCleanse:
             result = self._confirmed(result, prep.model, data)
         elif near and self.restarts:
             result = self._restarted(result, prep.model, data)
+        if self.second_opinions:
+            result = self._second_opinions(result, prep)
         return result
+
+    def _second_opinions(self, result: ScanResult, prep: "Prepared") -> ScanResult:
+        """The other tests on the same checked model (read as logits) and clean samples, and one verdict."""
+        found = {}
+        for name, test in self.second_opinions.items():
+            if self.progress:
+                log.info("second opinion: %s", name)
+            # On the labels Neural Cleanse scanned (a coarse-to-fine scan's candidates and reference sample).
+            found[name] = (test.test_logits(prep.search_model(), prep.pool, prep.num_classes, result.labels)
+                           if name == "noise" else
+                           test.test_logits(prep.search_model(), tuple(prep.pool.input_shape), prep.num_classes,
+                                            result.labels))
+            result.wall_time += found[name].wall_time
+        result.settings["detectors"] = self.detectors
+        return result.with_evidence(found, self.combine_rule)
 
     def _with_overrides(self, plan: ScanPlan) -> ScanPlan:
         """A preset's plan with the caller's sample count and setting overrides, for every scan this runs."""
@@ -228,13 +277,12 @@ class NeuralCleanse:
         return middle
 
     def _prepare(self, model: nn.Module, data: ImageDataset) -> "Prepared":
-        model = as_classifier(model, data).to(self.device)
-        check = check_model(model, data, self.device)
+        found = ready(model, data, self.device)
+        model, check, logits_from = found.model, found.check, found.logits_from
         if self.progress:  # scans run inside others (restarts, rescans after a repair) do not repeat it
             log.info("clean accuracy on the scan data: %.2f%%", 100 * check.clean_accuracy)
         with torch.no_grad():
             probe = model.preprocess(data.x[:8].to(self.device))
-        _, logits_from = logits_for_search(model, check.output_kind, probe)
         if logits_from == "cut before softmax":
             log.info("the model outputs %s; the trigger search uses the logits before its final softmax",
                      check.output_kind)

@@ -110,8 +110,11 @@ def scanner_like(scan: ScanResult | None, device: torch.device | str = "cpu") ->
     except (KeyError, TypeError, ValueError):
         plan = PRESETS.get(str(settings.get("preset")), PRESETS["fast"])
     seed = settings.get("seed", 0)
+    detectors = settings.get("detectors")
+    # The rescan runs the tests the scan ran (scans from before 0.10 ran Neural Cleanse alone).
+    detectors = [d for d in detectors if isinstance(d, str)] if isinstance(detectors, list) else ["nc"]
     return NeuralCleanse(plan, rule=scan.rule, seed=seed if isinstance(seed, int) else 0, device=device,
-                         progress=False)
+                         progress=False, detectors=detectors or ["nc"])
 
 
 def rescan(patched: nn.Module, scan: ScanResult | None, treated: Sequence[int], data: ImageDataset,

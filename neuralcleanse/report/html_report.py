@@ -213,6 +213,33 @@ def _kv_table(d: Any, skip: Sequence[str] = ()) -> str:
     return f'<div class="scroll"><table class="kv">{"".join(rows)}</table></div>'
 
 
+TEST_NAMES = {"nc": "Neural Cleanse", "noise": "Neuron noise", "mmbd": "MM-BD"}
+TEST_LOOKS = {"nc": "the smallest trigger that sends inputs to each label",
+              "noise": "where wrong answers pile up when neurons are perturbed",
+              "mmbd": "the largest logit margin each label reaches"}
+
+
+def _p(v: Any) -> str:
+    if not _is_num(v):
+        return "–"
+    return f"{v:.2g}" if v >= 1e-3 else f"{v:.1e}"
+
+
+def _combined_words(verdict: str, flagged: Any, combined: dict[str, Any]) -> tuple[str, str]:
+    """The headline and sentence of a verdict reached by several tests."""
+    reason = _e(combined.get("reason", ""))
+    if verdict == "inconclusive":
+        return ("Inconclusive: the tests do not agree",
+                f"{reason}. One test alone, or tests naming different labels, is what clean models from recipes "
+                "we measured also show now and then, so this is neither a clean verdict nor an infected one. Look "
+                "at each test's evidence below and at the reversed triggers.")
+    if verdict == "infected":
+        return ("INFECTED: backdoor suspected",
+                f"{reason}: label(s) {_e(_labels(flagged))} stand out. The reversed trigger below shows what "
+                "sends inputs there.")
+    return "Clean: no backdoor found", f"{reason}."
+
+
 def _fact(value: str, label: str) -> str:
     return f'<div class="fact"><b>{_e(value)}</b><span>{_e(label)}</span></div>'
 
@@ -251,7 +278,7 @@ class _Page:
     def render(self, scan: dict[str, Any] | None, mitigations: list[tuple[Path, dict[str, Any]]]) -> str:
         parts = [self.verdict(scan, mitigations)]
         if scan is not None:
-            parts += [self.chart(scan), self.triggers(scan)]
+            parts += [part for part in (self.tests(scan), self.chart(scan), self.triggers(scan)) if part]
         parts += [self.mitigation(d, m) for d, m in mitigations]
         if scan is not None:
             parts.append(self.run_info(scan))
@@ -293,7 +320,10 @@ class _Page:
         threshold = scan.get("threshold")
         verdict = scan.get("verdict") or ("infected" if infected else "clean")
         rule = scan.get("rule") if isinstance(scan.get("rule"), dict) else {"name": "published"}
-        if verdict == "inconclusive":
+        combined = scan.get("combined") if isinstance(scan.get("combined"), dict) else None
+        if combined is not None:
+            head, text = _combined_words(verdict, flagged, combined)
+        elif verdict == "inconclusive":
             head = "Inconclusive: trigger size cannot decide"
             text = (f"Every label's reversed trigger is small (median L1 norm {_e(_num(scan.get('median_l1')))}): "
                     "any label is easy to reach with a small patch, so a backdoor's trigger would not stand out. "
@@ -321,6 +351,7 @@ class _Page:
                      "are that scan's.")
         facts = [
             _fact(_labels(flagged), "flagged label(s)"),
+            *([_fact(_num(scan.get("score")), "score (−log10 p)")] if combined is not None else []),
             _fact(_num(scan.get("anomaly_index")), "anomaly index"),
             _fact(_num(threshold), "threshold"),
             _fact(str(rule.get("name")), "rule"),
@@ -332,6 +363,33 @@ class _Page:
         cls = {"infected": "infected", "inconclusive": "none"}.get(verdict, "clean")
         return (f'<section class="verdict {cls}" id="verdict"><h2>{_e(head)}</h2><p>{text}</p>'
                 f'<div class="facts">{"".join(facts)}</div></section>')
+
+    def tests(self, scan: dict[str, Any]) -> str:
+        """Each test's evidence side by side, and how the verdict was reached."""
+        detectors = scan.get("detectors") if isinstance(scan.get("detectors"), dict) else {}
+        combined = scan.get("combined") if isinstance(scan.get("combined"), dict) else {}
+        if not detectors:
+            return ""
+        speaking = combined.get("speaking") if isinstance(combined.get("speaking"), dict) else {}
+        rows = []
+        for name, e in detectors.items():
+            e = e if isinstance(e, dict) else {}
+            ran = e.get("p_value") is not None
+            said = ("speaks" if name in speaking else "silent") if ran else "did not run"
+            cls = "after" if name in speaking else ""
+            rows.append(f'<tr class="{cls}"><td>{_e(TEST_NAMES.get(name, name))}</td><td>{_e(TEST_LOOKS.get(name, ""))}</td>'
+                        f'<td class="num">{_e(e.get("candidate") if ran else "–")}</td>'
+                        f'<td class="num">{_e(_p(e.get("p_value")))}</td><td class="num">{_e(_num(e.get("alpha")))}</td>'
+                        f"<td>{_e(said)}{(' — ' + _e(e.get('note'))) if e.get('note') else ''}</td>"
+                        f'<td class="num">{_e(_duration(e.get("wall_time_s")))}</td></tr>')
+        m = max(1, sum(1 for e in detectors.values() if isinstance(e, dict) and e.get("p_value") is not None))
+        return ('<section id="tests"><h2>The tests</h2>'
+                f'<p>{_e(combined.get("reason", ""))}. A test <i>speaks</i> when the label it points at has a p-value '
+                f"at most its level divided by the {m} tests run; the verdict needs "
+                f'{_e((combined.get("rule") or {}).get("quorum", 2))} tests speaking for one label.</p>'
+                '<div class="scroll"><table class="results"><tr><th>test</th><th>looks at</th>'
+                '<th class="num">label</th><th class="num">p-value</th><th class="num">level</th><th></th>'
+                f'<th class="num">time</th></tr>{"".join(rows)}</table></div></section>')
 
     def chart(self, scan: dict[str, Any]) -> str:
         return ('<section id="chart"><h2>Trigger norms per label</h2>'

@@ -97,6 +97,8 @@ def check_scan_report(report: dict[str, Any], path: Path, partial: bool = False)
                 Rule.from_dict(report["rule"])
             except ValueError as exc:
                 raise _Bad(f"'rule': {exc}") from None
+        if "detectors" in report:
+            _check_detectors(report)
         for key in ("settings", "images", "model", "data", "tool"):
             if key in report and not isinstance(report[key], dict):
                 raise _Bad(f"'{key}' is not an object")
@@ -104,6 +106,38 @@ def check_scan_report(report: dict[str, Any], path: Path, partial: bool = False)
             raise _Bad("'chart' is not a file name")
     except _Bad as exc:
         raise InputError(f"{path} is damaged or was edited: {exc}; run the scan again") from None
+
+
+def _check_detectors(report: dict[str, Any]) -> None:
+    """The second opinions' evidence and the combined verdict (scans since 0.10)."""
+    detectors, combined = report["detectors"], report.get("combined")
+    if not isinstance(detectors, dict) or not isinstance(combined, dict) or "nc" not in detectors:
+        raise _Bad("'detectors' and 'combined' must be objects, with Neural Cleanse's evidence among the detectors")
+    for name, e in detectors.items():
+        if not isinstance(e, dict):
+            raise _Bad(f"'detectors.{str(name)[:20]}' is not an object")
+        labels = _int_list(e, "labels", minimum=0)
+        if len(labels) > MAX_LABELS:
+            raise _Bad(f"'detectors.{name}' holds too many labels")
+        scores = e.get("scores")
+        if not isinstance(scores, list) or len(scores) != len(labels) or not all(
+                v is None or (_is_real(v)) for v in scores):
+            raise _Bad(f"'detectors.{name}.scores' is not one number (or null) per label")
+        _check_number(e.get("alpha"), f"detectors.{name}.alpha", 0.0, 1.0)
+        if e.get("p_value") is not None:
+            _check_number(e["p_value"], f"detectors.{name}.p_value", 0.0, 1.0)
+        cand = e.get("candidate")
+        if cand is not None and (not isinstance(cand, int) or isinstance(cand, bool) or cand not in labels):
+            raise _Bad(f"'detectors.{name}.candidate' is not one of its labels")
+        if "details" in e and not isinstance(e["details"], dict):
+            raise _Bad(f"'detectors.{name}.details' is not an object")
+    if "rule" in combined and not isinstance(combined["rule"], dict):
+        raise _Bad("'combined.rule' is not an object")
+    _number(report, "score", optional=True)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def check_mitigation_report(report: dict[str, Any], path: Path) -> None:

@@ -15,7 +15,9 @@ from neuralcleanse.report.scan_report import report_header
 
 SUMMARY_CSV, SUMMARY_JSON, INDEX_HTML = "summary.csv", "summary.json", "index.html"
 SUMMARY_FILES = (SUMMARY_CSV, SUMMARY_JSON, INDEX_HTML)
-COLUMNS = ("model", "name", "verdict", "flagged", "anomaly_index", "min_label", "num_classes", "preset", "rule",
+TESTS = ("nc", "noise", "mmbd")  # each test's label and p-value get a column of their own
+COLUMNS = ("model", "name", "verdict", "flagged", "score", "anomaly_index", "min_label",
+           *(f"{t}_{k}" for t in TESTS for k in ("label", "p")), "reason", "num_classes", "preset", "rule",
            "threshold", "data", "wall_time_s", "error", "warnings", "report")
 VERDICT_ORDER = ("infected", "inconclusive", "error", "clean")
 
@@ -36,12 +38,12 @@ def counts(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
 
 
 def suspicious_first(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Infected, inconclusive, errors, clean; within a verdict the highest anomaly index first (an
-    infinite one, written as null, highest of all)."""
+    """Infected, inconclusive, errors, clean; within a verdict the highest score first (scans with one test:
+    the anomaly index; an infinite one, written as null, highest of all)."""
     def key(row: dict[str, Any]) -> tuple:
         verdict = row.get("verdict")
         rank = VERDICT_ORDER.index(verdict) if verdict in VERDICT_ORDER else VERDICT_ORDER.index("error")
-        index = row.get("anomaly_index")
+        index = row.get("score") if row.get("score") is not None else row.get("anomaly_index")
         index = math.inf if index is None else float(index)
         return rank, -index if verdict != "error" else 0.0, str(row.get("model"))
 
@@ -82,6 +84,13 @@ def _cell(value: Any) -> Any:
     return value
 
 
+def _test_cell(row: dict[str, Any], test: str) -> str:
+    label, p = row.get(f"{test}_label"), row.get(f"{test}_p")
+    if label is None or p is None:
+        return "–"
+    return f"{label} (p {p:.2g})"
+
+
 def _index(rows: Sequence[dict[str, Any]], source: str, tally: dict[str, int]) -> str:
     body = []
     for row in suspicious_first(rows):
@@ -98,8 +107,10 @@ def _index(rows: Sequence[dict[str, Any]], source: str, tally: dict[str, int]) -
             f'<tr class="{_e(verdict)}" data-verdict="{_e(verdict)}"><td class="v">{_e(verdict)}</td>'
             f'<td class="model">{_e(row.get("model"))}{error}{note}</td>'
             f'<td>{_e(", ".join(map(str, flagged)) or ("" if failed else "none"))}</td>'
+            f'<td class="num">{"" if failed else _e(_num(row.get("score")))}</td>'
             f'<td class="num">{"" if failed else _e(_num(row.get("anomaly_index")))}</td>'
-            f'<td class="num">{"" if failed else _e(_num(row.get("min_label")))}</td>'
+            + "".join(f'<td class="num">{"" if failed else _e(_test_cell(row, t))}</td>' for t in TESTS) +
+            f'<td class="sub">{_e(row.get("reason") or "")}</td>'
             f'<td class="num">{_e(_duration(row.get("wall_time_s")))}</td><td>{page}</td></tr>')
     facts = [_fact(str(len(rows)), "models")] + [_fact(str(tally[v]), v) for v in VERDICT_ORDER]
     return "\n".join([
@@ -110,10 +121,12 @@ def _index(rows: Sequence[dict[str, Any]], source: str, tally: dict[str, int]) -
         f'<p class="sub">{_e(source)}</p>',
         f'<section class="verdict none"><div class="facts">{"".join(facts)}</div></section>',
         '<section><h2>Models, most suspicious first</h2>',
-        '<p class="sub">Infected (highest anomaly index first), inconclusive, errors, then clean. An infinite '
-        "anomaly index (all other norms equal) shows as n/a.</p>",
+        '<p class="sub">Infected (highest score first), inconclusive, errors, then clean. Each test shows the label '
+        "it points at and that label's p-value; the score is −log10 of the combined p-value. An infinite anomaly "
+        "index (all other norms equal) shows as n/a.</p>",
         '<div class="scroll"><table id="models"><tr><th>verdict</th><th>model</th><th>flagged</th>'
-        '<th class="num">anomaly index</th><th class="num">smallest-norm label</th><th class="num">time</th>'
+        '<th class="num">score</th><th class="num">anomaly index</th><th class="num">Neural Cleanse</th>'
+        '<th class="num">neuron noise</th><th class="num">MM-BD</th><th>how</th><th class="num">time</th>'
         "<th>page</th></tr>",
         *body,
         "</table></div></section>",

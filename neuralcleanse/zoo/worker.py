@@ -19,7 +19,7 @@ from neuralcleanse.zoo.manifest import MODELS_DIR, Job
 LOAD_OPTIONS = ("num_classes", "factory", "factory_kwargs", "trust_pickle", "input_layout", "labels_from_model",
                 "pixel_range", "mean", "std", "channel_order")
 SCAN_OPTIONS = ("preset", "samples", "labels", "loss", "max_steps", "rule", "threshold", "seed", "block_size",
-                "schedule", "restarts", "device", "precision")
+                "schedule", "restarts", "device", "precision", "detectors")
 
 
 def check_options(options: dict[str, Any]) -> None:
@@ -76,6 +76,8 @@ def _scan(job: Job, resume: bool, force: bool) -> dict[str, Any]:
     settings = {k: opts.get(k) for k in SCAN_OPTIONS if opts.get(k) is not None}
     labels = parse_ints(settings.pop("labels")) if settings.get("labels") else None
     settings["device"] = parse_device(settings.get("device") or "cpu")
+    if isinstance(settings.get("detectors"), str):
+        settings["detectors"] = [d.strip() for d in settings["detectors"].split(",") if d.strip()]
     scanner = NeuralCleanse(settings.pop("preset", "fast"), progress=False, **settings)
     scan_folder(out, lambda: load_model_and_data_from_flags(job.path, opts["data_source"],
                                                             **{k: opts.get(k) for k in LOAD_OPTIONS}),
@@ -90,7 +92,11 @@ def _scan(job: Job, resume: bool, force: bool) -> dict[str, Any]:
 def scan_row(job: Job, report: dict[str, Any], page: Path) -> dict[str, Any]:
     norms = report["l1_norms"]
     settings = report.get("settings") or {}
+    detectors = report.get("detectors") or {}
+    tests = {f"{t}_{k}": (detectors.get(t) or {}).get(field) for t in ("nc", "noise", "mmbd")
+             for k, field in (("label", "candidate"), ("p", "p_value"))}
     return {**_base_row(job), "verdict": report["verdict"], "flagged": list(report["flagged"]),
+            "score": report.get("score"), **tests, "reason": (report.get("combined") or {}).get("reason"),
             "anomaly_index": report.get("anomaly_index"),
             "min_label": report["labels"][min(range(len(norms)), key=norms.__getitem__)],
             "num_classes": (report.get("model") or {}).get("num_classes"), "preset": settings.get("preset"),
