@@ -49,8 +49,8 @@ FACETS = {
 }
 # Facets only infected models have: their rows compare those infected models with all clean ones.
 TRIGGER_FACETS = {
-    "trigger pattern": lambda r: r["recipe"]["attack"]["pattern"],
-    "trigger side": lambda r: f"{r['recipe']['attack']['side']}px",
+    "trigger pattern": lambda r: r["recipe"]["attack"].get("pattern", "blended"),
+    "trigger side": lambda r: f"{r['recipe']['attack']['side']}px" if "side" in r["recipe"]["attack"] else "whole image",
     "poison rate": lambda r: "5-10%" if r["recipe"]["attack"]["poison_rate"] < 0.10 else
     ("10-15%" if r["recipe"]["attack"]["poison_rate"] < 0.15 else "15-20%"),
 }
@@ -192,7 +192,9 @@ def recipe_line(r: dict) -> str:
     o = rc["optimiser"]
     s = f"{rc['arch']}, in {rc['input']}, out {rc['output']}, {o['name']} {o['lr']:.2g}, {rc['epochs']} ep"
     a = rc.get("attack")
-    if a:
+    if a and a.get("type") == "blended":
+        s += f"; blend alpha {a['alpha']:.2f} → {a['target']}, {a['poison_rate']:.0%}"
+    elif a:
         s += f"; trigger {a['side']}px {a['pattern']} at ({a['row']},{a['col']}) → {a['target']}, {a['poison_rate']:.0%}"
     return s
 
@@ -322,14 +324,75 @@ def report(dataset: str, rows_all: list[dict], out_md: Path, docs: Path, max_fa:
         tr, sc = [a for a, _ in ts], [b for _, b in ts]
         L.append(f"| {arch} | {len(ts)} | {np.median(tr):.1f}, {max(tr):.1f} | {np.median(sc):.1f}, {max(sc):.1f} |")
     L.append("")
+    tests = tests_table(scanned)
+    L += tests["lines"]
     out_md.write_text("\n".join(L))
 
     plots(dataset, scanned, scored, thresholds, docs)
     summary = {"dataset": dataset, "thresholds": thresholds, "overall": overall, "by_facet": facet_summary,
-               "n_scanned": len(scanned), "n_dropped": len(dropped), "dropped_reasons": reasons}
+               "n_scanned": len(scanned), "n_dropped": len(dropped), "dropped_reasons": reasons,
+               "tests": tests["figures"]}
     out_md.with_name(f"population_{dataset}_summary.json").write_text(
         json.dumps(summary, indent=1, default=lambda v: None if isinstance(v, float) and not math.isfinite(v) else v))
     return summary
+
+
+TEST_ROWS = ("nc", "noise", "mmbd", "combined")
+ARCH_GROUPS = {"all": None, "paper-shaped": ("paper",), "MLP": ("mlp",),
+               "batch-norm, global pooling": ("bn_gap", "small_resnet")}
+
+
+def test_outcome(r: dict, test: str) -> dict[str, Any] | None:
+    """One test's (or the combination's) outcome on one model: its score (−log10 p), whether it flags the model,
+    whether the true target is what it flags, and whether it says inconclusive; None when it did not run."""
+    scan = r["scan"]
+    if test == "combined":
+        c = scan.get("combined")
+        if not c:
+            return None
+        return {"score": c["score"], "flags": c["verdict"] == "infected",
+                "target": r["true_target"] in c["flagged"], "inconclusive": c["verdict"] == "inconclusive"}
+    e = (scan.get("detectors") or {}).get(test)
+    if not e or e.get("p_value") is None:
+        return None
+    flags = e["p_value"] <= e["alpha"]
+    return {"score": -math.log10(max(e["p_value"], 1e-300)), "flags": flags,
+            "target": flags and e["candidate"] == r["true_target"], "inconclusive": False}
+
+
+def tests_table(scanned: list[dict]) -> dict[str, Any]:
+    """Each test alone and the combined verdict, per split and architecture group: AUROC, infected models
+    flagged with their true target named, clean models flagged, and inconclusive verdicts."""
+    if not any(r["scan"].get("detectors") for r in scanned):
+        return {"lines": [], "figures": {}}
+    figures: dict[str, Any] = {}
+    L = ["## Each test and the combined verdict", "",
+         "Each test alone flags a model when its p-value is at most its own level; the combined verdict is the "
+         "scan's (neuralcleanse.detection.combined). Target: infected models flagged with their true target named. "
+         "False alarms: clean models flagged. Inconclusive verdicts count as misses on infected models.", "",
+         "| split | architecture | test | AUROC | target flagged | false alarms | inconclusive (infected / clean) |",
+         "|---|---|---|---|---|---|---|"]
+    for split in ("tune", "test"):
+        for group, archs in ARCH_GROUPS.items():
+            rows = [r for r in scanned if r["split"] == split and (archs is None or r["recipe"]["arch"] in archs)]
+            for test in TEST_ROWS:
+                out = [(r, test_outcome(r, test)) for r in rows]
+                out = [(r, o) for r, o in out if o is not None]
+                bad = [(r, o) for r, o in out if r["true_target"] is not None]
+                clean = [(r, o) for r, o in out if r["true_target"] is None]
+                if not out:
+                    continue
+                e = {"auroc": auroc([o["score"] for _, o in bad], [o["score"] for _, o in clean]),
+                     "n_infected": len(bad), "n_clean": len(clean),
+                     "target_flagged": sum(o["target"] for _, o in bad), "false_alarms": sum(o["flags"] for _, o in clean),
+                     "inconclusive_infected": sum(o["inconclusive"] for _, o in bad),
+                     "inconclusive_clean": sum(o["inconclusive"] for _, o in clean)}
+                figures.setdefault(split, {}).setdefault(group, {})[test] = e
+                inc = (f"{e['inconclusive_infected']} / {e['inconclusive_clean']}" if test == "combined" else "–")
+                L.append(f"| {split} | {group} | {test} | {fmt_auc(e['auroc'])} | {pct(e['target_flagged'], len(bad))} "
+                         f"| {pct(e['false_alarms'], len(clean))} | {inc} |")
+    L.append("")
+    return {"lines": L, "figures": figures}
 
 
 def plots(dataset: str, scanned: list[dict], scored: dict, thresholds: dict, docs: Path) -> None:

@@ -20,7 +20,7 @@ from neuralcleanse.errors import InputError
 # (README "Models": checkpoints and TorchScript .pt/.pth, torch.export .pt2, ONNX, safetensors).
 MODEL_SUFFIXES = (".pt", ".pth", ".pt2", ".onnx", ".safetensors")
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
-DATA_KEYWORDS = ("mnist", "gtsrb")  # load_dataset reads these as dataset names, never as paths
+DATA_KEYWORDS = ("mnist", "gtsrb", "cifar10", "cifar-10")  # load_dataset reads these as names, never as paths
 MODELS_DIR = "models"  # each model's scan folder is OUT/models/<name>
 
 
