@@ -56,8 +56,8 @@ from benchmarks.population_recipes import CLASSES, SHAPES, SPACE, build_net, dra
 
 ROOT = Path(__file__).resolve().parent
 
-DEFAULT_SIZES = {"mnist": (40, 40), "gtsrb": (16, 12)}
-DEFAULT_BLENDED = {"mnist": 14, "gtsrb": 4}  # a quarter of the infected models
+DEFAULT_SIZES = {"mnist": (40, 40), "gtsrb": (12, 9)}
+DEFAULT_BLENDED = {"mnist": 14, "gtsrb": 3}  # a quarter of the infected models
 MAX_DRAWS = 400  # per kind: a safety stop if the kept share is far lower than expected
 
 
@@ -292,7 +292,7 @@ def main() -> None:
     ap.add_argument("--clean", type=int, default=None, help="clean models (default 40 MNIST, 10 GTSRB)")
     ap.add_argument("--infected", type=int, default=None, help="BadNets models to keep (default as --clean)")
     ap.add_argument("--blended", type=int, default=None,
-                    help="blended-trigger models to keep (default: a quarter of all infected ones, MNIST 14, GTSRB 4)")
+                    help="blended-trigger models to keep (default: a quarter of all infected ones, MNIST 14, GTSRB 3)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N models of the run order")
     ap.add_argument("--build-only", action="store_true", help="train and cache, no scans")
     ap.add_argument("--scan-only", action="store_true", help="scan cached models only, build nothing")
@@ -328,7 +328,8 @@ def main() -> None:
         rebuild_kept(done, args.rebuild_kept, data, models, args.min_asr, min_acc, args.shard, args.split)
         return
     meta = {"machine": platform.platform(), "torch": str(torch.__version__), "threads": torch.get_num_threads()}
-    print(f"population {args.dataset}: {n_clean} clean + {n_infected} kept infected; {len(done)} models already in "
+    print(f"population {args.dataset}: {n_clean} clean + {n_infected} BadNets + {n_blended} blended kept; {len(done)} "
+          f"models already in "
           f"{out}; models cached in {models}", flush=True)
     status: dict[str, bool | None] = {}
     counts = {"built": 0, "scanned": 0, "dropped": 0, "skipped": 0}

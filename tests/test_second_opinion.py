@@ -15,7 +15,8 @@ from neuralcleanse.errors import InputError
 from neuralcleanse.models.neurons import Neurons, neuron_layers
 from tiny_task import SIDE, TARGET
 
-SMALL_NOISE = dict(batch=64, eval_samples=200)
+# The tiny net has no batch-norm: the test is forced onto its channels, with BAN's own noise level.
+SMALL_NOISE = dict(batch=64, eval_samples=200, batch_norm_only=False, eps=0.3)
 
 
 def test_max_margin_points_at_the_target_of_an_infected_model_only(infected, clean_model, data) -> None:
@@ -36,6 +37,8 @@ def test_neuron_noise_piles_an_infected_models_errors_onto_its_target(infected, 
     assert found.details["layers"] == "conv/dense"  # the tiny net has no batch-norm
     quiet = NeuronNoise(**SMALL_NOISE).test(clean_model, data.test)
     assert not quiet.flagged
+    skipped = NeuronNoise().test(model, data.test)  # by default only networks with batch-norm
+    assert not skipped.ran and "no batch-norm" in skipped.note
 
 
 def test_tests_leave_the_model_as_it_was(data) -> None:
