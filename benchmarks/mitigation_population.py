@@ -270,7 +270,8 @@ def main() -> None:
                     help="only every N-th model from the I-th: N processes share one results file")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--recipes", default=",".join(RECIPES))
-    ap.add_argument("--method", default="unlearn", choices=("unlearn", "filter", "prune", "anp", "unlearn+anp"))
+    ap.add_argument("--method", default="unlearn",
+                    choices=("unlearn", "filter", "prune", "anp", "unlearn+anp", "sau", "unlearn+sau"))
     ap.add_argument("--tag", default="", help="suffix of the results file, e.g. for a run recording more fields")
     ap.add_argument("--summary", action="store_true", help="only print the table of what is recorded")
     ap.add_argument("--plot", default=None, metavar="PNG",

@@ -43,7 +43,7 @@ class MaxMargin:
     """
 
     def __init__(self, starts: int = 10, steps: int = 100, lr: float = 0.05, optimizer: str = "adam",
-                 alpha: float = 0.05, tolerance: float = 1e-5, seed: int = 0,
+                 alpha: float = 0.05, tolerance: float = 1e-5, relative: bool = False, seed: int = 0,
                  device: torch.device | str = "cpu") -> None:
         if optimizer not in OPTIMISERS:
             raise InputError(f"unknown `optimizer` {optimizer!r}; use one of {', '.join(OPTIMISERS)}")
@@ -56,19 +56,20 @@ class MaxMargin:
             raise InputError(f"`alpha` must lie in (0, 1), got {alpha!r}")
         self.starts, self.steps, self.lr, self.optimizer = starts, steps, lr, optimizer
         self.alpha, self.tolerance, self.seed, self.device = alpha, tolerance, seed, torch.device(device)
+        self.relative = relative
 
     def settings(self) -> dict[str, Any]:
         return {"starts": self.starts, "steps": self.steps, "lr": self.lr, "optimizer": self.optimizer,
-                "alpha": self.alpha, "tolerance": self.tolerance, "seed": self.seed}
+                "alpha": self.alpha, "tolerance": self.tolerance, "relative": self.relative, "seed": self.seed}
 
     def test(self, model: nn.Module, data: ImageDataset) -> Evidence:
         """`model`: a Classifier or an nn.Module taking raw [0,1] pixels, checked and read before any final
         softmax as the scan does."""
         prepared = ready(model, data, self.device)
-        return self.test_logits(prepared.logits, tuple(data.input_shape), prepared.num_classes)
+        return self.test_logits(prepared.logits, tuple(data.input_shape), prepared.num_classes, data=data)
 
     def test_logits(self, model: nn.Module, input_shape: tuple[int, ...], num_classes: int,
-                    labels: list[int] | None = None) -> Evidence:
+                    labels: list[int] | None = None, data: ImageDataset | None = None) -> Evidence:
         """The test on a network whose outputs are logits (what the scan hands over), on `labels` (all by
         default; the null is fitted to them)."""
         labels = list(range(num_classes)) if labels is None else [int(v) for v in labels]
@@ -78,15 +79,19 @@ class MaxMargin:
         frozen = [p for p in model.parameters() if p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
+        natural = None
         try:
             margins, steps_run = self._margins(model, input_shape, labels)
+            if self.relative and data is not None:  # each label's margin beyond what its own clean images reach
+                natural = self._natural(model, data, labels)
+                margins = [m - n for m, n in zip(margins, natural)]
         finally:
             for p in frozen:
                 p.requires_grad_(True)
             model.train(was_training)
         top, p_value = largest_of_gamma(margins)
         return Evidence("mmbd", labels, margins, labels[top], p_value, self.alpha, statistic=margins[top],
-                        details={"settings": self.settings(), "steps_run": steps_run,
+                        details={"settings": self.settings(), "steps_run": steps_run, "natural": natural,
                                  "median_margin": float(torch.tensor(margins).median())},
                         wall_time=time.perf_counter() - start)
 
@@ -116,6 +121,18 @@ class MaxMargin:
                 reached = _margin(model(x.clamp(0, 1)), labels).view(-1, self.starts)
             margins += [float(v) for v in reached.max(1).values.cpu()]
         return margins, steps_run
+
+
+    @torch.no_grad()
+    def _natural(self, model: nn.Module, data: ImageDataset, labels: list[int]) -> list[float]:
+        """Per label, the 95th percentile of the margins its own clean images reach."""
+        out = []
+        margins = torch.cat([_margin(model(data.x[i:i + 256].to(self.device)), data.y[i:i + 256].to(self.device)).cpu()
+                             for i in range(0, len(data), 256)])
+        for label in labels:
+            own = margins[data.y == label]
+            out.append(float(torch.quantile(own, 0.95)) if len(own) else 0.0)
+        return out
 
 
 def _margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

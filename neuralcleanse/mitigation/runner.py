@@ -21,12 +21,13 @@ from neuralcleanse.mitigation.base import Mitigation, MitigationResult, Tuning
 from neuralcleanse.mitigation.chain import Chain
 from neuralcleanse.mitigation.input_filter import InputFilter
 from neuralcleanse.mitigation.pruning import NeuronPruner
+from neuralcleanse.mitigation.sau import SharedAdversarialUnlearning
 from neuralcleanse.mitigation.unlearning import Unlearner
 from neuralcleanse.mitigation.verify import rescan
 
 # The command line's names for the methods; unlearning removes the backdoor where the others hide it.
 METHODS: dict[str, type[Mitigation]] = {"unlearn": Unlearner, "filter": InputFilter, "prune": NeuronPruner,
-                                        "anp": AdversarialNeuronPruning}
+                                        "anp": AdversarialNeuronPruning, "sau": SharedAdversarialUnlearning}
 DEFAULT_METHOD = "unlearn"
 # Draws from the tuning split: units are ranked and thresholds set on FIT_SAMPLES images, the pruning
 # curve (which picks the model kept) is measured on CURVE_SAMPLES others.
