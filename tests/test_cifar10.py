@@ -80,6 +80,7 @@ def test_a_batch_that_would_run_code_is_refused(official, tmp_path) -> None:
         load_cifar10(tmp_path / "empty")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED.is_file(), reason="../shared/data/cifar10 is not beside this checkout")
 def test_shared_copy() -> None:
     data = load_cifar10(SHARED)

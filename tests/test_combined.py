@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -21,22 +22,27 @@ def _e(test: str, label: int, p: float, alpha: float = 0.05) -> Evidence:
 
 def test_the_rule() -> None:
     quiet = combine({"nc": _e("nc", 1, 0.5), "mmbd": _e("mmbd", 2, 0.3), "noise": _e("noise", 3, 0.9)})
-    assert quiet.verdict == "clean" and quiet.flagged == [] and quiet.p_value == pytest.approx(0.9)
-    agree = combine({"nc": _e("nc", 2, 1e-6), "mmbd": _e("mmbd", 2, 1e-4), "noise": _e("noise", 3, 0.9)},
-                    nc_flagged=[2, 4])
-    assert agree.verdict == "infected" and agree.flagged == [2, 4] and set(agree.speaking) == {"nc", "mmbd"}
-    assert agree.score == pytest.approx(-__import__("math").log10(3e-6))
+    assert quiet.verdict == "clean" and quiet.flagged == [] and quiet.p_value == pytest.approx(1.0)
+    # Neural Cleanse speaks: its labels are flagged; the model's p-value is Bonferroni over the counting tests.
+    found = combine({"nc": _e("nc", 2, 1e-6), "noise": _e("noise", 3, 0.9)}, nc_flagged=[2, 4])
+    assert found.verdict == "infected" and found.flagged == [2, 4] and set(found.speaking) == {"nc"}
+    assert found.score == pytest.approx(-math.log10(2e-6))
+    # MM-BD does not count by default: alone it flags nothing, and the reason says what it saw.
     alone = combine({"nc": _e("nc", 2, 0.5), "mmbd": _e("mmbd", 2, 1e-4), "noise": _e("noise", 3, 0.9)})
-    assert alone.verdict == "inconclusive" and "only MM-BD" in alone.reason and alone.flagged == []
-    apart = combine({"nc": _e("nc", 2, 1e-6), "mmbd": _e("mmbd", 5, 1e-4)})
-    assert apart.verdict == "inconclusive" and "different labels" in apart.reason
-    # A test speaks at its level divided by the number of tests that ran: 0.02 is not enough among three.
-    assert combine({"nc": _e("nc", 2, 0.02), "mmbd": _e("mmbd", 2, 0.02), "noise": _e("noise", 2, 0.9)}).verdict == "clean"
-    assert combine({"nc": _e("nc", 2, 0.02), "mmbd": _e("mmbd", 2, 1e-3)}, CombineRule(quorum=1)).verdict == "infected"
-    skipped = combine({"nc": _e("nc", 2, 1e-6), "noise": Evidence.not_run("noise", 0.05, "TorchScript")})
-    assert skipped.verdict == "inconclusive"  # one test that ran cannot make a quorum of two
-    with pytest.raises(ValueError):
-        CombineRule(quorum=0)
+    assert alone.verdict == "clean" and "MM-BD" in alone.reason and "advisory" in alone.reason
+    both = combine({"nc": _e("nc", 2, 1e-6), "noise": _e("noise", 5, 1e-4)})
+    assert both.verdict == "infected" and both.flagged == [2, 5] and "different labels" in both.reason
+    # A test speaks at its level divided by the number of counting tests that ran: 0.03 is not enough for two.
+    assert combine({"nc": _e("nc", 2, 0.03), "noise": _e("noise", 2, 0.9)}).verdict == "clean"
+    assert combine({"nc": _e("nc", 2, 0.03), "noise": Evidence.not_run("noise", 0.05, "no batch-norm")}
+                   ).verdict == "infected"  # alone, Neural Cleanse keeps its whole level
+    strict = CombineRule(count=("nc", "noise", "mmbd"), quorum=2)
+    one = combine({"nc": _e("nc", 2, 1e-6), "mmbd": _e("mmbd", 4, 0.5)}, strict)
+    assert one.verdict == "inconclusive" and "2 tests must speak" in one.reason
+    assert CombineRule.from_dict(strict.to_dict()) == strict
+    for bad in ({"quorum": 0}, {"count": ()}, {"count": ("magic",)}):
+        with pytest.raises(ValueError):
+            CombineRule(**bad)
 
 
 def test_report_keeps_every_test_and_refuses_an_edited_verdict(infected, data, tmp_path) -> None:

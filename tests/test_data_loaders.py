@@ -389,7 +389,7 @@ def test_load_dataset_dispatch(tmp_path: Path) -> None:
     assert load_dataset(tmp_path / "signs", seed=1).train.name == "gtsrb"
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.txt").write_text("hi")
-    for bad in (tmp_path / "empty", tmp_path / "notes.txt", tmp_path / "missing", "cifar10"):
+    for bad in (tmp_path / "empty", tmp_path / "notes.txt", tmp_path / "missing", "imagenet"):
         with pytest.raises(InputError, match="'mnist'"):
             load_dataset(bad)
 

@@ -42,7 +42,7 @@ class MaxMargin:
     than `tolerance` of itself), `lr` the optimiser's rate; `alpha` the level at which the test alone flags.
     """
 
-    def __init__(self, starts: int = 10, steps: int = 100, lr: float = 0.05, optimizer: str = "adam",
+    def __init__(self, starts: int = 5, steps: int = 50, lr: float = 0.1, optimizer: str = "adam",
                  alpha: float = 0.05, tolerance: float = 1e-5, relative: bool = False, seed: int = 0,
                  device: torch.device | str = "cpu") -> None:
         if optimizer not in OPTIMISERS:

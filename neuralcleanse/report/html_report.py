@@ -230,9 +230,8 @@ def _combined_words(verdict: str, flagged: Any, combined: dict[str, Any]) -> tup
     reason = _e(combined.get("reason", ""))
     if verdict == "inconclusive":
         return ("Inconclusive: the tests do not agree",
-                f"{reason}. One test alone, or tests naming different labels, is what clean models from recipes "
-                "we measured also show now and then, so this is neither a clean verdict nor an infected one. Look "
-                "at each test's evidence below and at the reversed triggers.")
+                f"{reason}. Fewer tests spoke than the verdict needs, so this is neither a clean verdict nor an "
+                "infected one. Look at each test's evidence below and at the reversed triggers.")
     if verdict == "infected":
         return ("INFECTED: backdoor suspected",
                 f"{reason}: label(s) {_e(_labels(flagged))} stand out. The reversed trigger below shows what "
@@ -371,22 +370,27 @@ class _Page:
         if not detectors:
             return ""
         speaking = combined.get("speaking") if isinstance(combined.get("speaking"), dict) else {}
+        rule = combined.get("rule") if isinstance(combined.get("rule"), dict) else {}
+        counted = rule.get("count") if isinstance(rule.get("count"), list) else list(detectors)
         rows = []
         for name, e in detectors.items():
             e = e if isinstance(e, dict) else {}
             ran = e.get("p_value") is not None
-            said = ("speaks" if name in speaking else "silent") if ran else "did not run"
+            said = ("did not run" if not ran else "advisory" if name not in counted else
+                    "speaks" if name in speaking else "silent")
             cls = "after" if name in speaking else ""
             rows.append(f'<tr class="{cls}"><td>{_e(TEST_NAMES.get(name, name))}</td><td>{_e(TEST_LOOKS.get(name, ""))}</td>'
                         f'<td class="num">{_e(e.get("candidate") if ran else "–")}</td>'
                         f'<td class="num">{_e(_p(e.get("p_value")))}</td><td class="num">{_e(_num(e.get("alpha")))}</td>'
                         f"<td>{_e(said)}{(' — ' + _e(e.get('note'))) if e.get('note') else ''}</td>"
                         f'<td class="num">{_e(_duration(e.get("wall_time_s")))}</td></tr>')
-        m = max(1, sum(1 for e in detectors.values() if isinstance(e, dict) and e.get("p_value") is not None))
+        m = max(1, sum(1 for n, e in detectors.items() if isinstance(e, dict) and e.get("p_value") is not None
+                       and n in counted))
         return ('<section id="tests"><h2>The tests</h2>'
                 f'<p>{_e(combined.get("reason", ""))}. A test <i>speaks</i> when the label it points at has a p-value '
-                f"at most its level divided by the {m} tests run; the verdict needs "
-                f'{_e((combined.get("rule") or {}).get("quorum", 2))} tests speaking for one label.</p>'
+                f"at most its level divided by the {m} counting test(s) that ran; an infected verdict needs "
+                f'{_e(rule.get("quorum", 1))} speaking. <i>Advisory</i> tests are shown, not counted: on the models '
+                "we measured they flagged clean ones too often to decide alone (docs/results.md).</p>"
                 '<div class="scroll"><table class="results"><tr><th>test</th><th>looks at</th>'
                 '<th class="num">label</th><th class="num">p-value</th><th class="num">level</th><th></th>'
                 f'<th class="num">time</th></tr>{"".join(rows)}</table></div></section>')
