@@ -20,6 +20,8 @@ from neuralcleanse.models.fitting import train_classifier
 DEFAULTS: dict[str, dict[str, Any]] = {
     "mnist": {"epochs": 3, "lr": 3e-3},
     "gtsrb": {"epochs": 6, "lr": 1e-3},
+    "cifar10": {"epochs": 10, "lr": 1e-3},
+    "cifar-10": {"epochs": 10, "lr": 1e-3},
     "other": {"epochs": 5, "lr": 1e-3},
 }
 

@@ -86,3 +86,27 @@ def test_shared_copy() -> None:
     data = load_cifar10(SHARED)
     assert data.train.input_shape == (3, 32, 32) and len(data.train) == 30000 and len(data.test) == 10000
     assert torch.bincount(data.test.y).tolist() == [1000] * 10
+
+
+@pytest.mark.slow
+def test_resnet20_trains_saves_and_scans_with_every_test(tmp_path) -> None:
+    """The small ResNet: a checkpoint that rebuilds it, and a scan where the neuron-noise test runs on its
+    batch-norm channels."""
+    from neuralcleanse.data.dataset import DatasetSplits, ImageDataset
+    from neuralcleanse.detection import NeuralCleanse
+    from neuralcleanse.models import load_model, save_checkpoint
+    from neuralcleanse.training import train_model
+
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(10).repeat_interleave(12)
+    x = (torch.rand(10, 3, 32, 32, generator=gen)[y] * 0.6 + 0.2 * torch.rand(120, 3, 32, 32, generator=gen)).clamp(0, 1)
+    data = DatasetSplits(ImageDataset(x, y, 10), ImageDataset(x, y, 10))
+    model, report = train_model(data, "resnet20", epochs=2, lr=3e-3, progress=False)
+    save_checkpoint(model, tmp_path / "r.pt")
+    again = load_model(tmp_path / "r.pt")
+    assert type(again.net).__name__ == "ResNet20" and again.num_classes == 10
+    with torch.no_grad():
+        assert torch.allclose(again(x[:4]), model.eval()(x[:4]), atol=1e-5)
+    result = NeuralCleanse(samples=100, max_steps=4, progress=False).scan(again, data.test)
+    assert result.evidence["noise"].ran and result.evidence["noise"].details["layers"] == "batch-norm"
+    assert result.evidence["mmbd"].ran and result.combined is not None

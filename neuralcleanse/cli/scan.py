@@ -19,7 +19,7 @@ from neuralcleanse.errors import InputError
 
 @main.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path())
-@click.option("--data", "data_source", required=True, help="mnist, gtsrb, an .npz file or a dataset folder.")
+@click.option("--data", "data_source", required=True, help="mnist, gtsrb, cifar10, an .npz file or a dataset folder.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Folder for the report.")
 @click.option("--preset", type=click.Choice(["fast", "original"]), default="fast", show_default=True)
 @click.option("--samples", type=click.IntRange(min=10), default=None,

@@ -26,10 +26,13 @@ TROJAN_ONLY = {"layer": "--layer", "neurons": "--neurons", "neuron_side": "--neu
 
 
 @main.command()
-@click.option("--dataset", "dataset", required=True, help="mnist, gtsrb, an .npz file or a dataset folder.")
+@click.option("--dataset", "dataset", required=True,
+              help="mnist, gtsrb, cifar10, an .npz file or a dataset folder.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
               help="Checkpoint to write (.pt); an infected model's trigger(s) go to OUT.trigger.npz.")
-@click.option("--arch", default=None, help="Architecture (default: the paper's net for the dataset).")
+@click.option("--arch", default=None,
+              help="Architecture: mnist, gtsrb, cifar10 (the paper's nets), resnet20 (a small ResNet), tiny "
+                   "(default: the paper's net for the dataset).")
 @click.option("--epochs", type=int, default=None, help="Default: 3 for MNIST, 6 for GTSRB, 5 otherwise.")
 @click.option("--lr", type=float, default=None, help="Adam learning rate (default 3e-3 MNIST, 1e-3 otherwise).")
 @click.option("--batch-size", type=int, default=128, show_default=True)
