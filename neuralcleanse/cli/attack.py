@@ -24,7 +24,7 @@ def attack() -> None:
 @attack.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path())
 @click.option("--data", "data_source", required=True,
-              help="mnist, gtsrb, an .npz file or a dataset folder: retraining images from its train split, "
+              help="mnist, gtsrb, cifar10, an .npz file or a dataset folder: retraining images from its train split, "
                    "figures on its test split.")
 @click.option("--target", type=int, required=True, help="The label the trigger sends inputs to.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),

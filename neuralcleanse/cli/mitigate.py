@@ -35,7 +35,7 @@ PARAM_FLAGS["false_positive_rate"] = "--fpr"
 @click.option("--scan", "scan_dir", required=True, type=click.Path(file_okay=False),
               help="The --out folder of a scan of this model.")
 @click.option("--data", "data_source", required=True,
-              help="Clean labelled images: mnist, gtsrb, an .npz file or a dataset folder (at least 1,000 "
+              help="Clean labelled images: mnist, gtsrb, cifar10, an .npz file or a dataset folder (at least 1,000 "
                    "images; half tune the repair, half measure it).")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Folder for the results.")
 @click.option("--method", type=click.Choice(list(METHODS)), default=DEFAULT_METHOD, show_default=True,

@@ -25,7 +25,7 @@ COMMAND_LINE_ONLY = ("factory", "factory_kwargs", "trust_pickle")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
               help="Folder for the summary; each model's scan goes to OUT/models/NAME.")
 @click.option("--data", "data_source", default=None,
-              help="mnist, gtsrb, an .npz file or a dataset folder, for every model (a manifest's data column "
+              help="mnist, gtsrb, cifar10, an .npz file or a dataset folder, for every model (a manifest's data column "
                    "overrides it). Required for a folder.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Models scanned at once on this machine, each in its own process.")
