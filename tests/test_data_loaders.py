@@ -283,7 +283,7 @@ def test_gtsrb_npz_and_default_source(tmp_path: Path, monkeypatch: pytest.Monkey
     # With no variable and no shared copy anywhere, the error says where to get the data.
     monkeypatch.delenv("NEURALCLEANSE_GTSRB")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(gtsrb_mod, "_REPO_ROOT", tmp_path)
+    monkeypatch.setattr("neuralcleanse.data.locate._REPO_ROOT", tmp_path)
     with pytest.raises(InputError, match="download GTSRB"):
         load_gtsrb()
     np.savez(tmp_path / "single.npz", x=np.zeros((2, 32, 32, 3), np.uint8), y=np.zeros(2, np.uint8))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import pickle
 import tarfile
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 from neuralcleanse.data.cache import load_cached, save_cached
 from neuralcleanse.data.dataset import DatasetSplits, ImageDataset, to_nchw_unit
 from neuralcleanse.data.npz import read_npz_splits
+from neuralcleanse.data.locate import default_source
 from neuralcleanse.errors import InputError
 
 NUM_CLASSES = 10
@@ -28,7 +28,6 @@ ENV_VAR = "NEURALCLEANSE_CIFAR10"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 _SHARED_NPZ = Path("..") / "shared" / "data" / "cifar10" / "cifar10_jpeg_30k.npz"
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 _MAX_BATCH_BYTES = 256 * 2**20  # an official batch is 31 MB
 _CACHE_VERSION = 1
 _WHERE_TO_GET = (
@@ -155,14 +154,4 @@ def _splits(arrays: dict[str, np.ndarray]) -> DatasetSplits:
 
 
 def _default_source() -> Path:
-    env = os.environ.get(ENV_VAR)
-    if env:
-        path = Path(env).expanduser()
-        if not path.exists():
-            raise InputError(f"${ENV_VAR} points at {path}, which does not exist; fix or unset it")
-        return path
-    for base in (Path.cwd(), _REPO_ROOT):  # a checkout of this project beside its shared data
-        candidate = (base / _SHARED_NPZ).resolve()
-        if candidate.is_file():
-            return candidate
-    raise InputError(f"no CIFAR-10 data found: {_WHERE_TO_GET}")
+    return default_source(ENV_VAR, _SHARED_NPZ, "CIFAR-10", _WHERE_TO_GET)

@@ -16,6 +16,7 @@ from PIL import Image
 from neuralcleanse.data.cache import load_cached, save_cached
 from neuralcleanse.data.dataset import DatasetSplits, ImageDataset, to_nchw_unit
 from neuralcleanse.data.npz import read_npz_splits
+from neuralcleanse.data.locate import default_source
 from neuralcleanse.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,6 @@ SIZE = 32
 TEST_FRACTION = 0.2
 ENV_VAR = "NEURALCLEANSE_GTSRB"
 _SHARED_NPZ = Path("..") / "shared" / "data" / "gtsrb" / "gtsrb32_roi.npz"
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 _CLASS_DIR = re.compile(r"^\d{5}$")
 _MAX_DEPTH = 3
 _ROI_COLUMNS = ("Filename", "Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2")
@@ -55,17 +55,7 @@ def load_gtsrb(source: str | Path | None = None, *, seed: int = 0) -> DatasetSpl
 
 
 def _default_source() -> Path:
-    env = os.environ.get(ENV_VAR)
-    if env:
-        path = Path(env).expanduser()
-        if not path.exists():
-            raise InputError(f"${ENV_VAR} points at {path}, which does not exist; fix or unset it")
-        return path
-    for base in (Path.cwd(), _REPO_ROOT):
-        candidate = (base / _SHARED_NPZ).resolve()
-        if candidate.is_file():
-            return candidate
-    raise InputError(f"no GTSRB data found: {_WHERE_TO_GET}")
+    return default_source(ENV_VAR, _SHARED_NPZ, "GTSRB", _WHERE_TO_GET)
 
 
 # ---- the official layout -------------------------------------------------------------------
