@@ -286,6 +286,20 @@ def rebuild_kept(done: dict[str, dict[str, Any]], kind: str, data: DatasetSplits
         print(f"{r['id']}: {how}, acc={100 * entry['clean_accuracy']:.2f}%{note}", flush=True)
 
 
+def build_draws(dataset: str, draws: str, data: DatasetSplits, models: Path, min_asr: float, min_acc: float,
+                shard: str) -> None:
+    """Builds draws 0..n-1 of each kind (only this shard's), skipping the cached ones."""
+    counts = [int(v) for v in draws.split(",")]
+    todo = [(kind, i) for i in range(max(counts)) for kind, n in zip(("clean", "badnets", "blended"), counts) if i < n]
+    for kind, index in take_shard(todo, shard):
+        recipe = draw_recipe(dataset, kind, index)
+        path = models / f"{recipe['id']}.pt"
+        if load_cached(path, recipe) is not None:
+            continue
+        entry = build(recipe, data, path, min_asr, min_acc)
+        print(f"{recipe['id']}: built in {entry['train_seconds']:.0f}s, kept {entry['kept']}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=("mnist", "gtsrb"), default="mnist")
@@ -303,6 +317,10 @@ def main() -> None:
                     help="--rebuild-kept: only every N-th model from the I-th (run N processes to use N cores)")
     ap.add_argument("--split", choices=("all", "tune", "test"), default="all",
                     help="--rebuild-kept: only the models of this split")
+    ap.add_argument("--draws", default=None, metavar="CLEAN,BADNETS,BLENDED",
+                    help="build (and cache) the first this many draws of each kind, whether kept or not, every N-th "
+                         "of them with --shard I/N: several processes can build ahead of a run, which then finds "
+                         "its models cached; no scans, no results written")
     ap.add_argument("--first-index", type=int, default=0,
                     help="draw models from this index on: a fresh draw no earlier run has looked at (with --out)")
     ap.add_argument("--min-asr", type=float, default=0.90)
@@ -326,6 +344,9 @@ def main() -> None:
     data = load_dataset(args.dataset)
     if args.rebuild_kept:
         rebuild_kept(done, args.rebuild_kept, data, models, args.min_asr, min_acc, args.shard, args.split)
+        return
+    if args.draws:
+        build_draws(args.dataset, args.draws, data, models, args.min_asr, min_acc, args.shard)
         return
     meta = {"machine": platform.platform(), "torch": str(torch.__version__), "threads": torch.get_num_threads()}
     print(f"population {args.dataset}: {n_clean} clean + {n_infected} BadNets + {n_blended} blended kept; {len(done)} "
