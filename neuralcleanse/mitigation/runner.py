@@ -136,8 +136,9 @@ def mitigate(model: nn.Module, scan: ScanResult, data: DatasetSplits, method: Mi
     unfitted = copy.deepcopy(method) if baselines else None
 
     def recheck(patched: nn.Module, every: bool) -> tuple[list, dict]:
-        # On the tuning data: the held-out part stays unseen for the measurements and the final rescan.
-        again = rescan(patched, scan, treated, tune, device, verify_others)
+        # On the tuning data: the held-out part stays unseen for the measurements and the final rescan. Between
+        # rounds only the fresh reversed triggers are wanted: Neural Cleanse alone.
+        again = rescan(patched, scan, treated, tune, device, verify_others, detectors=("nc",))
         return again.still_standing(every), again.to_dict()
 
     fit, curve, capped = tuning_draws(tune, method.seed)

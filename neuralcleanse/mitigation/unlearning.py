@@ -362,7 +362,7 @@ class Unlearner(Mitigation):
 
     def _default_recheck(self, treated: list[int], data: ImageDataset) -> Recheck:
         def recheck(patched: nn.Module, every: bool) -> tuple[list[Backdoor], dict[str, Any]]:
-            again = rescan(patched, None, treated, data, self.device)
+            again = rescan(patched, None, treated, data, self.device, detectors=("nc",))
             return again.still_standing(every), again.to_dict()
 
         return recheck

@@ -97,11 +97,12 @@ def labels_to_rescan(scan: ScanResult | None, treated: Sequence[int], others: in
     return sorted(set(treated) | set(rest))
 
 
-def scanner_like(scan: ScanResult | None, device: torch.device | str = "cpu") -> NeuralCleanse:
+def scanner_like(scan: ScanResult | None, device: torch.device | str = "cpu",
+                 detectors: Sequence[str] | None = None) -> NeuralCleanse:
     """A scanner with the settings the scan recorded (its preset's when they cannot be read; the
-    defaults without a scan)."""
+    defaults without a scan), running `detectors` (default: the scan's)."""
     if scan is None:
-        return NeuralCleanse(device=device, progress=False)
+        return NeuralCleanse(device=device, progress=False, **({"detectors": detectors} if detectors else {}))
     settings = scan.settings or {}
     try:
         config = dict(settings["config"])
@@ -110,19 +111,20 @@ def scanner_like(scan: ScanResult | None, device: torch.device | str = "cpu") ->
     except (KeyError, TypeError, ValueError):
         plan = PRESETS.get(str(settings.get("preset")), PRESETS["fast"])
     seed = settings.get("seed", 0)
-    detectors = settings.get("detectors")
-    # The rescan runs the tests the scan ran (scans from before 0.10 ran Neural Cleanse alone).
-    detectors = [d for d in detectors if isinstance(d, str)] if isinstance(detectors, list) else ["nc"]
+    if detectors is None:
+        # The rescan runs the tests the scan ran (scans from before 0.10 ran Neural Cleanse alone).
+        recorded = settings.get("detectors")
+        detectors = [d for d in recorded if isinstance(d, str)] if isinstance(recorded, list) else ["nc"]
     return NeuralCleanse(plan, rule=scan.rule, seed=seed if isinstance(seed, int) else 0, device=device,
                          progress=False, detectors=detectors or ["nc"])
 
 
 def rescan(patched: nn.Module, scan: ScanResult | None, treated: Sequence[int], data: ImageDataset,
-           device: torch.device | str = "cpu", others: int = 10) -> Rescan:
+           device: torch.device | str = "cpu", others: int = 10, detectors: Sequence[str] | None = None) -> Rescan:
     """Scans `patched`'s treated labels beside `others` more on `data`, with the settings and rule of `scan`
-    (the defaults when it is None: then the "before" figures are left empty)."""
+    (the defaults when it is None: then the "before" figures are left empty), and its tests (or `detectors`)."""
     labels = labels_to_rescan(scan, treated, others, data.num_classes)
-    scanner = scanner_like(scan, device)
+    scanner = scanner_like(scan, device, detectors)
     after = scanner.scan(patched, data, labels=labels)
     before = {} if scan is None else {l: scan.labels.index(l) for l in treated}
     return Rescan(
