@@ -165,7 +165,7 @@ class NeuralCleanse:
 
     def _second_opinions(self, result: ScanResult, prep: "Prepared") -> ScanResult:
         """The other tests on the same checked model (read as logits) and clean samples, and one verdict."""
-        found = {}
+        found: dict[str, Any] = {}
         for name, test in self.second_opinions.items():
             if self.progress:
                 log.info("second opinion: %s", name)
@@ -174,9 +174,10 @@ class NeuralCleanse:
                            if name == "noise" else
                            test.test_logits(prep.search_model(), tuple(prep.pool.input_shape), prep.num_classes,
                                             result.labels))
-            result.wall_time += found[name].wall_time
         result.settings["detectors"] = self.detectors
-        return result.with_evidence(found, self.combine_rule)
+        result = result.with_evidence(found, self.combine_rule)  # Neural Cleanse's evidence keeps its own time
+        result.wall_time += sum(e.wall_time for e in found.values())
+        return result
 
     def _with_overrides(self, plan: ScanPlan) -> ScanPlan:
         """A preset's plan with the caller's sample count and setting overrides, for every scan this runs."""

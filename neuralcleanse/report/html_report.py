@@ -234,8 +234,7 @@ def _combined_words(verdict: str, flagged: Any, combined: dict[str, Any]) -> tup
                 "infected one. Look at each test's evidence below and at the reversed triggers.")
     if verdict == "infected":
         return ("INFECTED: backdoor suspected",
-                f"{reason}: label(s) {_e(_labels(flagged))} stand out. The reversed trigger below shows what "
-                "sends inputs there.")
+                f"{reason}. The reversed trigger below shows what sends inputs to label(s) {_e(_labels(flagged))}.")
     return "Clean: no backdoor found", f"{reason}."
 
 
