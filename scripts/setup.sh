@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 stamp=.venv/.setup-done
-if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt constraints.txt ]; then exit 0; fi
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt constraints.txt ] && [ "$stamp" -nt neuralcleanse/_version.py ]; then exit 0; fi
 "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # Every version is pinned by constraints.txt; torch first, since a loose requirement would pull a multi-GB
