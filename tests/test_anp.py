@@ -83,3 +83,19 @@ def test_anp_through_mitigate_and_in_a_chain(infected, data) -> None:
         make_method("unlearn+burn")
     with pytest.raises(InputError, match="cannot be chained"):
         Chain(Unlearner(), make_method("filter"))
+
+
+def test_sau_fine_tunes_a_copy_and_records_its_shared_examples(infected, data, trigger) -> None:
+    from neuralcleanse.mitigation.sau import SharedAdversarialUnlearning
+
+    model, _ = infected
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sau = SharedAdversarialUnlearning(steps=20, batch_size=32).fit(model, [Backdoor(TARGET, trigger)], data.train)
+    found = sau.sau_
+    assert found.steps == 20 and len(found.losses) == len(found.shared_rate) == 3  # every 10th step and the last
+    assert found.shared_rate[0] > 0.5  # on the backdoored model most searched examples fool both models alike
+    assert any(not torch.equal(a, b) for a, b in zip(sau.apply().parameters(), model.parameters()))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    for bad in ({"eps": 0}, {"steps": 0}, {"lr": -1}):
+        with pytest.raises(InputError):
+            SharedAdversarialUnlearning(**bad)
