@@ -326,15 +326,55 @@ def report(dataset: str, rows_all: list[dict], out_md: Path, docs: Path, max_fa:
     L.append("")
     tests = tests_table(scanned)
     L += tests["lines"]
+    recovery = trigger_recovery(scanned)
+    L += recovery["lines"]
     out_md.write_text("\n".join(L))
 
     plots(dataset, scanned, scored, thresholds, docs)
     summary = {"dataset": dataset, "thresholds": thresholds, "overall": overall, "by_facet": facet_summary,
                "n_scanned": len(scanned), "n_dropped": len(dropped), "dropped_reasons": reasons,
-               "tests": tests["figures"]}
+               "tests": tests["figures"], "trigger_recovery": recovery["figures"]}
     out_md.with_name(f"population_{dataset}_summary.json").write_text(
         json.dumps(summary, indent=1, default=lambda v: None if isinstance(v, float) and not math.isfinite(v) else v))
     return summary
+
+
+RECOVERY_FACTOR = 1.5  # a reversed mask at most this many times the real trigger's area counts as found
+
+
+def trigger_recovery(scanned: list[dict]) -> dict[str, Any]:
+    """Did the search find the real trigger? Per infected model, the target's reversed L1 norm against the real
+    trigger's mask (its area for a patch, alpha times the image for a blend), per split and architecture."""
+    from benchmarks.population_recipes import trigger_of
+
+    rows = []
+    for r in scanned:
+        if r["true_target"] is None or r["true_target"] not in r["scan"]["labels"]:
+            continue
+        real = float(trigger_of(r["recipe"]).mask.sum())
+        found = r["scan"]["l1_norms"][r["scan"]["labels"].index(r["true_target"])]
+        rows.append({"id": r["id"], "split": r["split"], "arch": r["recipe"]["arch"], "kind": r["kind"],
+                     "real_l1": round(real, 2), "reversed_l1": round(found, 2), "ratio": round(found / real, 3)})
+    if not rows:
+        return {"lines": [], "figures": {}}
+    L = ["## Trigger recovery", "",
+         f"The target's reversed mask (L1 norm) against the real trigger's mask; found: at most {RECOVERY_FACTOR}× it.",
+         "", "| split | models | found | median ratio | worst ratio |", "|---|---|---|---|---|"]
+    figures = {}
+    for split in ("tune", "test"):
+        sel = [x for x in rows if x["split"] == split]
+        if not sel:
+            continue
+        found = sum(x["ratio"] <= RECOVERY_FACTOR for x in sel)
+        figures[split] = {"models": len(sel), "found": found, "median_ratio": float(np.median([x["ratio"] for x in sel]))}
+        L.append(f"| {split} | {len(sel)} | {pct(found, len(sel))} | {np.median([x['ratio'] for x in sel]):.2f} | "
+                 f"{max(x['ratio'] for x in sel):.2f} |")
+    missed = [x for x in rows if x["ratio"] > RECOVERY_FACTOR]
+    if missed:
+        L += ["", "Not found: " + ", ".join(f"{x['id']} ({x['arch']}, {x['reversed_l1']:.0f} against {x['real_l1']:.0f})"
+                                            for x in missed) + "."]
+    L.append("")
+    return {"lines": L, "figures": {**figures, "models": rows}}
 
 
 TEST_ROWS = ("nc", "noise", "mmbd", "combined")
