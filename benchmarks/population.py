@@ -56,8 +56,8 @@ from benchmarks.population_recipes import CLASSES, SHAPES, SPACE, build_net, dra
 
 ROOT = Path(__file__).resolve().parent
 
-DEFAULT_SIZES = {"mnist": (40, 40), "gtsrb": (12, 9)}
-DEFAULT_BLENDED = {"mnist": 14, "gtsrb": 3}  # a quarter of the infected models
+DEFAULT_SIZES = {"mnist": (40, 40), "gtsrb": (12, 9), "cifar10": (8, 6)}
+DEFAULT_BLENDED = {"mnist": 14, "gtsrb": 3, "cifar10": 2}  # a quarter of the infected models
 MAX_DRAWS = 400  # per kind: a safety stop if the kept share is far lower than expected
 
 
@@ -302,7 +302,7 @@ def build_draws(dataset: str, draws: str, data: DatasetSplits, models: Path, min
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", choices=("mnist", "gtsrb"), default="mnist")
+    ap.add_argument("--dataset", choices=("mnist", "gtsrb", "cifar10"), default="mnist")
     ap.add_argument("--clean", type=int, default=None, help="clean models (default 40 MNIST, 10 GTSRB)")
     ap.add_argument("--infected", type=int, default=None, help="BadNets models to keep (default as --clean)")
     ap.add_argument("--blended", type=int, default=None,

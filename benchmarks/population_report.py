@@ -527,12 +527,13 @@ def read_rows(path: Path) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", action="append", choices=("mnist", "gtsrb"))
+    ap.add_argument("--dataset", action="append", choices=("mnist", "gtsrb", "cifar10"))
     ap.add_argument("--results", type=Path, default=ROOT / "results")
     ap.add_argument("--docs", type=Path, default=ROOT.parent / "docs")
     ap.add_argument("--max-false-alarms", type=float, default=0.05)
     args = ap.parse_args()
-    datasets = args.dataset or [d for d in ("mnist", "gtsrb") if (args.results / f"population_{d}.jsonl").exists()]
+    datasets = args.dataset or [d for d in ("mnist", "gtsrb", "cifar10")
+                                if (args.results / f"population_{d}.jsonl").exists()]
     for ds in datasets:
         path = args.results / f"population_{ds}.jsonl"
         if not path.exists():
