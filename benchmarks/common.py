@@ -74,8 +74,13 @@ def target_overlap(model, result) -> float | None:
 
 def take_shard(rows: list, spec: str) -> list:
     """`spec` "I/N": every N-th row from the I-th, so N processes share a list (and a results file)."""
+    return [row for position, row in enumerate(rows) if in_shard(position, spec)]
+
+
+def in_shard(position: int, spec: str) -> bool:
+    """Whether the row at `position` is shard "I/N"'s."""
     part, parts = (int(v) for v in spec.split("/"))
-    return rows[part::parts]
+    return position % parts == part
 
 
 def seed_triggers(model: torch.nn.Module, data, target: int, seeds: range, classes: int) -> list[Trigger]:

@@ -5,7 +5,7 @@ alone (`--detectors nc`, the `fast` preset), on population models of each archit
     python -m benchmarks.detector_cost --datasets mnist --per-arch 1
 
 For each model both scans run back to back (Neural Cleanse alone first), so each ratio is measured on one model
-in one process. The models are the population's tune split (benchmarks.population builds them when missing).
+in one process. The models are the population's cached ones (build them first: benchmarks.population), tune split first.
 Writes benchmarks/results/detector_cost.{json,md}.
 """
 from __future__ import annotations
@@ -38,18 +38,17 @@ def main() -> None:
             "date": time.strftime("%Y-%m-%d %H:%M")}
     rows = []
     for dataset in args.datasets:
-        population = ROOT / "results" / f"population_{dataset}.jsonl"
-        records = [json.loads(line) for line in population.open()] if population.exists() else []
         data = load_dataset(dataset).test
         chosen: dict[tuple[str, bool], int] = {}
-        for r in records:
-            key = (r["recipe"]["arch"], r["true_target"] is None)
-            if not r.get("kept") or r["split"] != "tune" or chosen.get(key, 0) >= args.per_arch:
-                continue
-            if not (ROOT / "models" / "population" / dataset / f"{r['id']}.pt").exists():
+        # Whatever population models are cached (a model's own file holds its recipe), tune split first.
+        paths = sorted((ROOT / "models" / "population" / dataset).glob("*.pt"),
+                       key=lambda p: (int(p.stem.rsplit("-", 1)[1]) % 2, p.stem))
+        for path in paths:
+            model, recipe = model_of({"id": path.stem}, dataset)
+            key = (recipe["arch"], recipe["attack"] is None)
+            if chosen.get(key, 0) >= args.per_arch:
                 continue
             chosen[key] = chosen.get(key, 0) + 1
-            model, _ = model_of(r, dataset)
             timings = {}
             for name, detectors in (("nc", ("nc",)), ("default", None)):
                 scanner = NeuralCleanse("fast", progress=False) if detectors is None else \
@@ -59,7 +58,7 @@ def main() -> None:
                 timings[name] = (time.perf_counter() - start, result)
             default = timings["default"][1]
             tests = {name: round(e.wall_time, 2) for name, e in default.evidence.items() if name != "nc"}
-            row = {"dataset": dataset, "model": r["id"], "arch": r["recipe"]["arch"],
+            row = {"dataset": dataset, "model": path.stem, "arch": recipe["arch"],
                    "nc_s": round(timings["nc"][0], 2), "default_s": round(timings["default"][0], 2),
                    "ratio": round(timings["default"][0] / timings["nc"][0], 3), "tests_s": tests,
                    "ran": [n for n, e in default.evidence.items() if e.ran], "verdict": default.verdict}

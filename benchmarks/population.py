@@ -51,7 +51,7 @@ from neuralcleanse.data.dataset import DatasetSplits, ImageDataset
 from neuralcleanse.detection import NeuralCleanse
 from neuralcleanse.metrics import attack_success_rate, clean_accuracy
 from neuralcleanse.models.classifier import Classifier, ModelInfo
-from benchmarks.common import take_shard
+from benchmarks.common import in_shard, take_shard
 from benchmarks.population_recipes import CLASSES, SHAPES, SPACE, build_net, draw_recipe, model_id, trigger_of
 
 ROOT = Path(__file__).resolve().parent
@@ -188,7 +188,7 @@ def scan(entry: dict[str, Any], data: DatasetSplits, seed: int) -> dict[str, Any
     target = recipe["attack"]["target"] if recipe["attack"] else None
     out = {k: d[k] for k in ("labels", "l1_norms", "success_rates", "reached_threshold", "steps", "anomaly_index",
                              "flagged", "infected", "median_l1", "mad", "label_anomaly_index", "settings",
-                             "wall_time_s", "image_passes") if k in d}
+                             "wall_time_s", "image_passes", "verdict", "score", "combined", "detectors") if k in d}
     out["scan_seconds"] = round(wall, 2)
     out["min_label"] = int(result.labels[min(range(len(result.l1_norms)), key=result.l1_norms.__getitem__)])
     if target is not None:
@@ -314,7 +314,8 @@ def main() -> None:
                     help="train and cache only the models the results file records as kept (of this kind), "
                          "checking that each comes back with its recorded clean accuracy; no scans")
     ap.add_argument("--shard", default="0/1", metavar="I/N",
-                    help="--rebuild-kept: only every N-th model from the I-th (run N processes to use N cores)")
+                    help="--rebuild-kept, --draws, --scan-only: only every N-th model from the I-th (run N processes "
+                         "to use N cores; with --scan-only give each its own --out and concatenate them)")
     ap.add_argument("--split", choices=("all", "tune", "test"), default="all",
                     help="--rebuild-kept: only the models of this split")
     ap.add_argument("--draws", default=None, metavar="CLEAN,BADNETS,BLENDED",
@@ -332,6 +333,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.build_only and args.scan_only:
         ap.error("--build-only and --scan-only exclude each other")
+    if args.shard != "0/1" and not (args.scan_only or args.rebuild_kept or args.draws):
+        ap.error("--shard needs --scan-only, --rebuild-kept or --draws (a building run decides which draws to keep in order)")
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="  %(levelname)s %(name)s: %(message)s")
     n_clean = args.clean if args.clean is not None else DEFAULT_SIZES[args.dataset][0]
@@ -378,6 +381,8 @@ def main() -> None:
             entry = build(recipe, data, path, args.min_asr, min_acc)
             counts["built"] += 1
         status[mid] = bool(entry["kept"])
+        if args.scan_only and not in_shard(position, args.shard):
+            continue
         row: dict[str, Any] = {"id": mid, "dataset": args.dataset, "kind": kind, "index": index,
                                "split": recipe["split"], "kept": bool(entry["kept"]),
                                "drop_reason": entry.get("drop_reason"),

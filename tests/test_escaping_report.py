@@ -55,15 +55,17 @@ class Injector:
 
     def strings(self, obj: Any, where: str = "") -> Any:
         """Every string value replaced, and one injected key (with an injected value) added to every
-        object; except the method and the verdict, which must name one (cases of their own below), and the objects of
-        `baselines`, whose values must be measurements (one is added by `hostile_mitigation`)."""
+        object; except the names of the method, verdicts and tests, which must name one (cases of their own below),
+        and the objects of `baselines` and `detectors`, whose values must be measurements (one is added by
+        `hostile_mitigation`) or evidence."""
         if isinstance(obj, str):
-            return obj if where in ("method", "verdict") else self.text(where or "value")
+            named = re.search(r"(^|\.)(method|verdict|test)$|^combined\.rule\.count\[\d+\]$", where)
+            return obj if named else self.text(where or "value")
         if isinstance(obj, list):
             return [self.strings(v, f"{where}[{i}]") for i, v in enumerate(obj)]
         if isinstance(obj, dict):
             out = {k: self.strings(v, f"{where}.{k}" if where else k) for k, v in obj.items()}
-            if where != "baselines":
+            if where not in ("baselines", "detectors"):
                 prefix = f"{where}." if where else ""
                 out[self.text(f"{prefix}<key>")] = self.text(f"{prefix}<value>")
             return out

@@ -82,7 +82,7 @@ def combine(evidence: Mapping[str, Evidence], rule: CombineRule = CombineRule(),
         return Combined("clean", [], 1.0, "no counting test could run", {}, rule)
     m = len(ran)
     p_model = min(1.0, m * min(e.p_value for e in ran.values()))
-    speaking = {name: int(e.candidate) for name, e in ran.items() if e.p_value <= e.alpha / m}
+    speaking = {name: int(e.candidate) for name, e in ran.items() if e.speaks(m)}
     advisory = _advisory(evidence, rule)
     if not speaking:
         return Combined("clean", [], p_model, "no test found a label that stands out" + advisory, speaking, rule)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -35,10 +34,25 @@ class Evidence:
 
     @property
     def flagged(self) -> bool:
-        return self.ran and self.p_value <= self.alpha
+        """Whether the test alone flags the model: the label it points at stands out at its level."""
+        return self.speaks(1)
+
+    def speaks(self, tests: int = 1) -> bool:
+        """Whether the label it points at stands out at its level shared among `tests` tests (Bonferroni).
+        A level of 0 never flags, even a p-value that underflowed to 0."""
+        return self.ran and self.alpha > 0 and self.p_value <= self.alpha / tests
+
+    @property
+    def flagged_labels(self) -> list[int]:
+        return [self.candidate] if self.flagged else []
+
+    @property
+    def verdict(self) -> str:
+        """The test's own verdict: "infected", "clean", or "not run" (`note` says why)."""
+        return "not run" if not self.ran else "infected" if self.flagged else "clean"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"test": self.test, "flagged": self.flagged, "candidate": self.candidate,
+        return {"test": self.test, "verdict": self.verdict, "flagged": self.flagged, "candidate": self.candidate,
                 "p_value": _number(self.p_value), "alpha": self.alpha, "statistic": _number(self.statistic),
                 "labels": [int(v) for v in self.labels], "scores": [_number(v) for v in self.scores],
                 "details": self.details, "wall_time_s": round(self.wall_time, 3),
@@ -63,7 +77,8 @@ def bonferroni_normal(z: float, tested: int) -> float:
     Bonferroni-corrected: what a count-aware MAD threshold tests (z ≥ Φ⁻¹(1 − α/n) ⇔ p ≤ α)."""
     if not math.isfinite(z):
         return 0.0 if z > 0 else 1.0
-    return float(min(1.0, tested * (1.0 - NormalDist().cdf(z))))
+    # erfc keeps the tail's precision far beyond 1 − Φ(z), which is 0 from z ≈ 8.3 on.
+    return float(min(1.0, tested * 0.5 * math.erfc(z / math.sqrt(2.0))))
 
 
 def largest_of_gamma(statistics: list[float]) -> tuple[int, float]:

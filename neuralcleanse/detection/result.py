@@ -162,7 +162,8 @@ def nc_evidence(result: ScanResult) -> Evidence:
     its level is the rule's."""
     tested = result.tested_labels or len(result.labels)
     position = int(np.argmin(result.l1_norms))
-    alpha = result.rule.alpha if result.rule.alpha is not None else bonferroni_normal(result.rule.threshold, tested)
+    # The level of the threshold the rule applied (its alpha's, or its floor's where that is higher).
+    alpha = bonferroni_normal(result.outliers.threshold, tested)
     indices = result.outliers.label_indices
     median = result.outliers.median
     values = np.log(np.maximum(result.l1_norms, 1e-6)) if result.rule.log_norms else np.asarray(result.l1_norms)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from neuralcleanse.detection.combined import TESTS, CombineRule
 from neuralcleanse.detection.rules import VERDICTS, Rule
 from neuralcleanse.errors import InputError
 
@@ -114,8 +115,12 @@ def _check_detectors(report: dict[str, Any]) -> None:
     if not isinstance(detectors, dict) or not isinstance(combined, dict) or "nc" not in detectors:
         raise _Bad("'detectors' and 'combined' must be objects, with Neural Cleanse's evidence among the detectors")
     for name, e in detectors.items():
+        if name not in TESTS:
+            raise _Bad(f"'detectors' names a test {str(name)[:20]!r}, not one of {', '.join(TESTS)}")
         if not isinstance(e, dict):
-            raise _Bad(f"'detectors.{str(name)[:20]}' is not an object")
+            raise _Bad(f"'detectors.{name}' is not an object")
+        if e.get("test") != name:
+            raise _Bad(f"'detectors.{name}.test' does not name its test")
         labels = _int_list(e, "labels", minimum=0)
         if len(labels) > MAX_LABELS:
             raise _Bad(f"'detectors.{name}' holds too many labels")
@@ -131,8 +136,11 @@ def _check_detectors(report: dict[str, Any]) -> None:
             raise _Bad(f"'detectors.{name}.candidate' is not one of its labels")
         if "details" in e and not isinstance(e["details"], dict):
             raise _Bad(f"'detectors.{name}.details' is not an object")
-    if "rule" in combined and not isinstance(combined["rule"], dict):
-        raise _Bad("'combined.rule' is not an object")
+    if "rule" in combined:
+        try:
+            CombineRule.from_dict(combined["rule"])
+        except ValueError as exc:
+            raise _Bad(f"'combined.rule': {exc}") from None
     _number(report, "score", optional=True)
 
 
