@@ -8,7 +8,7 @@ import pytest
 
 from neuralcleanse.detection import NeuralCleanse
 from neuralcleanse.detection.combined import CombineRule, combine
-from neuralcleanse.detection.evidence import Evidence
+from neuralcleanse.detection.evidence import Evidence, bonferroni_normal
 from neuralcleanse.errors import InputError
 from neuralcleanse.pipeline import run_scan
 from neuralcleanse.report.html_report import write_html_report
@@ -27,6 +27,7 @@ def test_the_rule() -> None:
     found = combine({"nc": _e("nc", 2, 1e-6), "noise": _e("noise", 3, 0.9)}, nc_flagged=[2, 4])
     assert found.verdict == "infected" and found.flagged == [2, 4] and set(found.speaking) == {"nc"}
     assert found.score == pytest.approx(-math.log10(2e-6))
+    assert "by this test alone (neuron noise: no label stands out)" in found.reason  # the page says so
     # MM-BD does not count by default: alone it flags nothing, and the reason says what it saw.
     alone = combine({"nc": _e("nc", 2, 0.5), "mmbd": _e("mmbd", 2, 1e-4), "noise": _e("noise", 3, 0.9)})
     assert alone.verdict == "clean" and "MM-BD" in alone.reason and "advisory" in alone.reason
@@ -36,6 +37,11 @@ def test_the_rule() -> None:
     assert combine({"nc": _e("nc", 2, 0.03), "noise": _e("noise", 2, 0.9)}).verdict == "clean"
     assert combine({"nc": _e("nc", 2, 0.03), "noise": Evidence.not_run("noise", 0.05, "no batch-norm")}
                    ).verdict == "infected"  # alone, Neural Cleanse keeps its whole level
+    assert "the only counting test that could run" in combine({"nc": _e("nc", 2, 0.03)}).reason
+    # Far tails keep their order (models are ranked by them) rather than all rounding to 0.
+    assert 0 < bonferroni_normal(12.0, 10) < bonferroni_normal(9.0, 10) < 1e-15
+    # A level of 0 never speaks, even against a p-value that underflowed to 0.
+    assert combine({"nc": _e("nc", 2, 0.0, alpha=0.0)}).verdict == "clean"
     strict = CombineRule(count=("nc", "noise", "mmbd"), quorum=2)
     one = combine({"nc": _e("nc", 2, 1e-6), "mmbd": _e("mmbd", 4, 0.5)}, strict)
     assert one.verdict == "inconclusive" and "2 tests must speak" in one.reason

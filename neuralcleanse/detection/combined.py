@@ -92,7 +92,10 @@ def combine(evidence: Mapping[str, Evidence], rule: CombineRule = CombineRule(),
                         f"only {said} stands out, and {rule.quorum} tests must speak" + advisory, speaking, rule)
     flagged = sorted(set(speaking.values()) | (set(nc_flagged) if "nc" in speaking else set()))
     agree = len(set(speaking.values())) == 1
-    reason = (f"{said} stands out" if len(speaking) == 1 else
+    silent = [NAMES.get(n, n) for n in ran if n not in speaking]
+    alone = (f", by this test alone ({' and '.join(silent)}: no label stands out)" if silent else
+             ", by the only counting test that could run")
+    reason = (f"{said} stands out{alone}" if len(speaking) == 1 else
               f"{' and '.join(NAMES.get(n, n) for n in speaking)} agree on label {flagged[0]}" if agree else
               f"the tests name different labels ({said})")
     return Combined("infected", flagged, p_model, reason + advisory, speaking, rule)
