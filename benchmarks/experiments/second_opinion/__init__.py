@@ -1,0 +1,1 @@
+"""Experiments: second_opinion (README.md beside this file)."""
