@@ -1,9 +1,10 @@
 """A population of classifiers made many ways (not with the package's `train`), clean and BadNets-infected,
 each scanned with the tool: the data for the verdict's miss and false-alarm rates.
 
-    python -m benchmarks.population --dataset mnist                 # 40 clean + 40 kept infected
+    python -m benchmarks.population --dataset mnist                 # 40 clean + 40 BadNets + 14 blended kept
     python -m benchmarks.population --dataset mnist --limit 4       # smoke test: first 4 models
-    python -m benchmarks.population --dataset gtsrb --clean 10 --infected 10
+    python -m benchmarks.population --dataset gtsrb                 # 12 clean + 9 BadNets + 3 blended
+    python -m benchmarks.population --dataset mnist --scan-only --shard 0/2 --out a.jsonl  # and 1/2 to b.jsonl
     python -m benchmarks.population --dataset mnist --build-only    # train and cache, no scans
     python -m benchmarks.population --dataset mnist --scan-only     # scan cached models only
     python -m benchmarks.population --dataset mnist --rebuild-kept badnets  # on a fresh machine
@@ -29,7 +30,9 @@ Time on the project's 2-core CPU (2026-12-02, `--threads 1`): the MNIST populati
 median, scans 1-6 s. `--threads 2` is about 1.8x faster on an idle machine but 10-20x slower while
 another process (a test suite) holds a core: thread oversubscription stalls PyTorch's CPU kernels, so
 on a shared box use `--threads 1`. GTSRB training is short (2-3 epochs, no augmentation) and
-GTSRB models are scanned on all 43 labels, about 2 min each.
+GTSRB models are scanned on all 43 labels, about 2 min each. 0.10.0's default scan of the 94 kept MNIST models
+took 17 min as two `--scan-only --shard` processes (2026-12-08); GTSRB's batch-norm nets and ResNets, trained 12-16
+epochs since 0.10, take 7-18 min each to build.
 """
 from __future__ import annotations
 
@@ -303,8 +306,8 @@ def build_draws(dataset: str, draws: str, data: DatasetSplits, models: Path, min
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=("mnist", "gtsrb", "cifar10"), default="mnist")
-    ap.add_argument("--clean", type=int, default=None, help="clean models (default 40 MNIST, 10 GTSRB)")
-    ap.add_argument("--infected", type=int, default=None, help="BadNets models to keep (default as --clean)")
+    ap.add_argument("--clean", type=int, default=None, help="clean models (default 40 MNIST, 12 GTSRB, 8 CIFAR-10)")
+    ap.add_argument("--infected", type=int, default=None, help="BadNets models to keep (default 40 MNIST, 9 GTSRB, 6 CIFAR-10)")
     ap.add_argument("--blended", type=int, default=None,
                     help="blended-trigger models to keep (default: a quarter of all infected ones, MNIST 14, GTSRB 3)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N models of the run order")
