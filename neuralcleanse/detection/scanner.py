@@ -167,13 +167,15 @@ class NeuralCleanse:
         """The other tests on the same checked model (read as logits) and clean samples, and one verdict."""
         found: dict[str, Any] = {}
         for name, test in self.second_opinions.items():
-            if self.progress:
-                log.info("second opinion: %s", name)
             # On the labels Neural Cleanse scanned (a coarse-to-fine scan's candidates and reference sample).
             found[name] = (test.test_logits(prep.search_model(), prep.pool, prep.num_classes, result.labels)
                            if name == "noise" else
                            test.test_logits(prep.search_model(), tuple(prep.pool.input_shape), prep.num_classes,
                                             result.labels))
+            if self.progress:
+                e = found[name]
+                log.info("second opinion, %s: %s", name,
+                         f"label {e.candidate}, p {e.p_value:.2g}" if e.ran else "not run")
         result.settings["detectors"] = self.detectors
         result = result.with_evidence(found, self.combine_rule)  # Neural Cleanse's evidence keeps its own time
         result.wall_time += sum(e.wall_time for e in found.values())
