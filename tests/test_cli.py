@@ -213,6 +213,16 @@ def test_scan_torchscript_infers_label_count(torchscript_model: Path, dataset: P
     assert report["model"]["num_classes"] == NUM_CLASSES and len(report["l1_norms"]) == NUM_CLASSES
 
 
+def test_scan_warns_of_searches_that_never_succeeded(trained, dataset: Path, tmp_path: Path) -> None:
+    model_path, _ = trained
+    result = invoke("scan", str(model_path), "--data", str(dataset), "--out", str(tmp_path / "short"),
+                    "--max-steps", "1", "--samples", "40", "--restarts", "0", "--detectors", "nc")
+    report = json.loads((tmp_path / "short" / "report.json").read_text())
+    unreached = [label for label, ok in zip(report["labels"], report["reached_threshold"]) if not ok]
+    assert unreached, "one step should leave some label's search short of the threshold"
+    assert "never reached the attack threshold" in result.stderr and str(unreached) in result.stderr
+
+
 def test_torchscript_model_scans_through_the_api(torchscript_model: Path, dataset: Path) -> None:
     """The rest of the TorchScript path works when the block size is given (skipping the probe that
     crashes): load, fill in the label count from the output, scan."""

@@ -123,6 +123,12 @@ def _print_verdict(result: Any, out: str, as_json: bool = False, report: dict | 
         click.echo(f"verdict: INFECTED — flagged label(s) {result.flagged}, anomaly index {idx_text}", err=as_json)
     else:
         click.echo(f"verdict: clean — no label flagged (anomaly index of the smallest norm {idx_text})", err=as_json)
+    unreached = [label for label, ok in zip(result.labels, result.reached_threshold) if not ok]
+    if unreached:
+        # Such a label's norm is the best mask found, not a trigger: a large norm there is a failed search.
+        click.echo(f"warning: the trigger search for label(s) {unreached} never reached the attack threshold; their "
+                   "norms are of the best masks found, not of triggers (report.json `reached_threshold`; the page "
+                   "marks them)", err=True)
     click.echo(f"report: {Path(out) / 'report.json'}; page: {write_html_report(out)}", err=as_json)
     if as_json:
         click.echo(json.dumps(report or json.loads((Path(out) / "report.json").read_text()), indent=2))
