@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from neuralcleanse.models.architectures import BasicBlock
+
 # Dataset statistics of the training split, in [0,1] units (measured on load_dataset's train split).
 STATS = {"mnist": ((0.1307,), (0.3081,)), "gtsrb": ((0.3554, 0.3157, 0.3325), (0.2669, 0.2493, 0.2580)),
          "cifar10": ((0.4837, 0.4692, 0.4255), (0.2375, 0.2348, 0.2525))}
@@ -143,21 +145,6 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-class Block(nn.Module):
-    """A ResNet basic block: two 3x3 conv-BN, a 1x1 projection when the shape changes."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
-            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
-        self.skip = (nn.Identity() if stride == 1 and cin == cout else
-                     nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.body(x) + self.skip(x))
-
-
 class SmallResNet(nn.Module):
     def __init__(self, in_ch: int, num_classes: int, width: int = 16, blocks: int = 3) -> None:
         super().__init__()
@@ -165,7 +152,7 @@ class SmallResNet(nn.Module):
         layers, ch = [], width
         for i in range(blocks):
             out = width * 2 ** min(i, 2)
-            layers.append(Block(ch, out, 1 if i == 0 else 2))
+            layers.append(BasicBlock(ch, out, 1 if i == 0 else 2))
             ch = out
         self.blocks = nn.Sequential(*layers)
         self.fc = nn.Linear(ch, num_classes)

@@ -36,7 +36,7 @@ from neuralcleanse.data.dataset import ImageDataset
 from neuralcleanse.data.trigger import Backdoor
 from neuralcleanse.errors import InputError, refuse_model_argument
 from neuralcleanse.metrics import clean_accuracy
-from neuralcleanse.mitigation.base import Mitigation, Tuning
+from neuralcleanse.mitigation.base import Mitigation
 from neuralcleanse.models.classifier import clone_model
 from neuralcleanse.models.neurons import Neurons, batch_statistics
 from neuralcleanse.models.outputs import logits_view
@@ -141,8 +141,6 @@ class AdversarialNeuronPruning(Mitigation):
         self._check_fitted()
         return self.anp_.model
 
-    def fit_tuning(self, model: nn.Module, backdoors: Sequence[Backdoor], tuning: Tuning) -> "AdversarialNeuronPruning":
-        return self.fit(model, backdoors, tuning.data)
 
     def run_record(self, held_out: ImageDataset, judge: Sequence[Backdoor]) -> tuple[dict, dict, dict]:
         settings = dict(eps=self.eps, steps=self.steps, alpha=self.alpha, mask_lr=self.mask_lr,

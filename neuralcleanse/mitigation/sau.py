@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from neuralcleanse.data.dataset import ImageDataset
 from neuralcleanse.data.trigger import Backdoor
 from neuralcleanse.errors import InputError, refuse_model_argument
-from neuralcleanse.mitigation.base import Mitigation, Tuning
+from neuralcleanse.mitigation.base import Mitigation
 from neuralcleanse.models.classifier import clone_model
 from neuralcleanse.models.outputs import logits_view
 
@@ -130,8 +130,6 @@ class SharedAdversarialUnlearning(Mitigation):
         self._check_fitted()
         return self.sau_.model
 
-    def fit_tuning(self, model: nn.Module, backdoors: Sequence[Backdoor], tuning: Tuning) -> "SharedAdversarialUnlearning":
-        return self.fit(model, backdoors, tuning.data)
 
     def run_record(self, held_out: ImageDataset, judge: Sequence[Backdoor]) -> tuple[dict, dict, dict]:
         settings = dict(eps=self.eps, pgd_steps=self.pgd_steps, pgd_step=self.pgd_step, steps=self.steps,

@@ -56,7 +56,9 @@ def cifar10_net(num_classes: int = 10, in_channels: int = 3, image_size: int | S
     return gtsrb_net(num_classes, in_channels, image_size)
 
 
-class _BasicBlock(nn.Module):
+class BasicBlock(nn.Module):
+    """A ResNet basic block: two 3x3 conv-BN, a 1x1 projection when the shape changes."""
+
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
@@ -81,7 +83,7 @@ class ResNet20(nn.Module):
         for stage in range(3):
             out = width * 2 ** stage
             for i in range(blocks):
-                layers.append(_BasicBlock(ch, out, 2 if stage > 0 and i == 0 else 1))
+                layers.append(BasicBlock(ch, out, 2 if stage > 0 and i == 0 else 1))
                 ch = out
         self.stages = nn.Sequential(*layers)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
