@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from neuralcleanse.detection.evidence import Evidence
 from neuralcleanse.detection.outlier import CONSISTENCY, mad_outliers
 from neuralcleanse.detection.rules import DEFAULT_RULE, get_rule
 
@@ -395,7 +396,7 @@ def test_outcome(r: dict, test: str) -> dict[str, Any] | None:
     e = (scan.get("detectors") or {}).get(test)
     if not e or e.get("p_value") is None:
         return None
-    flags = e["p_value"] <= e["alpha"]
+    flags = Evidence.from_dict(e).flagged
     return {"score": -math.log10(max(e["p_value"], 1e-300)), "flags": flags,
             "target": flags and e["candidate"] == r["true_target"], "inconclusive": False}
 
