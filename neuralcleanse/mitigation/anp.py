@@ -141,7 +141,6 @@ class AdversarialNeuronPruning(Mitigation):
         self._check_fitted()
         return self.anp_.model
 
-
     def run_record(self, held_out: ImageDataset, judge: Sequence[Backdoor]) -> tuple[dict, dict, dict]:
         settings = dict(eps=self.eps, steps=self.steps, alpha=self.alpha, mask_lr=self.mask_lr,
                         iterations=self.iterations, batch_size=self.batch_size,

@@ -130,7 +130,6 @@ class SharedAdversarialUnlearning(Mitigation):
         self._check_fitted()
         return self.sau_.model
 
-
     def run_record(self, held_out: ImageDataset, judge: Sequence[Backdoor]) -> tuple[dict, dict, dict]:
         settings = dict(eps=self.eps, pgd_steps=self.pgd_steps, pgd_step=self.pgd_step, steps=self.steps,
                         batch_size=self.batch_size, lr=self.lr, shared_weight=self.shared_weight,
